@@ -1,0 +1,21 @@
+//! probe's kernel programs. Each KPI family has its own module; this file
+//! only holds what the object as a whole needs.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod floor;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: nothing in the programs may panic (no unchecked indexing,
+    // no division by a variable), and the verifier would reject a loop.
+    loop {}
+}
+
+// bpf_probe_read_kernel and friends are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

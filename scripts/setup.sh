@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs everything probe needs on a fresh Debian/Ubuntu machine, as root,
+# and nothing that is already there. Safe to run again: every step checks
+# first. Used by the README's run and test commands and by .ci/run.
+set -euo pipefail
+
+log() { echo "setup: $*" >&2; }
+
+# --- Debian packages -------------------------------------------------------
+# bpftrace: the benchmark's comparison tracer. bpftool: inspection.
+# stress-ng, python3: test workloads.
+want_pkgs=(bpftrace bpftool stress-ng iproute2 procps curl pkg-config build-essential)
+missing=()
+for p in "${want_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing Debian packages (${missing[*]}); run as root to install them"
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Rust toolchains -------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v rustup >/dev/null; then
+  log "rustup is required (https://rustup.rs) and is not installed"
+  exit 1
+fi
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  log "adding rust-src to nightly (needed for -Z build-std=core)"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# --- bpf-linker, built against the nightly's own LLVM ----------------------
+# The prebuilt bpf-linker links its own LLVM; rustc's bitcode must be read by
+# the same LLVM major, so build it against the libLLVM that ships inside the
+# nightly toolchain. Cached in ~/.cargo/bin; rebuilt only if the LLVM major
+# the nightly uses changes.
+llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+stamp="$HOME/.cargo/bin/.bpf-linker-llvm"
+if ! command -v bpf-linker >/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$llvm_major" ]; then
+  sysroot=$(rustc +nightly --print sysroot)
+  lib=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+  [ -n "$lib" ] || lib=$(ls "$sysroot"/lib/libLLVM-*.so | head -n1)
+  prefix="$HOME/.cache/probe/llvm-$llvm_major"
+  mkdir -p "$prefix/lib"
+  ln -sf "$lib" "$prefix/lib/libLLVM.so"
+  ln -sf "$lib" "$prefix/lib/$(basename "$lib")"
+  log "building bpf-linker against $(basename "$lib") (about a minute, once per machine)"
+  LLVM_PREFIX="$prefix" LD_LIBRARY_PATH="$prefix/lib" \
+    RUSTFLAGS="-C link-arg=-Wl,-rpath,$prefix/lib" \
+    cargo install --locked bpf-linker --version '^0.13' \
+      --no-default-features --features "llvm-$llvm_major"
+  echo "$llvm_major" > "$stamp"
+fi
+log "ready"
