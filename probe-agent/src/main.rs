@@ -1,5 +1,51 @@
-static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
-fn main() {
-    let ebpf = aya::Ebpf::load(OBJ).unwrap();
-    for (n, _) in ebpf.programs() { println!("{n}"); }
+//! probe-agent: parse, build the runtime config, run.
+//! Exit status: 0 done, 1 runtime failure, 2 bad usage.
+
+mod agent;
+mod aggregate;
+mod cli;
+mod names;
+mod probes;
+mod procfs;
+mod records;
+mod sink;
+mod timefmt;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("probe-agent: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Some(cli::Command::Floor { duration }) => runtime.block_on(agent::floor(duration)),
+        Some(cli::Command::Run(args)) => run(&runtime, args),
+        None => run(&runtime, cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(agent::AgentError::Usage(msg)) => {
+            eprintln!("probe-agent: {msg}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("probe-agent: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(runtime: &tokio::runtime::Runtime, args: cli::RunArgs) -> Result<(), agent::AgentError> {
+    let cfg = args.validate().map_err(|e| agent::AgentError::Usage(e.0))?;
+    runtime.block_on(agent::run(cfg))
 }

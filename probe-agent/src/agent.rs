@@ -1,0 +1,346 @@
+//! The agent's pipeline, once per interval:
+//! probes (read cumulative maps) -> aggregate (deltas, percentiles) -> records -> sink.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::BytesMut;
+use log::{info, warn};
+use probe_common::syscalls::{COUNTERS, Counter, SyscallKey};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    aggregate::{
+        pct, round,
+        syscalls::{self, CallStats, Snapshot},
+    },
+    cli::RunConfig,
+    names,
+    probes::{ProbeError, ProgramStats, Probes},
+    procfs,
+    records::{
+        AgentRecord, Header, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessRecord,
+        ProgramRecord, StatusRecord, SyscallRecord, VERSION, encode,
+    },
+    sink::{SinkError, write_stdout},
+    timefmt::rfc3339_millis,
+};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("probe-agent needs {0} to load eBPF programs: run it as root or grant them")]
+    Privileges(&'static str),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// State carried from one interval to the next.
+struct Agent {
+    cfg: RunConfig,
+    host: String,
+    probes: Probes,
+    prev: Snapshot,
+    prev_counters: [u64; COUNTERS as usize],
+    prev_programs: HashMap<&'static str, ProgramStats>,
+    prev_cpu_ns: u64,
+    last: Instant,
+    /// Processes found gone at the previous interval: their slots are freed
+    /// after this interval's read, so their last calls are reported once.
+    gone: HashSet<u32>,
+}
+
+/// Runs the agent until `--duration`, SIGINT or SIGTERM, or stdout closes.
+pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
+    if let Some(caps) = procfs::missing_capabilities() {
+        return Err(AgentError::Privileges(caps));
+    }
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+
+    let probes = Probes::start(cfg.bpf_stats)?;
+    let host = cfg.host.clone().unwrap_or_else(procfs::hostname);
+    let start = Instant::now();
+    let mut agent = Agent {
+        prev_counters: probes.syscalls.counters()?,
+        prev_programs: probes.program_stats().into_iter().map(|p| (p.name, p)).collect(),
+        prev: probes.syscalls.read()?,
+        prev_cpu_ns: procfs::self_cpu_ns(),
+        probes,
+        host,
+        last: start,
+        gone: HashSet::new(),
+        cfg,
+    };
+    match agent.status() {
+        Err(AgentError::Sink(SinkError::Closed)) => return Ok(()),
+        other => other?,
+    }
+    info!(
+        "attached; writing records every {:?}{}",
+        agent.cfg.interval,
+        agent.cfg.duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
+    );
+
+    let deadline = agent.cfg.duration.map(|d| start + d);
+    let mut next = start + agent.cfg.interval;
+    loop {
+        let wake = deadline.map_or(next, |d| d.min(next));
+        let last = tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => deadline.is_some_and(|d| wake >= d),
+            _ = sigint.recv() => true,
+            _ = sigterm.recv() => true,
+        };
+        match agent.interval() {
+            Err(AgentError::Sink(SinkError::Closed)) => return Ok(()),
+            other => other?,
+        }
+        if last {
+            return Ok(());
+        }
+        next += agent.cfg.interval;
+        // After a stall (suspend, a blocked stdout), skip missed ticks
+        // rather than writing a burst of near-empty intervals.
+        let now = Instant::now();
+        while next <= now {
+            next += agent.cfg.interval;
+        }
+    }
+}
+
+impl Agent {
+
+    fn status(&self) -> Result<(), AgentError> {
+        let ts = rfc3339_millis(SystemTime::now());
+        let mut kpis = BTreeMap::new();
+        kpis.insert("syscalls", KpiStatus { available: true, reason: None });
+        let rec = StatusRecord {
+            header: Header { v: VERSION, kind: "status", ts: &ts, host: &self.host, interval_s: 0.0 },
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            kpis,
+            programs: self.probes.program_stats().iter().map(|p| p.name).collect(),
+        };
+        let mut buf = BytesMut::new();
+        encode(&mut buf, &rec)?;
+        write_stdout(&buf)?;
+        Ok(())
+    }
+
+    /// Reads the maps, writes one interval's records, frees what exited.
+    fn interval(&mut self) -> Result<(), AgentError> {
+        let now = Instant::now();
+        let interval_s = round(now.duration_since(self.last).as_secs_f64(), 3);
+        self.last = now;
+        let ts = rfc3339_millis(SystemTime::now());
+        let host_name = self.host.clone();
+        let header = Header { v: VERSION, kind: "host", ts: &ts, host: &host_name, interval_s };
+
+        let cur = self.probes.syscalls.read()?;
+        let counters = self.probes.syscalls.counters()?;
+        let calls = syscalls::interval(&self.prev, &cur);
+
+        // Group per process; host totals include every process.
+        let mut host = CallStats::default();
+        let mut procs: BTreeMap<u32, (CallStats, Vec<(u16, &CallStats)>)> = BTreeMap::new();
+        for (&(tgid, nr), stats) in &calls {
+            host.merge(stats);
+            let p = procs.entry(tgid).or_default();
+            p.0.merge(stats);
+            p.1.push((nr, stats));
+        }
+        let active = procs.len() as u64;
+
+        // Filters, then the top N by total system-call time.
+        let mut chosen: Vec<(u32, String, &CallStats, &Vec<(u16, &CallStats)>)> = procs
+            .iter()
+            .filter(|(tgid, _)| self.cfg.pids.is_empty() || self.cfg.pids.contains(tgid))
+            .map(|(&tgid, (total, per_nr))| (tgid, self.comm(tgid), total, per_nr))
+            .filter(|(_, comm, _, _)| self.cfg.comms.is_empty() || self.cfg.comms.contains(comm))
+            .collect();
+        let matching = chosen.len();
+        chosen.sort_by(|a, b| b.2.latency.sum_ns.cmp(&a.2.latency.sum_ns).then(a.0.cmp(&b.0)));
+        chosen.truncate(self.cfg.top);
+
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        encode(
+            &mut buf,
+            &HostRecord { header: header.with("host"), syscalls: host.group(interval_s) },
+        )?;
+        for (tgid, comm, total, per_nr) in &chosen {
+            encode(
+                &mut buf,
+                &ProcessRecord {
+                    header: header.with("process"),
+                    pid: *tgid,
+                    comm,
+                    syscalls: total.group(interval_s),
+                },
+            )?;
+            for (nr, stats) in per_nr.iter() {
+                let name = names::syscall(*nr);
+                let g = stats.group(interval_s);
+                encode(
+                    &mut buf,
+                    &SyscallRecord {
+                        header: header.with("syscall"),
+                        pid: *tgid,
+                        comm,
+                        syscall: &name,
+                        nr: *nr,
+                        count: g.count,
+                        errors: g.errors,
+                        error_rate_pct: g.error_rate_pct,
+                        rate_per_s: g.rate_per_s,
+                        latency_ms: g.latency_ms,
+                        errnos: stats
+                            .errnos
+                            .iter()
+                            .map(|(&e, &n)| (names::errno(e).into_owned(), n))
+                            .collect(),
+                    },
+                )?;
+            }
+        }
+        let reported = chosen.len() as u64;
+        drop(chosen);
+        drop(procs);
+        drop(calls);
+
+        // Free the slots of processes that were already gone last interval:
+        // this read was their last, and it has been reported above.
+        let mut cur = cur;
+        let doomed: Vec<SyscallKey> = cur.keys().filter(|k| self.gone.contains(&k.tgid)).copied().collect();
+        let mut sorted = doomed.clone();
+        sorted.sort_unstable();
+        let reclaimed = self.probes.syscalls.reclaim(&sorted) as u64;
+        for k in &doomed {
+            cur.remove(k);
+        }
+        let stats_entries = cur.len();
+        let tgids: HashSet<u32> = cur.keys().map(|k| k.tgid).collect();
+        self.gone = tgids.into_iter().filter(|&t| !procfs::alive(t)).collect();
+
+        let agent = self.agent_record(header.with("agent"), &counters, stats_entries, active, reported, matching, reclaimed);
+        encode(&mut buf, &agent)?;
+        self.prev = cur;
+        self.prev_counters = counters;
+        write_stdout(&buf)?;
+        Ok(())
+    }
+
+    /// The process's name: /proc while it lives (it may have renamed itself),
+    /// else what the kernel recorded, else empty.
+    fn comm(&self, tgid: u32) -> String {
+        procfs::comm(tgid)
+            .or_else(|| self.probes.syscalls.comm(tgid).map(|c| procfs::comm_from_kernel(&c.bytes)))
+            .unwrap_or_default()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn agent_record<'a>(
+        &mut self,
+        header: Header<'a>,
+        counters: &[u64; COUNTERS as usize],
+        stats_entries: usize,
+        active: u64,
+        reported: u64,
+        matching: usize,
+        reclaimed: u64,
+    ) -> AgentRecord<'a> {
+        let interval_s = header.interval_s;
+        let cpu_ns = procfs::self_cpu_ns();
+        let cpu_pct = pct_of_core(cpu_ns.saturating_sub(self.prev_cpu_ns), interval_s);
+        self.prev_cpu_ns = cpu_ns;
+
+        let has_stats = self.probes.has_run_stats();
+        let mut programs = Vec::new();
+        let mut prog_ns = 0u64;
+        for p in self.probes.program_stats() {
+            let before = self.prev_programs.get(p.name).cloned().unwrap_or_default();
+            let runs = p.run_count.saturating_sub(before.run_count);
+            let ns = p.run_time_ns.saturating_sub(before.run_time_ns);
+            prog_ns += ns;
+            programs.push(ProgramRecord {
+                name: p.name,
+                run_count: has_stats.then_some(runs),
+                avg_ns: (has_stats && runs > 0).then(|| round(ns as f64 / runs as f64, 1)),
+            });
+            self.prev_programs.insert(p.name, p);
+        }
+        let maps = self
+            .probes
+            .syscalls
+            .fill(stats_entries)
+            .into_iter()
+            .map(|m| MapRecord {
+                name: m.name,
+                entries: m.entries,
+                max_entries: m.max_entries,
+                fill_pct: pct(m.entries, m.max_entries),
+            })
+            .collect();
+        let lost_of = |c: Counter| counters[c as usize].saturating_sub(self.prev_counters[c as usize]);
+        let lost = LostRecord {
+            syscall_stats_full: lost_of(Counter::StatsFull),
+            syscall_start_full: lost_of(Counter::StartFull),
+            comm_full: lost_of(Counter::CommFull),
+            syscall_bad_nr: lost_of(Counter::BadNr),
+            syscall_no_start: lost_of(Counter::NoStart),
+        };
+        if lost.syscall_stats_full + lost.syscall_start_full + lost.comm_full > 0 {
+            warn!("kernel maps full this interval: {lost:?}");
+        }
+        AgentRecord {
+            header,
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            cpu_pct,
+            rss_bytes: procfs::self_rss_bytes(),
+            programs_cpu_pct: has_stats.then(|| pct_of_core(prog_ns, interval_s)),
+            programs,
+            maps,
+            lost,
+            processes_active: active,
+            processes_reported: reported,
+            processes_cut_by_top: (matching as u64).saturating_sub(reported),
+            entries_reclaimed: reclaimed,
+        }
+    }
+}
+
+/// `ns` of CPU time over `interval_s` seconds, in percent of one core.
+fn pct_of_core(ns: u64, interval_s: f64) -> f64 {
+    if interval_s <= 0.0 { 0.0 } else { round(ns as f64 / (interval_s * 1e9) * 100.0, 3) }
+}
+
+/// `probe-agent floor`: attaches the empty programs and waits.
+pub async fn floor(duration: Option<Duration>) -> Result<(), AgentError> {
+    if let Some(caps) = procfs::missing_capabilities() {
+        return Err(AgentError::Privileges(caps));
+    }
+    let mut ebpf = crate::probes::load()?;
+    for hook in crate::probes::FLOOR_HOOKS {
+        crate::probes::attach(&mut ebpf, hook)?;
+    }
+    info!("floor programs attached");
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let forever = Duration::from_secs(86_400 * 365);
+    tokio::select! {
+        _ = tokio::time::sleep(duration.unwrap_or(forever)) => {},
+        _ = sigint.recv() => {},
+        _ = sigterm.recv() => {},
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! System-call KPIs: per-interval deltas of the kernel's cumulative slots,
+//! grouped per (process, system call), per process and per host.
+
+use std::collections::{BTreeMap, HashMap};
+
+use probe_common::syscalls::{SLOT_ERRNO, SyscallKey, SyscallValue};
+use serde::Serialize;
+
+use super::{
+    latency::{Latency, LatencyMs},
+    pct, round,
+};
+
+/// One read of `SYSCALL_STATS`, summed over CPUs.
+pub type Snapshot = HashMap<SyscallKey, SyscallValue>;
+
+/// Calls of one interval: latency distribution (which holds the count),
+/// errors and errors by errno.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallStats {
+    pub latency: Latency,
+    pub errors: u64,
+    pub errnos: BTreeMap<u16, u64>,
+}
+
+impl CallStats {
+    pub fn count(&self) -> u64 {
+        self.latency.count
+    }
+
+    pub fn merge(&mut self, other: &CallStats) {
+        self.latency.merge(&other.latency);
+        self.errors += other.errors;
+        for (&e, &n) in &other.errnos {
+            *self.errnos.entry(e).or_default() += n;
+        }
+    }
+
+    /// The `syscalls` group of process and host records.
+    pub fn group(&self, interval_s: f64) -> SyscallsGroup {
+        SyscallsGroup {
+            count: self.count(),
+            errors: self.errors,
+            error_rate_pct: pct(self.errors, self.count()),
+            rate_per_s: rate(self.count(), interval_s),
+            latency_ms: self.latency.summary_ms(),
+        }
+    }
+}
+
+/// `count / interval_s`, rounded to milli-units.
+pub fn rate(count: u64, interval_s: f64) -> f64 {
+    if interval_s <= 0.0 { 0.0 } else { round(count as f64 / interval_s, 3) }
+}
+
+/// System-call totals as they appear in `process` and `host` records.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyscallsGroup {
+    pub count: u64,
+    pub errors: u64,
+    pub error_rate_pct: f64,
+    pub rate_per_s: f64,
+    pub latency_ms: Option<LatencyMs>,
+}
+
+/// What happened between two reads, per (tgid, syscall nr).
+///
+/// A slot missing from `prev` (new) or smaller than in `prev` (deleted and
+/// created again) counts from zero. Slots are cumulative, so nothing that
+/// arrives between two reads is lost or counted twice.
+pub fn interval(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<(u32, u16), CallStats> {
+    let mut out: BTreeMap<(u32, u16), CallStats> = BTreeMap::new();
+    for (key, now) in cur {
+        let before = prev.get(key).filter(|p| p.count <= now.count).copied().unwrap_or_default();
+        let count = now.count - before.count;
+        if count == 0 {
+            continue;
+        }
+        let stats = out.entry((key.tgid, key.nr)).or_default();
+        if key.slot & SLOT_ERRNO != 0 {
+            let errno = key.slot & !SLOT_ERRNO;
+            stats.errors += count;
+            *stats.errnos.entry(errno).or_default() += count;
+        } else {
+            // The kernel bumps count before sum; a read between the two can
+            // see one lagging the other. saturating_sub keeps that harmless.
+            let sum = now.sum_ns.saturating_sub(before.sum_ns);
+            stats.latency.add(u32::from(key.slot), count, sum, now.max_ns);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::hist::bucket_of;
+
+    fn key(tgid: u32, nr: u16, slot: u16) -> SyscallKey {
+        SyscallKey { tgid, nr, slot }
+    }
+
+    fn val(count: u64, sum_ns: u64, max_ns: u64) -> SyscallValue {
+        SyscallValue { count, sum_ns, max_ns }
+    }
+
+    #[test]
+    fn deltas_count_each_call_once() {
+        let b = bucket_of(1000) as u16;
+        let mut prev = Snapshot::new();
+        prev.insert(key(7, 0, b), val(10, 10_000, 1000));
+        let mut cur = prev.clone();
+        cur.insert(key(7, 0, b), val(15, 15_000, 1000));
+        cur.insert(key(7, 0, SLOT_ERRNO | 2), val(4, 0, 0));
+        cur.insert(key(8, 1, b), val(3, 3000, 1000));
+        let d = interval(&prev, &cur);
+        assert_eq!(d[&(7, 0)].count(), 5);
+        assert_eq!(d[&(7, 0)].errors, 4);
+        assert_eq!(d[&(7, 0)].errnos[&2], 4);
+        assert_eq!(d[&(7, 0)].latency.sum_ns, 5000);
+        assert_eq!(d[&(8, 1)].count(), 3);
+        // Nothing new: nothing reported.
+        assert!(interval(&cur, &cur).is_empty());
+    }
+
+    #[test]
+    fn recreated_slot_counts_from_zero() {
+        let b = bucket_of(50) as u16;
+        let mut prev = Snapshot::new();
+        prev.insert(key(9, 3, b), val(100, 5000, 50));
+        let mut cur = Snapshot::new();
+        cur.insert(key(9, 3, b), val(2, 100, 50));
+        assert_eq!(interval(&prev, &cur)[&(9, 3)].count(), 2);
+    }
+
+    #[test]
+    fn group_rates_and_error_pct() {
+        let b = bucket_of(2_000_000) as u16;
+        let mut cur = Snapshot::new();
+        cur.insert(key(1, 2, b), val(200, 400_000_000, 2_000_000));
+        cur.insert(key(1, 2, SLOT_ERRNO | 13), val(3, 0, 0));
+        let d = interval(&Snapshot::new(), &cur);
+        let g = d[&(1, 2)].group(10.0);
+        assert_eq!((g.count, g.errors, g.error_rate_pct, g.rate_per_s), (200, 3, 1.5, 20.0));
+        assert_eq!(g.latency_ms.unwrap().avg, 2.0);
+    }
+}

@@ -1,0 +1,196 @@
+//! Command line: parsing and the one validation step that turns it into
+//! the runtime configuration.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "probe-agent",
+    version,
+    about = "eBPF host agent: system-call KPIs as JSON lines on stdout",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes and write KPI records (the default).
+    Run(RunArgs),
+    /// Attach only empty programs to the system-call tracepoints, for the
+    /// benchmark's floor measurement, and wait.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// How often records are written (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long, after a final set of records.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Report only this process (repeatable). Host totals are unaffected.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Report only processes with this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Report at most N processes per interval, by total system-call time.
+    #[arg(long, default_value_t = 50)]
+    pub top: usize,
+    /// The `host` label of every record (default: the host name).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Do not enable the kernel's BPF run-time statistics (the agent record's
+    /// per-program costs are then null).
+    #[arg(long)]
+    pub no_bpf_stats: bool,
+}
+
+/// The validated runtime configuration of `run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub top: usize,
+    pub host: Option<String>,
+    pub bpf_stats: bool,
+}
+
+/// A usage error: the agent exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Kernel comm length minus the NUL (TASK_COMM_LEN - 1).
+const COMM_MAX: usize = 15;
+
+impl RunArgs {
+    pub fn validate(self) -> Result<RunConfig, UsageError> {
+        let bad = |m: String| Err(UsageError(m));
+        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(86_400) {
+            return bad(format!("--interval must be between 100ms and 24h, got {:?}", self.interval));
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return bad("--duration must be above zero".into());
+        }
+        if self.top == 0 || self.top > 100_000 {
+            return bad(format!("--top must be between 1 and 100000, got {}", self.top));
+        }
+        if let Some(p) = self.pids.iter().find(|&&p| p == 0) {
+            return bad(format!("--pid must be a process id above 0, got {p}"));
+        }
+        let mut comms = Vec::new();
+        for c in self.comms {
+            if c.is_empty() {
+                return bad("--comm must not be empty".into());
+            }
+            // The kernel keeps 15 bytes of a name; match what it keeps.
+            let mut end = c.len().min(COMM_MAX);
+            while !c.is_char_boundary(end) {
+                end -= 1;
+            }
+            comms.push(c[..end].to_string());
+        }
+        if self.host.as_deref().is_some_and(|h| h.is_empty() || h.len() > 253) {
+            return bad("--host must be 1 to 253 bytes".into());
+        }
+        Ok(RunConfig {
+            interval: self.interval,
+            duration: self.duration,
+            pids: self.pids,
+            comms,
+            top: self.top,
+            host: self.host,
+            bpf_stats: !self.no_bpf_stats,
+        })
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
+    let scale = match unit {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Result<RunConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("probe-agent").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let run = match cli.command {
+            Some(Command::Run(r)) => r,
+            None => cli.run,
+            Some(other) => return Err(format!("{other:?}")),
+        };
+        run.validate().map_err(|e| e.0)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("99999999999999h").is_err());
+    }
+
+    #[test]
+    fn defaults_and_default_subcommand() {
+        let c = args(&[]).unwrap();
+        assert_eq!((c.interval, c.top, c.duration), (Duration::from_secs(10), 50, None));
+        let c = args(&["--interval", "1s", "--pid", "5", "--pid", "6"]).unwrap();
+        assert_eq!(c.pids, [5, 6]);
+        let c = args(&["run", "--comm", "a-very-long-process-name", "--top", "3"]).unwrap();
+        assert_eq!(c.comms, ["a-very-long-pro"]);
+        assert_eq!(c.top, 3);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["--interval", "1ms"][..],
+            &["--top", "0"],
+            &["--pid", "0"],
+            &["--pid", "-3"],
+            &["--duration", "0s"],
+            &["--comm", ""],
+            &["--bogus"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! System-call probes: the attach table and the reading of their maps.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
+use probe_common::{
+    Comm,
+    syscalls::{
+        COMM_MAP, COUNTER_MAP, COUNTERS, START_MAP, STATS_MAP, SyscallKey, SyscallStart,
+        SyscallValue,
+    },
+};
+
+use super::{Hook, ProbeError};
+
+/// Programs and their raw tracepoints (include/trace/events/syscalls.h and
+/// sched.h; raw tracepoints since Linux 4.17).
+pub const HOOKS: &[Hook] = &[
+    Hook { program: "sys_enter", tracepoint: "sys_enter" },
+    Hook { program: "sys_exit", tracepoint: "sys_exit" },
+    Hook { program: "sched_process_exec", tracepoint: "sched_process_exec" },
+    Hook { program: "sched_process_exit", tracepoint: "sched_process_exit" },
+];
+
+/// A map's name, live entry count and bound.
+#[derive(Clone, Debug)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+/// The system-call maps, owned by the agent.
+pub struct SyscallMaps {
+    stats: PerCpuHashMap<MapData, SyscallKey, SyscallValue>,
+    start: BpfHashMap<MapData, u32, SyscallStart>,
+    comm: BpfHashMap<MapData, u32, Comm>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+impl SyscallMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        Ok(Self {
+            stats: take(ebpf, STATS_MAP)?.try_into().map_err(map_err(STATS_MAP))?,
+            start: take(ebpf, START_MAP)?.try_into().map_err(map_err(START_MAP))?,
+            comm: take(ebpf, COMM_MAP)?.try_into().map_err(map_err(COMM_MAP))?,
+            counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
+        })
+    }
+
+    /// Every stats slot, summed over CPUs (max: the largest of any CPU).
+    /// Values are cumulative; the aggregate stage diffs two reads.
+    pub fn read(&self) -> Result<HashMap<SyscallKey, SyscallValue>, ProbeError> {
+        let mut out = HashMap::new();
+        for item in self.stats.iter() {
+            let (key, per_cpu) = match item {
+                Ok(kv) => kv,
+                // Deleted between listing its key and reading it: nothing to add.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(ProbeError::Map { name: STATS_MAP, source }),
+            };
+            let mut sum = SyscallValue::default();
+            for v in per_cpu.iter() {
+                sum.count += v.count;
+                sum.sum_ns += v.sum_ns;
+                sum.max_ns = sum.max_ns.max(v.max_ns);
+            }
+            out.insert(key, sum);
+        }
+        Ok(out)
+    }
+
+    /// The kernel's loss counters, summed over CPUs, indexed by `Counter`.
+    pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
+        let mut out = [0u64; COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The name the kernel recorded for `tgid`, if any.
+    pub fn comm(&self, tgid: u32) -> Option<Comm> {
+        self.comm.get(&tgid, 0).ok()
+    }
+
+    /// Deletes every slot of processes that have exited, after their last
+    /// counts were read. Returns the number of map entries freed.
+    pub fn reclaim(&mut self, keys: &[SyscallKey]) -> usize {
+        let mut freed = 0;
+        let mut last_tgid = None;
+        for key in keys {
+            if self.stats.remove(key).is_ok() {
+                freed += 1;
+            }
+            if last_tgid != Some(key.tgid) {
+                last_tgid = Some(key.tgid);
+                if self.comm.remove(&key.tgid).is_ok() {
+                    freed += 1;
+                }
+            }
+        }
+        freed
+    }
+
+    /// Live entries of each map against its bound. `stats_entries` is the
+    /// size of the last [`Self::read`], which already walked that map.
+    pub fn fill(&self, stats_entries: usize) -> Vec<MapFill> {
+        vec![
+            MapFill {
+                name: STATS_MAP,
+                entries: stats_entries as u64,
+                max_entries: max_entries(&self.stats),
+            },
+            MapFill {
+                name: START_MAP,
+                entries: self.start.keys().filter(Result::is_ok).count() as u64,
+                max_entries: max_entries(&self.start),
+            },
+            MapFill {
+                name: COMM_MAP,
+                entries: self.comm.keys().filter(Result::is_ok).count() as u64,
+                max_entries: max_entries(&self.comm),
+            },
+        ]
+    }
+}
+
+fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
+    map.map().info().map(|i| u64::from(i.max_entries())).unwrap_or(0)
+}

@@ -1,0 +1,87 @@
+//! What the agent reads from /proc and the C library about processes and itself.
+
+use std::{fs, path::Path};
+
+/// A process's command name from /proc, without the trailing newline.
+/// Any bytes are possible; invalid UTF-8 becomes U+FFFD.
+pub fn comm(tgid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{tgid}/comm")).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// A kernel `comm` buffer (NUL-padded) as a string.
+pub fn comm_from_kernel(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Whether a process with this id exists (zombies included).
+pub fn alive(tgid: u32) -> bool {
+    Path::new(&format!("/proc/{tgid}")).exists()
+}
+
+/// This host's name (`gethostname`).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    comm_from_kernel(&buf)
+}
+
+/// CPU time (user + system) this process has used, in ns.
+pub fn self_cpu_ns() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Resident set size of this process, in bytes.
+pub fn self_rss_bytes() -> u64 {
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
+/// Capabilities needed to load and attach tracing programs: CAP_BPF and
+/// CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN.
+pub fn missing_capabilities() -> Option<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let eff = u64::from_str_radix(eff, 16).ok()?;
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        None
+    } else {
+        Some("CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_comm_stops_at_nul() {
+        assert_eq!(comm_from_kernel(b"nginx\0\0\0garbage"), "nginx");
+        assert_eq!(comm_from_kernel(b"0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(comm_from_kernel(b"\xffx\0"), "\u{fffd}x");
+    }
+
+    #[test]
+    fn self_figures_are_plausible() {
+        assert!(alive(std::process::id()));
+        assert!(self_rss_bytes() > 0);
+        assert!(comm(std::process::id()).is_some());
+    }
+}

@@ -1,0 +1,188 @@
+//! The JSON records: the product's interface (contract version 1).
+//!
+//! These are output types, built from aggregated data, never the kernel's
+//! wire structs. Field meanings never change; fields may be added. Units are
+//! in the field names.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::aggregate::{latency::LatencyMs, syscalls::SyscallsGroup};
+
+/// Contract version, the `v` of every record.
+pub const VERSION: u32 = 1;
+
+/// Fields every record starts with.
+#[derive(Clone, Debug, Serialize)]
+pub struct Header<'a> {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// End of the interval, RFC 3339 UTC with milliseconds.
+    pub ts: &'a str,
+    pub host: &'a str,
+    /// Length of the interval the figures cover, in seconds (the final
+    /// interval of a run may be shorter than `--interval`).
+    pub interval_s: f64,
+}
+
+impl<'a> Header<'a> {
+    pub fn with(&self, kind: &'static str) -> Header<'a> {
+        Header { kind, ..self.clone() }
+    }
+}
+
+/// `type: "syscall"`: one process's calls of one system call.
+#[derive(Debug, Serialize)]
+pub struct SyscallRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub syscall: &'a str,
+    pub nr: u16,
+    pub count: u64,
+    pub errors: u64,
+    pub error_rate_pct: f64,
+    pub rate_per_s: f64,
+    pub latency_ms: Option<LatencyMs>,
+    pub errnos: BTreeMap<String, u64>,
+}
+
+/// `type: "process"`: one process's totals.
+#[derive(Debug, Serialize)]
+pub struct ProcessRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub syscalls: SyscallsGroup,
+}
+
+/// `type: "host"`: host-wide totals, whatever the process filters.
+#[derive(Debug, Serialize)]
+pub struct HostRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub syscalls: SyscallsGroup,
+}
+
+/// `type: "status"`: written once at start, after the probes are attached.
+#[derive(Debug, Serialize)]
+pub struct StatusRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub version: &'static str,
+    pub pid: u32,
+    /// Per KPI family: whether it runs, and why not.
+    pub kpis: BTreeMap<&'static str, KpiStatus>,
+    pub programs: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KpiStatus {
+    pub available: bool,
+    pub reason: Option<String>,
+}
+
+/// `type: "agent"`: the agent's own health, so the monitoring is monitored.
+#[derive(Debug, Serialize)]
+pub struct AgentRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub version: &'static str,
+    pub pid: u32,
+    /// The agent process's CPU (user + system) in percent of one core.
+    pub cpu_pct: f64,
+    pub rss_bytes: u64,
+    /// Kernel time of all the agent's programs, in percent of one core
+    /// (null when BPF run-time statistics are off).
+    pub programs_cpu_pct: Option<f64>,
+    pub programs: Vec<ProgramRecord>,
+    pub maps: Vec<MapRecord>,
+    /// Events the kernel side could not record, this interval.
+    pub lost: LostRecord,
+    /// Processes with system-call activity this interval.
+    pub processes_active: u64,
+    /// Processes reported (after --pid/--comm filters and --top).
+    pub processes_reported: u64,
+    /// Matching processes left out by --top.
+    pub processes_cut_by_top: u64,
+    /// Map entries of exited processes freed this interval.
+    pub entries_reclaimed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramRecord {
+    pub name: &'static str,
+    /// Runs this interval (null without run-time statistics).
+    pub run_count: Option<u64>,
+    /// Average ns per run this interval.
+    pub avg_ns: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapRecord {
+    pub name: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+    pub fill_pct: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LostRecord {
+    /// Calls not recorded because SYSCALL_STATS was full.
+    pub syscall_stats_full: u64,
+    /// Threads whose call start could not be stored (SYSCALL_START full).
+    pub syscall_start_full: u64,
+    /// Process names not stored (PROC_COMM full).
+    pub comm_full: u64,
+    /// Calls with a number outside the table (x32 ABI, invalid numbers).
+    pub syscall_bad_nr: u64,
+    /// Calls whose entry was not seen (in flight at attach, or start not stored).
+    pub syscall_no_start: u64,
+}
+
+/// Appends `record` as one line of JSON to `buf`.
+pub fn encode<T: Serialize>(buf: &mut bytes::BytesMut, record: &T) -> Result<(), serde_json::Error> {
+    use bytes::BufMut as _;
+    let mut w = buf.writer();
+    serde_json::to_writer(&mut w, record)?;
+    w.into_inner().put_u8(b'\n');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_stay_one_valid_line() {
+        let raw: &[u8] = b"a\"b\\c\nd\te\x01\xff\xfe";
+        let comm = String::from_utf8_lossy(raw);
+        let header = Header { v: 1, kind: "process", ts: "t", host: "h\n\"", interval_s: 1.0 };
+        let rec = ProcessRecord {
+            header,
+            pid: 1,
+            comm: &comm,
+            syscalls: SyscallsGroup {
+                count: 0,
+                errors: 0,
+                error_rate_pct: 0.0,
+                rate_per_s: 0.0,
+                latency_ms: None,
+            },
+        };
+        let mut buf = bytes::BytesMut::new();
+        encode(&mut buf, &rec).unwrap();
+        let line = std::str::from_utf8(&buf).unwrap();
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n'));
+        let back: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(back["comm"], comm.as_ref());
+        assert_eq!(back["type"], "process");
+        assert_eq!(back["v"], 1);
+        assert!(back["syscalls"]["latency_ms"].is_null());
+    }
+}
