@@ -15,7 +15,9 @@ fn main() -> anyhow::Result<()> {
     let missing = missing_toolchain();
     if env::var_os("PROBE_EBPF_STUB").is_some() || missing.is_some() {
         let why = missing.unwrap_or_else(|| "PROBE_EBPF_STUB is set".into());
-        println!("cargo:warning=building a stub eBPF object ({why}); run scripts/setup.sh for a working agent");
+        println!(
+            "cargo:warning=building a stub eBPF object ({why}); run scripts/setup.sh for a working agent"
+        );
         fs::write(out_dir.join("probe"), [])?;
         return Ok(());
     }
@@ -25,7 +27,11 @@ fn main() -> anyhow::Result<()> {
         .join("probe-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "probe-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "probe-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

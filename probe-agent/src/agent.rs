@@ -14,11 +14,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     aggregate::{
         pct, round,
-        syscalls::{self, CallStats, Snapshot},
+        syscalls::{self, CallStats, ProcessCalls, Snapshot},
     },
     cli::RunConfig,
     names,
-    probes::{ProbeError, ProgramStats, Probes},
+    probes::{ProbeError, Probes, ProgramStats},
     procfs,
     records::{
         AgentRecord, Header, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessRecord,
@@ -73,7 +73,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let start = Instant::now();
     let mut agent = Agent {
         prev_counters: probes.syscalls.counters()?,
-        prev_programs: probes.program_stats().into_iter().map(|p| (p.name, p)).collect(),
+        prev_programs: probes
+            .program_stats()
+            .into_iter()
+            .map(|p| (p.name, p))
+            .collect(),
         prev: probes.syscalls.read()?,
         prev_cpu_ns: procfs::self_cpu_ns(),
         probes,
@@ -89,7 +93,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     info!(
         "attached; writing records every {:?}{}",
         agent.cfg.interval,
-        agent.cfg.duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
+        agent
+            .cfg
+            .duration
+            .map(|d| format!(" for {d:?}"))
+            .unwrap_or_default()
     );
 
     let deadline = agent.cfg.duration.map(|d| start + d);
@@ -119,13 +127,24 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
 }
 
 impl Agent {
-
     fn status(&self) -> Result<(), AgentError> {
         let ts = rfc3339_millis(SystemTime::now());
         let mut kpis = BTreeMap::new();
-        kpis.insert("syscalls", KpiStatus { available: true, reason: None });
+        kpis.insert(
+            "syscalls",
+            KpiStatus {
+                available: true,
+                reason: None,
+            },
+        );
         let rec = StatusRecord {
-            header: Header { v: VERSION, kind: "status", ts: &ts, host: &self.host, interval_s: 0.0 },
+            header: Header {
+                v: VERSION,
+                kind: "status",
+                ts: &ts,
+                host: &self.host,
+                interval_s: 0.0,
+            },
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
             kpis,
@@ -144,83 +163,64 @@ impl Agent {
         self.last = now;
         let ts = rfc3339_millis(SystemTime::now());
         let host_name = self.host.clone();
-        let header = Header { v: VERSION, kind: "host", ts: &ts, host: &host_name, interval_s };
+        let header = Header {
+            v: VERSION,
+            kind: "host",
+            ts: &ts,
+            host: &host_name,
+            interval_s,
+        };
 
         let cur = self.probes.syscalls.read()?;
         let counters = self.probes.syscalls.counters()?;
-        let calls = syscalls::interval(&self.prev, &cur);
-
-        // Group per process; host totals include every process.
-        let mut host = CallStats::default();
-        let mut procs: BTreeMap<u32, (CallStats, Vec<(u16, &CallStats)>)> = BTreeMap::new();
-        for (&(tgid, nr), stats) in &calls {
-            host.merge(stats);
-            let p = procs.entry(tgid).or_default();
-            p.0.merge(stats);
-            p.1.push((nr, stats));
-        }
+        let (host, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
         let active = procs.len() as u64;
 
         // Filters, then the top N by total system-call time.
-        let mut chosen: Vec<(u32, String, &CallStats, &Vec<(u16, &CallStats)>)> = procs
-            .iter()
-            .filter(|(tgid, _)| self.cfg.pids.is_empty() || self.cfg.pids.contains(tgid))
-            .map(|(&tgid, (total, per_nr))| (tgid, self.comm(tgid), total, per_nr))
-            .filter(|(_, comm, _, _)| self.cfg.comms.is_empty() || self.cfg.comms.contains(comm))
+        let mut chosen: Vec<(String, ProcessCalls)> = procs
+            .into_iter()
+            .filter(|p| self.cfg.pids.is_empty() || self.cfg.pids.contains(&p.tgid))
+            .map(|p| (self.comm(p.tgid), p))
+            .filter(|(comm, _)| self.cfg.comms.is_empty() || self.cfg.comms.contains(comm))
             .collect();
-        let matching = chosen.len();
-        chosen.sort_by(|a, b| b.2.latency.sum_ns.cmp(&a.2.latency.sum_ns).then(a.0.cmp(&b.0)));
+        let matching = chosen.len() as u64;
+        chosen.sort_by(|(_, a), (_, b)| {
+            (b.total.latency.sum_ns, a.tgid).cmp(&(a.total.latency.sum_ns, b.tgid))
+        });
         chosen.truncate(self.cfg.top);
+        let reported = chosen.len() as u64;
 
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        encode(
-            &mut buf,
-            &HostRecord { header: header.with("host"), syscalls: host.group(interval_s) },
-        )?;
-        for (tgid, comm, total, per_nr) in &chosen {
-            encode(
-                &mut buf,
-                &ProcessRecord {
-                    header: header.with("process"),
-                    pid: *tgid,
-                    comm,
-                    syscalls: total.group(interval_s),
-                },
-            )?;
-            for (nr, stats) in per_nr.iter() {
-                let name = names::syscall(*nr);
-                let g = stats.group(interval_s);
+        let host = HostRecord {
+            header: header.with("host"),
+            syscalls: host.group(interval_s),
+        };
+        encode(&mut buf, &host)?;
+        for (comm, p) in &chosen {
+            let total = p.total.group(interval_s);
+            let rec = ProcessRecord {
+                header: header.with("process"),
+                pid: p.tgid,
+                comm,
+                syscalls: total,
+            };
+            encode(&mut buf, &rec)?;
+            for (nr, stats) in &p.calls {
                 encode(
                     &mut buf,
-                    &SyscallRecord {
-                        header: header.with("syscall"),
-                        pid: *tgid,
-                        comm,
-                        syscall: &name,
-                        nr: *nr,
-                        count: g.count,
-                        errors: g.errors,
-                        error_rate_pct: g.error_rate_pct,
-                        rate_per_s: g.rate_per_s,
-                        latency_ms: g.latency_ms,
-                        errnos: stats
-                            .errnos
-                            .iter()
-                            .map(|(&e, &n)| (names::errno(e).into_owned(), n))
-                            .collect(),
-                    },
+                    &syscall_record(header.with("syscall"), p.tgid, comm, *nr, stats),
                 )?;
             }
         }
-        let reported = chosen.len() as u64;
-        drop(chosen);
-        drop(procs);
-        drop(calls);
 
         // Free the slots of processes that were already gone last interval:
         // this read was their last, and it has been reported above.
         let mut cur = cur;
-        let doomed: Vec<SyscallKey> = cur.keys().filter(|k| self.gone.contains(&k.tgid)).copied().collect();
+        let doomed: Vec<SyscallKey> = cur
+            .keys()
+            .filter(|k| self.gone.contains(&k.tgid))
+            .copied()
+            .collect();
         let mut sorted = doomed.clone();
         sorted.sort_unstable();
         let reclaimed = self.probes.syscalls.reclaim(&sorted) as u64;
@@ -231,7 +231,18 @@ impl Agent {
         let tgids: HashSet<u32> = cur.keys().map(|k| k.tgid).collect();
         self.gone = tgids.into_iter().filter(|&t| !procfs::alive(t)).collect();
 
-        let agent = self.agent_record(header.with("agent"), &counters, stats_entries, active, reported, matching, reclaimed);
+        let counts = ProcessCounts {
+            active,
+            reported,
+            cut_by_top: matching - reported,
+        };
+        let agent = self.agent_record(
+            header.with("agent"),
+            &counters,
+            stats_entries,
+            counts,
+            reclaimed,
+        );
         encode(&mut buf, &agent)?;
         self.prev = cur;
         self.prev_counters = counters;
@@ -243,19 +254,21 @@ impl Agent {
     /// else what the kernel recorded, else empty.
     fn comm(&self, tgid: u32) -> String {
         procfs::comm(tgid)
-            .or_else(|| self.probes.syscalls.comm(tgid).map(|c| procfs::comm_from_kernel(&c.bytes)))
+            .or_else(|| {
+                self.probes
+                    .syscalls
+                    .comm(tgid)
+                    .map(|c| procfs::comm_from_kernel(&c.bytes))
+            })
             .unwrap_or_default()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn agent_record<'a>(
         &mut self,
         header: Header<'a>,
         counters: &[u64; COUNTERS as usize],
         stats_entries: usize,
-        active: u64,
-        reported: u64,
-        matching: usize,
+        procs: ProcessCounts,
         reclaimed: u64,
     ) -> AgentRecord<'a> {
         let interval_s = header.interval_s;
@@ -290,7 +303,8 @@ impl Agent {
                 fill_pct: pct(m.entries, m.max_entries),
             })
             .collect();
-        let lost_of = |c: Counter| counters[c as usize].saturating_sub(self.prev_counters[c as usize]);
+        let lost_of =
+            |c: Counter| counters[c as usize].saturating_sub(self.prev_counters[c as usize]);
         let lost = LostRecord {
             syscall_stats_full: lost_of(Counter::StatsFull),
             syscall_start_full: lost_of(Counter::StartFull),
@@ -311,17 +325,56 @@ impl Agent {
             programs,
             maps,
             lost,
-            processes_active: active,
-            processes_reported: reported,
-            processes_cut_by_top: (matching as u64).saturating_sub(reported),
+            processes_active: procs.active,
+            processes_reported: procs.reported,
+            processes_cut_by_top: procs.cut_by_top,
             entries_reclaimed: reclaimed,
         }
     }
 }
 
+/// How many processes were active, reported, and cut by `--top`.
+struct ProcessCounts {
+    active: u64,
+    reported: u64,
+    cut_by_top: u64,
+}
+
+/// One `syscall` record.
+fn syscall_record<'a>(
+    header: Header<'a>,
+    pid: u32,
+    comm: &'a str,
+    nr: u16,
+    stats: &CallStats,
+) -> SyscallRecord<'a> {
+    let g = stats.group(header.interval_s);
+    SyscallRecord {
+        header,
+        pid,
+        comm,
+        syscall: names::syscall(nr),
+        nr,
+        count: g.count,
+        errors: g.errors,
+        error_rate_pct: g.error_rate_pct,
+        rate_per_s: g.rate_per_s,
+        latency_ms: g.latency_ms,
+        errnos: stats
+            .errnos
+            .iter()
+            .map(|(&e, &n)| (names::errno(e).into_owned(), n))
+            .collect(),
+    }
+}
+
 /// `ns` of CPU time over `interval_s` seconds, in percent of one core.
 fn pct_of_core(ns: u64, interval_s: f64) -> f64 {
-    if interval_s <= 0.0 { 0.0 } else { round(ns as f64 / (interval_s * 1e9) * 100.0, 3) }
+    if interval_s <= 0.0 {
+        0.0
+    } else {
+        round(ns as f64 / (interval_s * 1e9) * 100.0, 3)
+    }
 }
 
 /// `probe-agent floor`: attaches the empty programs and waits.

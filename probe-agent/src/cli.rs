@@ -81,14 +81,21 @@ const COMM_MAX: usize = 15;
 impl RunArgs {
     pub fn validate(self) -> Result<RunConfig, UsageError> {
         let bad = |m: String| Err(UsageError(m));
-        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(86_400) {
-            return bad(format!("--interval must be between 100ms and 24h, got {:?}", self.interval));
+        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(86_400)
+        {
+            return bad(format!(
+                "--interval must be between 100ms and 24h, got {:?}",
+                self.interval
+            ));
         }
         if self.duration.is_some_and(|d| d.is_zero()) {
             return bad("--duration must be above zero".into());
         }
         if self.top == 0 || self.top > 100_000 {
-            return bad(format!("--top must be between 1 and 100000, got {}", self.top));
+            return bad(format!(
+                "--top must be between 1 and 100000, got {}",
+                self.top
+            ));
         }
         if let Some(p) = self.pids.iter().find(|&&p| p == 0) {
             return bad(format!("--pid must be a process id above 0, got {p}"));
@@ -105,7 +112,11 @@ impl RunArgs {
             }
             comms.push(c[..end].to_string());
         }
-        if self.host.as_deref().is_some_and(|h| h.is_empty() || h.len() > 253) {
+        if self
+            .host
+            .as_deref()
+            .is_some_and(|h| h.is_empty() || h.len() > 253)
+        {
             return bad("--host must be 1 to 253 bytes".into());
         }
         Ok(RunConfig {
@@ -123,15 +134,23 @@ impl RunArgs {
 /// Parses `250ms`, `10s`, `5m`, `2h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
     let scale = match unit {
         "ms" => 1e-3,
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs > 1e9 {
@@ -171,7 +190,10 @@ mod tests {
     #[test]
     fn defaults_and_default_subcommand() {
         let c = args(&[]).unwrap();
-        assert_eq!((c.interval, c.top, c.duration), (Duration::from_secs(10), 50, None));
+        assert_eq!(
+            (c.interval, c.top, c.duration),
+            (Duration::from_secs(10), 50, None)
+        );
         let c = args(&["--interval", "1s", "--pid", "5", "--pid", "6"]).unwrap();
         assert_eq!(c.pids, [5, 6]);
         let c = args(&["run", "--comm", "a-very-long-process-name", "--top", "3"]).unwrap();

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("probe-agent: cannot start the runtime: {err}");

@@ -29,7 +29,10 @@ pub struct Header<'a> {
 
 impl<'a> Header<'a> {
     pub fn with(&self, kind: &'static str) -> Header<'a> {
-        Header { kind, ..self.clone() }
+        Header {
+            kind,
+            ..self.clone()
+        }
     }
 }
 
@@ -40,7 +43,7 @@ pub struct SyscallRecord<'a> {
     pub header: Header<'a>,
     pub pid: u32,
     pub comm: &'a str,
-    pub syscall: &'a str,
+    pub syscall: std::borrow::Cow<'static, str>,
     pub nr: u16,
     pub count: u64,
     pub errors: u64,
@@ -145,7 +148,10 @@ pub struct LostRecord {
 }
 
 /// Appends `record` as one line of JSON to `buf`.
-pub fn encode<T: Serialize>(buf: &mut bytes::BytesMut, record: &T) -> Result<(), serde_json::Error> {
+pub fn encode<T: Serialize>(
+    buf: &mut bytes::BytesMut,
+    record: &T,
+) -> Result<(), serde_json::Error> {
     use bytes::BufMut as _;
     let mut w = buf.writer();
     serde_json::to_writer(&mut w, record)?;
@@ -161,7 +167,13 @@ mod tests {
     fn hostile_names_stay_one_valid_line() {
         let raw: &[u8] = b"a\"b\\c\nd\te\x01\xff\xfe";
         let comm = String::from_utf8_lossy(raw);
-        let header = Header { v: 1, kind: "process", ts: "t", host: "h\n\"", interval_s: 1.0 };
+        let header = Header {
+            v: 1,
+            kind: "process",
+            ts: "t",
+            host: "h\n\"",
+            interval_s: 1.0,
+        };
         let rec = ProcessRecord {
             header,
             pid: 1,

@@ -40,7 +40,8 @@ mod tests {
 
     #[test]
     fn known_instants() {
-        let at = |s: u64, ms: u64| rfc3339_millis(UNIX_EPOCH + Duration::from_millis(s * 1000 + ms));
+        let at =
+            |s: u64, ms: u64| rfc3339_millis(UNIX_EPOCH + Duration::from_millis(s * 1000 + ms));
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_795_944_800, 999), "2026-11-29T09:33:20.999Z");

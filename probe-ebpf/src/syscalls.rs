@@ -37,8 +37,7 @@ static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallValue> =
     PerCpuHashMap::with_max_entries(STATS_MAX_ENTRIES, 0);
 
 #[map(name = "SYSCALL_START")]
-static SYSCALL_START: HashMap<u32, SyscallStart> =
-    HashMap::with_max_entries(START_MAX_ENTRIES, 0);
+static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(START_MAX_ENTRIES, 0);
 
 #[map(name = "PROC_COMM")]
 static PROC_COMM: HashMap<u32, Comm> = HashMap::with_max_entries(COMM_MAX_ENTRIES, 0);
@@ -66,11 +65,15 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
             (*start).nr = id as u32;
         },
         None => {
-            let start = SyscallStart { start_ns: now, nr: id as u32, _pad: 0 };
-            if let Err(err) = SYSCALL_START.insert(tid, start, BPF_NOEXIST as u64) {
-                if err as i64 != -EEXIST {
-                    bump(Counter::StartFull);
-                }
+            let start = SyscallStart {
+                start_ns: now,
+                nr: id as u32,
+                _pad: 0,
+            };
+            if let Err(err) = SYSCALL_START.insert(tid, start, BPF_NOEXIST as u64)
+                && err as i64 != -EEXIST
+            {
+                bump(Counter::StartFull);
             }
         }
     }
@@ -106,11 +109,18 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
         return;
     }
     let delta = now.saturating_sub(start_ns);
-    let key = SyscallKey { tgid, nr: nr as u16, slot: bucket_of(delta) as u16 };
+    let key = SyscallKey {
+        tgid,
+        nr: nr as u16,
+        slot: bucket_of(delta) as u16,
+    };
     add(&key, delta);
 
     if ret < 0 && ret.unsigned_abs() <= MAX_ERRNO {
-        let key = SyscallKey { slot: SLOT_ERRNO | ret.unsigned_abs() as u16, ..key };
+        let key = SyscallKey {
+            slot: SLOT_ERRNO | ret.unsigned_abs() as u16,
+            ..key
+        };
         add(&key, 0);
     }
 }
@@ -122,7 +132,11 @@ fn add(key: &SyscallKey, delta_ns: u64) {
         unsafe { update(value, delta_ns) };
         return;
     }
-    let first = SyscallValue { count: 1, sum_ns: delta_ns, max_ns: delta_ns };
+    let first = SyscallValue {
+        count: 1,
+        sum_ns: delta_ns,
+        max_ns: delta_ns,
+    };
     match SYSCALL_STATS.insert(key, first, BPF_NOEXIST as u64) {
         Ok(()) => remember_comm(key.tgid),
         // Another CPU created it between our lookup and insert; our CPU's
@@ -151,11 +165,13 @@ unsafe fn update(value: *mut SyscallValue, delta_ns: u64) {
 /// when a new stats slot is created).
 #[inline(always)]
 fn remember_comm(tgid: u32) {
-    let Ok(bytes) = bpf_get_current_comm() else { return };
-    if let Err(err) = PROC_COMM.insert(tgid, Comm { bytes }, BPF_NOEXIST as u64) {
-        if err as i64 != -EEXIST {
-            bump(Counter::CommFull);
-        }
+    let Ok(bytes) = bpf_get_current_comm() else {
+        return;
+    };
+    if let Err(err) = PROC_COMM.insert(tgid, Comm { bytes }, BPF_NOEXIST as u64)
+        && err as i64 != -EEXIST
+    {
+        bump(Counter::CommFull);
     }
 }
 
@@ -163,10 +179,12 @@ fn remember_comm(tgid: u32) {
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     // Runs in the exec'ing task after begin_new_exec() set the new comm.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Ok(bytes) = bpf_get_current_comm() {
-        if PROC_COMM.insert(tgid, Comm { bytes }, BPF_ANY as u64).is_err() {
-            bump(Counter::CommFull);
-        }
+    if let Ok(bytes) = bpf_get_current_comm()
+        && PROC_COMM
+            .insert(tgid, Comm { bytes }, BPF_ANY as u64)
+            .is_err()
+    {
+        bump(Counter::CommFull);
     }
     0
 }

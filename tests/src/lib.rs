@@ -1,1 +1,277 @@
+//! Harness for the integration tests: run the real agent (real eBPF
+//! programs, this kernel) next to workloads with a known answer.
+//!
+//! Tests that need BPF call [`require_bpf!`]: without root or BPF they print
+//! why and return, except under CI (`CI` set), where that is a failure.
 
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{
+        OnceLock,
+        mpsc::{Receiver, channel},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+
+/// Why BPF tests cannot run here, if they cannot.
+pub fn bpf_unavailable() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+        && !std::path::Path::new("/proc/sys/kernel/bpf_stats_enabled").exists()
+    {
+        return Some("kernel without BPF".into());
+    }
+    None
+}
+
+/// Returns from the test (printing why) where BPF is impossible; fails the
+/// test instead under CI, where these tests must run.
+#[macro_export]
+macro_rules! require_bpf {
+    () => {
+        if let Some(why) = $crate::bpf_unavailable() {
+            if std::env::var_os("CI").is_some() {
+                panic!("BPF integration test cannot run under CI: {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// Decodes `\xNN` escapes, so tests can pass arbitrary bytes as a name.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && b.get(i + 1) == Some(&b'x')
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The agent binary, built (once per test process) with the tests' profile.
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PROBE_AGENT_BIN") {
+            return PathBuf::from(p);
+        }
+        let release = !cfg!(debug_assertions);
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace())
+            .args(["build", "--quiet", "-p", "probe-agent"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for probe-agent");
+        assert!(status.success(), "building probe-agent failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace().join("target"), PathBuf::from);
+        target
+            .join(if release { "release" } else { "debug" })
+            .join("probe-agent")
+    })
+    .clone()
+}
+
+/// The workload binary of this crate: cargo builds it next to the test
+/// binaries' `deps/` folder before running integration tests.
+pub fn workload_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile folder");
+    dir.join("probe-workload")
+}
+
+/// A running agent whose stdout lines are collected as they come.
+pub struct Agent {
+    child: Child,
+    lines: Receiver<String>,
+    pub records: Vec<Value>,
+}
+
+impl Agent {
+    /// Starts `probe-agent run ARGS` and waits for its `status` record.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(agent_bin())
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting probe-agent")?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Agent {
+            child,
+            lines,
+            records: Vec::new(),
+        };
+        agent.wait_for(|r| r["type"] == "status", Duration::from_secs(60))?;
+        Ok(agent)
+    }
+
+    /// Collects lines until one matches `pred` (that record is kept too).
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("no matching record within {timeout:?}"))?;
+            let rec = parse_record(&line)?;
+            self.records.push(rec.clone());
+            if pred(&rec) {
+                return Ok(rec);
+            }
+        }
+    }
+
+    /// Sends SIGINT (the agent writes a final partial interval), waits for
+    /// it to exit, and returns every record it wrote.
+    pub fn stop(mut self) -> Result<Vec<Value>> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("agent exited with {status}");
+        }
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.records.push(parse_record(&line)?);
+        }
+        Ok(std::mem::take(&mut self.records))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses one line and checks the fields every record must have.
+pub fn parse_record(line: &str) -> Result<Value> {
+    let rec: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line:?}"))?;
+    anyhow::ensure!(rec["v"] == 1, "v != 1: {line}");
+    anyhow::ensure!(rec["type"].is_string(), "no type: {line}");
+    anyhow::ensure!(rec["host"].is_string(), "no host: {line}");
+    anyhow::ensure!(rec["interval_s"].is_number(), "no interval_s: {line}");
+    let ts = rec["ts"].as_str().context("no ts")?;
+    anyhow::ensure!(
+        ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+        "bad ts {ts}"
+    );
+    Ok(rec)
+}
+
+/// A workload process waiting for the go signal.
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Workload {
+    /// Starts `probe-workload ARGS` and waits until it is ready.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(workload_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting probe-workload")?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let pid = line
+            .strip_prefix("ready ")
+            .context("workload not ready")?
+            .trim()
+            .parse()?;
+        Ok(Workload {
+            child,
+            stdin,
+            stdout,
+            pid,
+        })
+    }
+
+    pub fn go(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("already started")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the workload to finish and returns its ground truth.
+    pub fn finish(mut self) -> Result<Value> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "workload failed: {status}");
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records of `kind` for process `pid`.
+pub fn of<'a>(records: &'a [Value], kind: &str, pid: u32) -> impl Iterator<Item = &'a Value> {
+    let kind = kind.to_string();
+    records
+        .iter()
+        .filter(move |r| r["type"] == kind.as_str() && r["pid"] == pid)
+}
+
+/// Sum of `field` (a count) over every `syscall` record of `pid` for `name`.
+pub fn syscall_total(records: &[Value], pid: u32, name: &str, field: &str) -> u64 {
+    of(records, "syscall", pid)
+        .filter(|r| r["syscall"] == name)
+        .map(|r| r[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `|got - want| / want`.
+pub fn rel_err(got: f64, want: f64) -> f64 {
+    (got - want).abs() / want
+}

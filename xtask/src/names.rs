@@ -7,22 +7,35 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 use anyhow::{Context as _, Result, bail};
 
 const SYSCALLS_X86_64: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
-const ERRNO_HEADERS: [&str; 2] =
-    ["/usr/include/asm-generic/errno-base.h", "/usr/include/asm-generic/errno.h"];
+const ERRNO_HEADERS: [&str; 2] = [
+    "/usr/include/asm-generic/errno-base.h",
+    "/usr/include/asm-generic/errno.h",
+];
 
 /// Parses `#define <prefix>NAME NUMBER` lines.
 fn defines(path: &str, prefix: &str) -> Result<BTreeMap<u32, String>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {path} (apt-get install linux-libc-dev)"))?;
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading {path} (apt-get install linux-libc-dev)"))?;
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         if words.next() != Some("#define") {
             continue;
         }
-        let (Some(name), Some(value)) = (words.next(), words.next()) else { continue };
-        let Some(name) = name.strip_prefix(prefix) else { continue };
-        let Ok(value) = value.parse::<u32>() else { continue }; // aliases like EWOULDBLOCK EAGAIN
-        out.entry(value).or_insert_with(|| format!("{prefix}{name}").trim_start_matches("__NR_").to_string());
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Some(name) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u32>() else {
+            continue;
+        }; // aliases like EWOULDBLOCK EAGAIN
+        out.entry(value).or_insert_with(|| {
+            format!("{prefix}{name}")
+                .trim_start_matches("__NR_")
+                .to_string()
+        });
     }
     if out.is_empty() {
         bail!("no {prefix}* definitions in {path}");
@@ -41,20 +54,39 @@ pub fn run(root: &Path) -> Result<()> {
          // (asm/unistd_64.h, asm-generic/errno*.h). Do not edit.\n\n",
     );
     let max = *syscalls.keys().last().unwrap_or(&0);
-    writeln!(out, "/// x86_64 system call names, indexed by number (\"\" where unassigned).")?;
+    writeln!(
+        out,
+        "/// x86_64 system call names, indexed by number (\"\" where unassigned)."
+    )?;
     writeln!(out, "pub static SYSCALLS_X86_64: [&str; {}] = [", max + 1)?;
     for nr in 0..=max {
-        writeln!(out, "    {:?},", syscalls.get(&nr).map_or("", String::as_str))?;
+        writeln!(
+            out,
+            "    {:?},",
+            syscalls.get(&nr).map_or("", String::as_str)
+        )?;
     }
     writeln!(out, "];\n")?;
-    writeln!(out, "/// errno names (the same on every Linux architecture probe supports).")?;
-    writeln!(out, "pub static ERRNOS: [(u16, &str); {}] = [", errnos.len())?;
+    writeln!(
+        out,
+        "/// errno names (the same on every Linux architecture probe supports)."
+    )?;
+    writeln!(
+        out,
+        "pub static ERRNOS: [(u16, &str); {}] = [",
+        errnos.len()
+    )?;
     for (n, name) in &errnos {
         writeln!(out, "    ({n}, {name:?}),")?;
     }
     writeln!(out, "];")?;
     let dst = root.join("probe-agent/src/names/generated.rs");
     fs::write(&dst, out)?;
-    eprintln!("wrote {} ({} syscalls, {} errnos)", dst.display(), syscalls.len(), errnos.len());
+    eprintln!(
+        "wrote {} ({} syscalls, {} errnos)",
+        dst.display(),
+        syscalls.len(),
+        errnos.len()
+    );
     Ok(())
 }

@@ -50,7 +50,11 @@ impl CallStats {
 
 /// `count / interval_s`, rounded to milli-units.
 pub fn rate(count: u64, interval_s: f64) -> f64 {
-    if interval_s <= 0.0 { 0.0 } else { round(count as f64 / interval_s, 3) }
+    if interval_s <= 0.0 {
+        0.0
+    } else {
+        round(count as f64 / interval_s, 3)
+    }
 }
 
 /// System-call totals as they appear in `process` and `host` records.
@@ -71,7 +75,11 @@ pub struct SyscallsGroup {
 pub fn interval(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<(u32, u16), CallStats> {
     let mut out: BTreeMap<(u32, u16), CallStats> = BTreeMap::new();
     for (key, now) in cur {
-        let before = prev.get(key).filter(|p| p.count <= now.count).copied().unwrap_or_default();
+        let before = prev
+            .get(key)
+            .filter(|p| p.count <= now.count)
+            .copied()
+            .unwrap_or_default();
         let count = now.count - before.count;
         if count == 0 {
             continue;
@@ -85,10 +93,41 @@ pub fn interval(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<(u32, u16), CallSta
             // The kernel bumps count before sum; a read between the two can
             // see one lagging the other. saturating_sub keeps that harmless.
             let sum = now.sum_ns.saturating_sub(before.sum_ns);
-            stats.latency.add(u32::from(key.slot), count, sum, now.max_ns);
+            stats
+                .latency
+                .add(u32::from(key.slot), count, sum, now.max_ns);
         }
     }
     out
+}
+
+/// One process's calls in an interval: its total and each system call.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessCalls {
+    pub tgid: u32,
+    pub total: CallStats,
+    pub calls: Vec<(u16, CallStats)>,
+}
+
+/// Groups an interval per process; also returns the host-wide total.
+pub fn by_process(calls: BTreeMap<(u32, u16), CallStats>) -> (CallStats, Vec<ProcessCalls>) {
+    let mut host = CallStats::default();
+    let mut procs: Vec<ProcessCalls> = Vec::new();
+    // BTreeMap order: all of one tgid's entries are adjacent.
+    for ((tgid, nr), stats) in calls {
+        host.merge(&stats);
+        if procs.last().is_none_or(|p| p.tgid != tgid) {
+            procs.push(ProcessCalls {
+                tgid,
+                ..Default::default()
+            });
+        }
+        if let Some(p) = procs.last_mut() {
+            p.total.merge(&stats);
+            p.calls.push((nr, stats));
+        }
+    }
+    (host, procs)
 }
 
 #[cfg(test)]
@@ -101,7 +140,11 @@ mod tests {
     }
 
     fn val(count: u64, sum_ns: u64, max_ns: u64) -> SyscallValue {
-        SyscallValue { count, sum_ns, max_ns }
+        SyscallValue {
+            count,
+            sum_ns,
+            max_ns,
+        }
     }
 
     #[test]
@@ -141,7 +184,27 @@ mod tests {
         cur.insert(key(1, 2, SLOT_ERRNO | 13), val(3, 0, 0));
         let d = interval(&Snapshot::new(), &cur);
         let g = d[&(1, 2)].group(10.0);
-        assert_eq!((g.count, g.errors, g.error_rate_pct, g.rate_per_s), (200, 3, 1.5, 20.0));
+        assert_eq!(
+            (g.count, g.errors, g.error_rate_pct, g.rate_per_s),
+            (200, 3, 1.5, 20.0)
+        );
         assert_eq!(g.latency_ms.unwrap().avg, 2.0);
+    }
+
+    #[test]
+    fn by_process_totals_add_up() {
+        let b = bucket_of(100) as u16;
+        let mut cur = Snapshot::new();
+        cur.insert(key(1, 0, b), val(2, 200, 100));
+        cur.insert(key(1, 1, b), val(3, 300, 100));
+        cur.insert(key(2, 0, b), val(5, 500, 100));
+        let (host, procs) = by_process(interval(&Snapshot::new(), &cur));
+        assert_eq!(host.count(), 10);
+        assert_eq!(procs.len(), 2);
+        assert_eq!(
+            (procs[0].tgid, procs[0].total.count(), procs[0].calls.len()),
+            (1, 5, 2)
+        );
+        assert_eq!((procs[1].tgid, procs[1].total.count()), (2, 5));
     }
 }

@@ -34,9 +34,15 @@ pub enum ProbeError {
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("no probe could be attached: {0}")]
     NothingAttached(String),
 }
@@ -49,8 +55,14 @@ pub struct Hook {
 
 /// The benchmark's floor: empty programs on the system-call tracepoints.
 pub const FLOOR_HOOKS: &[Hook] = &[
-    Hook { program: "floor_sys_enter", tracepoint: "sys_enter" },
-    Hook { program: "floor_sys_exit", tracepoint: "sys_exit" },
+    Hook {
+        program: "floor_sys_enter",
+        tracepoint: "sys_enter",
+    },
+    Hook {
+        program: "floor_sys_exit",
+        tracepoint: "sys_exit",
+    },
 ];
 
 /// Per-program kernel run-time statistics (cumulative).
@@ -86,8 +98,12 @@ pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
         .ok_or(ProbeError::MissingProgram(name))?
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })?;
-    program.load().map_err(|source| ProbeError::Program { name, source })?;
-    program.attach(hook.tracepoint).map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .attach(hook.tracepoint)
+        .map_err(|source| ProbeError::Program { name, source })?;
     debug!("attached {name} to raw tracepoint {}", hook.tracepoint);
     Ok(())
 }
@@ -99,7 +115,9 @@ impl Probes {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => Some(fd),
                 Err(err) => {
-                    warn!("BPF run-time statistics unavailable ({err}); program costs will be null");
+                    warn!(
+                        "BPF run-time statistics unavailable ({err}); program costs will be null"
+                    );
                     None
                 }
             }
@@ -122,7 +140,12 @@ impl Probes {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
         }
         let syscalls = syscalls::SyscallMaps::take(&mut ebpf)?;
-        Ok(Self { ebpf, attached, _stats: stats, syscalls })
+        Ok(Self {
+            ebpf,
+            attached,
+            _stats: stats,
+            syscalls,
+        })
     }
 
     /// Cumulative run count and time of every attached program.

@@ -19,10 +19,22 @@ use super::{Hook, ProbeError};
 /// Programs and their raw tracepoints (include/trace/events/syscalls.h and
 /// sched.h; raw tracepoints since Linux 4.17).
 pub const HOOKS: &[Hook] = &[
-    Hook { program: "sys_enter", tracepoint: "sys_enter" },
-    Hook { program: "sys_exit", tracepoint: "sys_exit" },
-    Hook { program: "sched_process_exec", tracepoint: "sched_process_exec" },
-    Hook { program: "sched_process_exit", tracepoint: "sched_process_exit" },
+    Hook {
+        program: "sys_enter",
+        tracepoint: "sys_enter",
+    },
+    Hook {
+        program: "sys_exit",
+        tracepoint: "sys_exit",
+    },
+    Hook {
+        program: "sched_process_exec",
+        tracepoint: "sched_process_exec",
+    },
+    Hook {
+        program: "sched_process_exit",
+        tracepoint: "sched_process_exit",
+    },
 ];
 
 /// A map's name, live entry count and bound.
@@ -52,10 +64,18 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
 impl SyscallMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
         Ok(Self {
-            stats: take(ebpf, STATS_MAP)?.try_into().map_err(map_err(STATS_MAP))?,
-            start: take(ebpf, START_MAP)?.try_into().map_err(map_err(START_MAP))?,
-            comm: take(ebpf, COMM_MAP)?.try_into().map_err(map_err(COMM_MAP))?,
-            counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
+            stats: take(ebpf, STATS_MAP)?
+                .try_into()
+                .map_err(map_err(STATS_MAP))?,
+            start: take(ebpf, START_MAP)?
+                .try_into()
+                .map_err(map_err(START_MAP))?,
+            comm: take(ebpf, COMM_MAP)?
+                .try_into()
+                .map_err(map_err(COMM_MAP))?,
+            counters: take(ebpf, COUNTER_MAP)?
+                .try_into()
+                .map_err(map_err(COUNTER_MAP))?,
         })
     }
 
@@ -68,7 +88,12 @@ impl SyscallMaps {
                 Ok(kv) => kv,
                 // Deleted between listing its key and reading it: nothing to add.
                 Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(ProbeError::Map { name: STATS_MAP, source }),
+                Err(source) => {
+                    return Err(ProbeError::Map {
+                        name: STATS_MAP,
+                        source,
+                    });
+                }
             };
             let mut sum = SyscallValue::default();
             for v in per_cpu.iter() {
@@ -85,7 +110,10 @@ impl SyscallMaps {
     pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
         let mut out = [0u64; COUNTERS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err(COUNTER_MAP))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(out)
@@ -139,5 +167,8 @@ impl SyscallMaps {
 }
 
 fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
-    map.map().info().map(|i| u64::from(i.max_entries())).unwrap_or(0)
+    map.map()
+        .info()
+        .map(|i| u64::from(i.max_entries()))
+        .unwrap_or(0)
 }

@@ -1,1 +1,147 @@
-fn main(){}
+//! Workloads with a known answer, for the integration tests and the
+//! benchmark. Each one names itself (`--name`, via PR_SET_NAME), prints
+//! `ready <pid>` and waits for a line on stdin before it starts, so the test
+//! can attach the agent first; then it does exactly what it was told and
+//! prints one JSON line of ground truth.
+//!
+//! System calls go through `libc::syscall` so that the C library adds none
+//! of its own and the counts are exact.
+
+use std::{
+    io::{BufRead as _, Write as _},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(mode) = args.first() else {
+        bail!("usage: probe-workload MODE [--name NAME] [options]; modes: sleep, calls, loop");
+    };
+    let opt = |name: &str| -> Option<&str> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    let num = |name: &str, default: u64| -> Result<u64> {
+        opt(name).map_or(Ok(default), |v| {
+            v.parse().with_context(|| format!("{name} {v}"))
+        })
+    };
+    if let Some(name) = opt("--name") {
+        set_name(&probe_tests::unescape(name));
+    }
+    let pid = std::process::id();
+    if mode != "loop" {
+        println!("ready {pid}");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+    }
+    let truth = match mode.as_str() {
+        // --short-ms A --long-ms B --count N --long-every K: N sleeps, every
+        // K-th one long. Reports each call's duration percentiles as measured
+        // around the system call itself.
+        "sleep" => {
+            let (short, long) = (num("--short-ms", 5)?, num("--long-ms", 50)?);
+            let (count, every) = (num("--count", 100)?, num("--long-every", 10)?.max(1));
+            let mut took = Vec::with_capacity(count as usize);
+            for i in 0..count {
+                let ms = if (i + 1) % every == 0 { long } else { short };
+                let ts = libc::timespec {
+                    tv_sec: (ms / 1000) as i64,
+                    tv_nsec: (ms % 1000 * 1_000_000) as i64,
+                };
+                let t0 = Instant::now();
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_clock_nanosleep,
+                        libc::CLOCK_MONOTONIC,
+                        0,
+                        &ts,
+                        std::ptr::null_mut::<libc::timespec>(),
+                    )
+                };
+                took.push(t0.elapsed().as_nanos() as u64);
+                if rc != 0 {
+                    bail!("clock_nanosleep failed: {rc}");
+                }
+            }
+            took.sort_unstable();
+            let p = |q: f64| took[((q / 100.0 * took.len() as f64).ceil() as usize).max(1) - 1];
+            let sum: u64 = took.iter().sum();
+            serde_json::json!({"pid": pid, "count": count, "p50_ns": p(50.0), "p95_ns": p(95.0),
+                "p99_ns": p(99.0), "max_ns": took.last(), "avg_ns": sum / count.max(1)})
+        }
+        // --ok N --fail M --threads T --pause-ms P: on each of T threads, N
+        // openat of /dev/null (each closed), M openat of a missing path
+        // (ENOENT) and N getppid, with an optional pause in the middle.
+        "calls" => {
+            let (ok, fail) = (num("--ok", 100)?, num("--fail", 10)?);
+            let (threads, pause) = (num("--threads", 1)?, num("--pause-ms", 0)?);
+            let work = move || {
+                for i in 0..ok.max(fail) {
+                    if i == ok.max(fail) / 2 && pause > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(pause));
+                    }
+                    if i < ok {
+                        let fd = unsafe {
+                            libc::syscall(
+                                libc::SYS_openat,
+                                libc::AT_FDCWD,
+                                c"/dev/null".as_ptr(),
+                                libc::O_RDONLY,
+                            )
+                        };
+                        assert!(fd >= 0);
+                        unsafe { libc::syscall(libc::SYS_close, fd) };
+                        unsafe { libc::syscall(libc::SYS_getppid) };
+                    }
+                    if i < fail {
+                        let rc = unsafe {
+                            libc::syscall(
+                                libc::SYS_openat,
+                                libc::AT_FDCWD,
+                                c"/nonexistent/probe-test".as_ptr(),
+                                libc::O_RDONLY,
+                            )
+                        };
+                        assert!(rc < 0);
+                    }
+                }
+            };
+            let handles: Vec<_> = (1..threads).map(|_| std::thread::spawn(work)).collect();
+            work();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+            }
+            let t = threads;
+            serde_json::json!({"pid": pid, "openat": (ok + fail) * t, "openat_errors": fail * t,
+                "close": ok * t, "getppid": ok * t})
+        }
+        // --count N: N getppid calls as fast as possible (benchmark loop).
+        // Prints ns per call. Starts at once.
+        "loop" => {
+            let count = num("--count", 1_000_000)?;
+            let t0 = Instant::now();
+            for _ in 0..count {
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            let ns = t0.elapsed().as_nanos() as f64 / count as f64;
+            serde_json::json!({"pid": pid, "count": count, "ns_per_call": ns})
+        }
+        other => bail!("unknown mode {other}"),
+    };
+    println!("{truth}");
+    Ok(())
+}
+
+/// Sets this thread's (and, on the main thread, the process's) comm to raw bytes.
+fn set_name(name: &[u8]) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}
