@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod names;
 
 #[derive(Parser)]
@@ -16,11 +17,21 @@ struct Cli {
 enum Task {
     /// Regenerate probe-agent/src/names/generated.rs from the kernel UAPI headers.
     GenNames,
+    /// Measure the agent's overhead per system call against the floor and bpftrace.
+    Bench {
+        /// Rounds over all configurations (the table shows medians).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// getppid calls per sample.
+        #[arg(long, default_value_t = 5_000_000)]
+        calls: u64,
+    },
 }
 
 fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     match Cli::parse().task {
         Task::GenNames => names::run(&root),
+        Task::Bench { rounds, calls } => bench::run(&root, rounds, calls),
     }
 }
