@@ -27,11 +27,7 @@ fn main() -> anyhow::Result<()> {
         .join("probe-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "probe-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "probe-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
 }
@@ -40,9 +36,8 @@ fn main() -> anyhow::Result<()> {
 fn missing_toolchain() -> Option<String> {
     let path = env::var_os("PATH").unwrap_or_default();
     let home_bin = env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
-    let has_linker = env::split_paths(&path)
-        .chain(home_bin)
-        .any(|dir| dir.join("bpf-linker").is_file());
+    let has_linker =
+        env::split_paths(&path).chain(home_bin).any(|dir| dir.join("bpf-linker").is_file());
     if !has_linker {
         return Some("bpf-linker not found".into());
     }

@@ -2,7 +2,7 @@
 //! probes (read cumulative maps) -> aggregate (deltas, percentiles) -> records -> sink.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -52,8 +52,10 @@ struct Agent {
     probes: Probes,
     prev: Snapshot,
     prev_counters: [u64; COUNTERS as usize],
-    prev_programs: HashMap<&'static str, ProgramStats>,
     prev_cpu_ns: u64,
+    /// The open BPF run-time statistics window, and the last closed one.
+    stats_window: Option<StatsWindow>,
+    stats_sample: Option<StatsSample>,
     last: Instant,
     /// Processes found gone at the previous interval: their slots are freed
     /// after this interval's read, so their last calls are reported once.
@@ -68,16 +70,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
 
-    let probes = Probes::start(cfg.bpf_stats)?;
+    let probes = Probes::start()?;
     let host = cfg.host.clone().unwrap_or_else(procfs::hostname);
     let start = Instant::now();
     let mut agent = Agent {
         prev_counters: probes.syscalls.counters()?,
-        prev_programs: probes
-            .program_stats()
-            .into_iter()
-            .map(|p| (p.name, p))
-            .collect(),
+        stats_window: None,
+        stats_sample: None,
         prev: probes.syscalls.read()?,
         prev_cpu_ns: procfs::self_cpu_ns(),
         probes,
@@ -90,22 +89,24 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         Err(AgentError::Sink(SinkError::Closed)) => return Ok(()),
         other => other?,
     }
+    agent.open_stats_window();
     info!(
         "attached; writing records every {:?}{}",
         agent.cfg.interval,
-        agent
-            .cfg
-            .duration
-            .map(|d| format!(" for {d:?}"))
-            .unwrap_or_default()
+        agent.cfg.duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
     );
 
     let deadline = agent.cfg.duration.map(|d| start + d);
     let mut next = start + agent.cfg.interval;
     loop {
         let wake = deadline.map_or(next, |d| d.min(next));
+        let window_end = agent.stats_window.as_ref().map(|w| w.opened + agent.cfg.bpf_stats_window);
         let last = tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => deadline.is_some_and(|d| wake >= d),
+            _ = tokio::time::sleep_until(window_end.unwrap_or(wake).into()), if window_end.is_some_and(|e| e < wake) => {
+                agent.close_stats_window();
+                continue;
+            }
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
         };
@@ -130,13 +131,7 @@ impl Agent {
     fn status(&self) -> Result<(), AgentError> {
         let ts = rfc3339_millis(SystemTime::now());
         let mut kpis = BTreeMap::new();
-        kpis.insert(
-            "syscalls",
-            KpiStatus {
-                available: true,
-                reason: None,
-            },
-        );
+        kpis.insert("syscalls", KpiStatus { available: true, reason: None });
         let rec = StatusRecord {
             header: Header {
                 v: VERSION,
@@ -148,7 +143,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
             kpis,
-            programs: self.probes.program_stats().iter().map(|p| p.name).collect(),
+            programs: self.probes.attached().to_vec(),
         };
         let mut buf = BytesMut::new();
         encode(&mut buf, &rec)?;
@@ -156,20 +151,56 @@ impl Agent {
         Ok(())
     }
 
+    /// Turns BPF run-time statistics on for this interval's sampled window.
+    fn open_stats_window(&mut self) {
+        if self.cfg.bpf_stats_window.is_zero() || self.stats_window.is_some() {
+            return;
+        }
+        if self.probes.set_run_stats(true) {
+            let at_open = self.probes.program_stats();
+            self.stats_window = Some(StatsWindow { opened: Instant::now(), at_open });
+        }
+    }
+
+    /// Closes the window: what the programs ran in it becomes the sample the
+    /// next agent record reports.
+    fn close_stats_window(&mut self) {
+        let Some(w) = self.stats_window.take() else { return };
+        let at_close = self.probes.program_stats();
+        let window_s = w.opened.elapsed().as_secs_f64();
+        if self.cfg.bpf_stats_window < self.cfg.interval {
+            self.probes.set_run_stats(false);
+        }
+        let programs = at_close
+            .iter()
+            .map(|end| {
+                let start =
+                    w.at_open.iter().find(|s| s.name == end.name).cloned().unwrap_or_default();
+                (
+                    end.name,
+                    end.run_count.saturating_sub(start.run_count),
+                    end.run_time_ns.saturating_sub(start.run_time_ns),
+                )
+            })
+            .collect();
+        self.stats_sample = Some(StatsSample { window_s: round(window_s, 3), programs });
+    }
+
     /// Reads the maps, writes one interval's records, frees what exited.
     fn interval(&mut self) -> Result<(), AgentError> {
+        self.close_stats_window();
+        let result = self.write_interval();
+        self.open_stats_window();
+        result
+    }
+
+    fn write_interval(&mut self) -> Result<(), AgentError> {
         let now = Instant::now();
         let interval_s = round(now.duration_since(self.last).as_secs_f64(), 3);
         self.last = now;
         let ts = rfc3339_millis(SystemTime::now());
         let host_name = self.host.clone();
-        let header = Header {
-            v: VERSION,
-            kind: "host",
-            ts: &ts,
-            host: &host_name,
-            interval_s,
-        };
+        let header = Header { v: VERSION, kind: "host", ts: &ts, host: &host_name, interval_s };
 
         let cur = self.probes.syscalls.read()?;
         let counters = self.probes.syscalls.counters()?;
@@ -191,10 +222,7 @@ impl Agent {
         let reported = chosen.len() as u64;
 
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let host = HostRecord {
-            header: header.with("host"),
-            syscalls: host.group(interval_s),
-        };
+        let host = HostRecord { header: header.with("host"), syscalls: host.group(interval_s) };
         encode(&mut buf, &host)?;
         for (comm, p) in &chosen {
             let total = p.total.group(interval_s);
@@ -216,11 +244,8 @@ impl Agent {
         // Free the slots of processes that were already gone last interval:
         // this read was their last, and it has been reported above.
         let mut cur = cur;
-        let doomed: Vec<SyscallKey> = cur
-            .keys()
-            .filter(|k| self.gone.contains(&k.tgid))
-            .copied()
-            .collect();
+        let doomed: Vec<SyscallKey> =
+            cur.keys().filter(|k| self.gone.contains(&k.tgid)).copied().collect();
         let mut sorted = doomed.clone();
         sorted.sort_unstable();
         let reclaimed = self.probes.syscalls.reclaim(&sorted) as u64;
@@ -231,18 +256,9 @@ impl Agent {
         let tgids: HashSet<u32> = cur.keys().map(|k| k.tgid).collect();
         self.gone = tgids.into_iter().filter(|&t| !procfs::alive(t)).collect();
 
-        let counts = ProcessCounts {
-            active,
-            reported,
-            cut_by_top: matching - reported,
-        };
-        let agent = self.agent_record(
-            header.with("agent"),
-            &counters,
-            stats_entries,
-            counts,
-            reclaimed,
-        );
+        let counts = ProcessCounts { active, reported, cut_by_top: matching - reported };
+        let agent =
+            self.agent_record(header.with("agent"), &counters, stats_entries, counts, reclaimed);
         encode(&mut buf, &agent)?;
         self.prev = cur;
         self.prev_counters = counters;
@@ -254,12 +270,7 @@ impl Agent {
     /// else what the kernel recorded, else empty.
     fn comm(&self, tgid: u32) -> String {
         procfs::comm(tgid)
-            .or_else(|| {
-                self.probes
-                    .syscalls
-                    .comm(tgid)
-                    .map(|c| procfs::comm_from_kernel(&c.bytes))
-            })
+            .or_else(|| self.probes.syscalls.comm(tgid).map(|c| procfs::comm_from_kernel(&c.bytes)))
             .unwrap_or_default()
     }
 
@@ -276,21 +287,29 @@ impl Agent {
         let cpu_pct = pct_of_core(cpu_ns.saturating_sub(self.prev_cpu_ns), interval_s);
         self.prev_cpu_ns = cpu_ns;
 
-        let has_stats = self.probes.has_run_stats();
-        let mut programs = Vec::new();
-        let mut prog_ns = 0u64;
-        for p in self.probes.program_stats() {
-            let before = self.prev_programs.get(p.name).cloned().unwrap_or_default();
-            let runs = p.run_count.saturating_sub(before.run_count);
-            let ns = p.run_time_ns.saturating_sub(before.run_time_ns);
-            prog_ns += ns;
-            programs.push(ProgramRecord {
-                name: p.name,
-                run_count: has_stats.then_some(runs),
-                avg_ns: (has_stats && runs > 0).then(|| round(ns as f64 / runs as f64, 1)),
-            });
-            self.prev_programs.insert(p.name, p);
-        }
+        let sample = self.stats_sample.take();
+        let window_s = sample.as_ref().map(|s| s.window_s);
+        let programs = self
+            .probes
+            .attached()
+            .iter()
+            .map(|&name| {
+                let (runs, ns) = sample
+                    .as_ref()
+                    .and_then(|s| s.programs.iter().find(|p| p.0 == name))
+                    .map_or((None, 0), |p| (Some(p.1), p.2));
+                ProgramRecord {
+                    name,
+                    run_count: runs,
+                    runs_per_s: runs.zip(window_s).map(|(r, w)| round(r as f64 / w, 1)),
+                    avg_ns: runs.filter(|&r| r > 0).map(|r| round(ns as f64 / r as f64, 1)),
+                }
+            })
+            .collect();
+        let programs_cpu_pct = sample.as_ref().map(|s| {
+            let ns: u64 = s.programs.iter().map(|p| p.2).sum();
+            pct_of_core(ns, s.window_s)
+        });
         let maps = self
             .probes
             .syscalls
@@ -321,7 +340,8 @@ impl Agent {
             pid: std::process::id(),
             cpu_pct,
             rss_bytes: procfs::self_rss_bytes(),
-            programs_cpu_pct: has_stats.then(|| pct_of_core(prog_ns, interval_s)),
+            bpf_stats_window_s: window_s,
+            programs_cpu_pct,
             programs,
             maps,
             lost,
@@ -331,6 +351,18 @@ impl Agent {
             entries_reclaimed: reclaimed,
         }
     }
+}
+
+/// BPF run-time statistics at the opening of a sampled window.
+struct StatsWindow {
+    opened: Instant,
+    at_open: Vec<ProgramStats>,
+}
+
+/// What each program ran during a closed window: (name, runs, ns).
+struct StatsSample {
+    window_s: f64,
+    programs: Vec<(&'static str, u64, u64)>,
 }
 
 /// How many processes were active, reported, and cut by `--top`.
@@ -360,30 +392,23 @@ fn syscall_record<'a>(
         error_rate_pct: g.error_rate_pct,
         rate_per_s: g.rate_per_s,
         latency_ms: g.latency_ms,
-        errnos: stats
-            .errnos
-            .iter()
-            .map(|(&e, &n)| (names::errno(e).into_owned(), n))
-            .collect(),
+        errnos: stats.errnos.iter().map(|(&e, &n)| (names::errno(e).into_owned(), n)).collect(),
     }
 }
 
 /// `ns` of CPU time over `interval_s` seconds, in percent of one core.
 fn pct_of_core(ns: u64, interval_s: f64) -> f64 {
-    if interval_s <= 0.0 {
-        0.0
-    } else {
-        round(ns as f64 / (interval_s * 1e9) * 100.0, 3)
-    }
+    if interval_s <= 0.0 { 0.0 } else { round(ns as f64 / (interval_s * 1e9) * 100.0, 3) }
 }
 
 /// `probe-agent floor`: attaches the empty programs and waits.
-pub async fn floor(duration: Option<Duration>) -> Result<(), AgentError> {
+pub async fn floor(duration: Option<Duration>, clock: bool) -> Result<(), AgentError> {
     if let Some(caps) = procfs::missing_capabilities() {
         return Err(AgentError::Privileges(caps));
     }
     let mut ebpf = crate::probes::load()?;
-    for hook in crate::probes::FLOOR_HOOKS {
+    let hooks = if clock { crate::probes::FLOOR_CLOCK_HOOKS } else { crate::probes::FLOOR_HOOKS };
+    for hook in hooks {
         crate::probes::attach(&mut ebpf, hook)?;
     }
     info!("floor programs attached");

@@ -29,6 +29,9 @@ pub enum Command {
     Floor {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Read the clock at entry and exit (the floor of a latency tracer).
+        #[arg(long)]
+        clock: bool,
     },
 }
 
@@ -52,10 +55,12 @@ pub struct RunArgs {
     /// The `host` label of every record (default: the host name).
     #[arg(long)]
     pub host: Option<String>,
-    /// Do not enable the kernel's BPF run-time statistics (the agent record's
-    /// per-program costs are then null).
-    #[arg(long)]
-    pub no_bpf_stats: bool,
+    /// Percent of each interval during which the kernel's BPF run-time
+    /// statistics are on, to measure the programs' own cost (0 = never).
+    /// While on, every BPF program on the host pays two extra clock reads
+    /// per run, so they are sampled rather than left on.
+    #[arg(long, default_value_t = 10, value_name = "PCT")]
+    pub bpf_stats_pct: u8,
 }
 
 /// The validated runtime configuration of `run`.
@@ -67,7 +72,8 @@ pub struct RunConfig {
     pub comms: Vec<String>,
     pub top: usize,
     pub host: Option<String>,
-    pub bpf_stats: bool,
+    /// Window of each interval with BPF run-time statistics on (zero: off).
+    pub bpf_stats_window: Duration,
 }
 
 /// A usage error: the agent exits with status 2.
@@ -92,10 +98,7 @@ impl RunArgs {
             return bad("--duration must be above zero".into());
         }
         if self.top == 0 || self.top > 100_000 {
-            return bad(format!(
-                "--top must be between 1 and 100000, got {}",
-                self.top
-            ));
+            return bad(format!("--top must be between 1 and 100000, got {}", self.top));
         }
         if let Some(p) = self.pids.iter().find(|&&p| p == 0) {
             return bad(format!("--pid must be a process id above 0, got {p}"));
@@ -112,12 +115,11 @@ impl RunArgs {
             }
             comms.push(c[..end].to_string());
         }
-        if self
-            .host
-            .as_deref()
-            .is_some_and(|h| h.is_empty() || h.len() > 253)
-        {
+        if self.host.as_deref().is_some_and(|h| h.is_empty() || h.len() > 253) {
             return bad("--host must be 1 to 253 bytes".into());
+        }
+        if self.bpf_stats_pct > 100 {
+            return bad(format!("--bpf-stats-pct must be 0 to 100, got {}", self.bpf_stats_pct));
         }
         Ok(RunConfig {
             interval: self.interval,
@@ -126,7 +128,7 @@ impl RunArgs {
             comms,
             top: self.top,
             host: self.host,
-            bpf_stats: !self.no_bpf_stats,
+            bpf_stats_window: self.interval * u32::from(self.bpf_stats_pct) / 100,
         })
     }
 }
@@ -134,22 +136,17 @@ impl RunArgs {
 /// Parses `250ms`, `10s`, `5m`, `2h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
     let scale = match unit {
         "ms" => 1e-3,
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
         _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
-            ));
+            return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"));
         }
     };
     let secs = value * scale;
@@ -190,10 +187,7 @@ mod tests {
     #[test]
     fn defaults_and_default_subcommand() {
         let c = args(&[]).unwrap();
-        assert_eq!(
-            (c.interval, c.top, c.duration),
-            (Duration::from_secs(10), 50, None)
-        );
+        assert_eq!((c.interval, c.top, c.duration), (Duration::from_secs(10), 50, None));
         let c = args(&["--interval", "1s", "--pid", "5", "--pid", "6"]).unwrap();
         assert_eq!(c.pids, [5, 6]);
         let c = args(&["run", "--comm", "a-very-long-process-name", "--top", "3"]).unwrap();
@@ -210,6 +204,7 @@ mod tests {
             &["--pid", "-3"],
             &["--duration", "0s"],
             &["--comm", ""],
+            &["--bpf-stats-pct", "101"],
             &["--bogus"],
         ] {
             assert!(args(bad).is_err(), "{bad:?} accepted");

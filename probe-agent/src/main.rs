@@ -20,10 +20,7 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("probe-agent: cannot start the runtime: {err}");
@@ -31,7 +28,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(cli::Command::Floor { duration }) => runtime.block_on(agent::floor(duration)),
+        Some(cli::Command::Floor { duration, clock }) => {
+            runtime.block_on(agent::floor(duration, clock))
+        }
         Some(cli::Command::Run(args)) => run(&runtime, args),
         None => run(&runtime, cli.run),
     };

@@ -57,10 +57,7 @@ pub fn missing_capabilities() -> Option<&'static str> {
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     let eff = u64::from_str_radix(eff, 16).ok()?;
     let has = |cap: u32| eff & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {

@@ -29,10 +29,7 @@ pub struct Header<'a> {
 
 impl<'a> Header<'a> {
     pub fn with(&self, kind: &'static str) -> Header<'a> {
-        Header {
-            kind,
-            ..self.clone()
-        }
+        Header { kind, ..self.clone() }
     }
 }
 
@@ -99,8 +96,11 @@ pub struct AgentRecord<'a> {
     /// The agent process's CPU (user + system) in percent of one core.
     pub cpu_pct: f64,
     pub rss_bytes: u64,
-    /// Kernel time of all the agent's programs, in percent of one core
-    /// (null when BPF run-time statistics are off).
+    /// Length of the window, within this interval, during which BPF run-time
+    /// statistics were sampled (`--bpf-stats-pct`); null when off.
+    pub bpf_stats_window_s: Option<f64>,
+    /// Kernel time of all the agent's programs during that window, in
+    /// percent of one core (null when not sampled).
     pub programs_cpu_pct: Option<f64>,
     pub programs: Vec<ProgramRecord>,
     pub maps: Vec<MapRecord>,
@@ -119,9 +119,11 @@ pub struct AgentRecord<'a> {
 #[derive(Debug, Serialize)]
 pub struct ProgramRecord {
     pub name: &'static str,
-    /// Runs this interval (null without run-time statistics).
+    /// Runs during the sampled window (null when not sampled).
     pub run_count: Option<u64>,
-    /// Average ns per run this interval.
+    /// Runs per second during the sampled window.
+    pub runs_per_s: Option<f64>,
+    /// Average ns per run during the sampled window (null without runs).
     pub avg_ns: Option<f64>,
 }
 
@@ -167,13 +169,7 @@ mod tests {
     fn hostile_names_stay_one_valid_line() {
         let raw: &[u8] = b"a\"b\\c\nd\te\x01\xff\xfe";
         let comm = String::from_utf8_lossy(raw);
-        let header = Header {
-            v: 1,
-            kind: "process",
-            ts: "t",
-            host: "h\n\"",
-            interval_s: 1.0,
-        };
+        let header = Header { v: 1, kind: "process", ts: "t", host: "h\n\"", interval_s: 1.0 };
         let rec = ProcessRecord {
             header,
             pid: 1,

@@ -75,9 +75,7 @@ pub fn bucket_lower(i: u32) -> u64 {
     let shift = group - 1;
     if shift + SUB_BITS as u64 >= 64 {
         // Top group: (SUB_COUNT + sub) << shift would overflow only past u64::MAX.
-        return (SUB_COUNT + sub)
-            .checked_shl(shift as u32)
-            .unwrap_or(u64::MAX);
+        return (SUB_COUNT + sub).checked_shl(shift as u32).unwrap_or(u64::MAX);
     }
     (SUB_COUNT + sub) << shift
 }
@@ -121,10 +119,7 @@ mod tests {
             let lo = bucket_lower(i) as f64;
             let width = (bucket_upper(i) - bucket_lower(i) + 1) as f64;
             if i >= SUB_COUNT as u32 {
-                assert!(
-                    width / lo <= 1.0 / SUB_COUNT as f64 + 1e-12,
-                    "bucket {i} too wide"
-                );
+                assert!(width / lo <= 1.0 / SUB_COUNT as f64 + 1e-12, "bucket {i} too wide");
             }
         }
     }

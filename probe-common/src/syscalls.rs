@@ -11,7 +11,11 @@ use crate::hist;
 
 /// Name of the per-CPU hash of [`SyscallKey`] -> [`SyscallValue`].
 pub const STATS_MAP: &str = "SYSCALL_STATS";
-/// Name of the hash of thread id -> [`SyscallStart`].
+/// Name of the per-CPU array (one slot) of [`SyscallCurrent`]: the call in
+/// flight on each CPU.
+pub const CURRENT_MAP: &str = "SYSCALL_CUR";
+/// Name of the hash of thread id -> [`SyscallStart`]: calls whose thread
+/// was switched out while in the kernel.
 pub const START_MAP: &str = "SYSCALL_START";
 /// Name of the hash of tgid -> [`crate::Comm`].
 pub const COMM_MAP: &str = "PROC_COMM";
@@ -21,7 +25,8 @@ pub const COUNTER_MAP: &str = "SYSCALL_CNT";
 /// Default bound of [`STATS_MAP`]. A process typically touches a few dozen
 /// system calls in a handful of latency buckets each.
 pub const STATS_MAX_ENTRIES: u32 = 32768;
-/// Default bound of [`START_MAP`]: live threads that made a system call.
+/// Default bound of [`START_MAP`]: threads blocked or preempted inside a
+/// system call at the same time.
 pub const START_MAX_ENTRIES: u32 = 65536;
 /// Default bound of [`COMM_MAP`]: processes seen since their last reclaim.
 pub const COMM_MAX_ENTRIES: u32 = 16384;
@@ -48,17 +53,32 @@ pub struct SyscallKey {
 }
 
 /// Value of [`STATS_MAP`], per CPU, cumulative since the entry was created.
-/// For errno slots only `count` is used.
+/// A latency slot counts calls and, of those, failures (so that one read
+/// always sees count and errors of the same calls); an errno slot only
+/// uses `count`, for the breakdown by errno.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallValue {
     pub count: u64,
+    pub errors: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
 }
 
+/// The call in flight on one CPU: written at `sys_enter`, read at
+/// `sys_exit` when the same thread is still on that CPU (most calls), or
+/// moved to [`START_MAP`] when the thread is switched out before it exits.
+/// `tid == 0` means the slot is empty (thread 0 is the idle task, which
+/// makes no system calls).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallCurrent {
+    pub tid: u32,
+    pub nr: u32,
+    pub start_ns: u64,
+}
+
 /// Value of [`START_MAP`]: when the thread's current call entered, and which.
-/// `start_ns == 0` means no call is in flight.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallStart {
@@ -95,8 +115,10 @@ mod pod {
     unsafe impl aya::Pod for SyscallKey {}
     unsafe impl aya::Pod for SyscallValue {}
     unsafe impl aya::Pod for SyscallStart {}
+    unsafe impl aya::Pod for SyscallCurrent {}
 }
 
 const _: () = assert!(core::mem::size_of::<SyscallKey>() == 8);
-const _: () = assert!(core::mem::size_of::<SyscallValue>() == 24);
+const _: () = assert!(core::mem::size_of::<SyscallValue>() == 32);
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallCurrent>() == 16);

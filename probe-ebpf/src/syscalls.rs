@@ -1,14 +1,19 @@
 //! System-call latency, count and errors per (process, system call).
 //!
-//! Hooks (all raw tracepoints, no tracefs needed, Linux 4.17+):
+//! Hooks (all raw tracepoints: no tracefs needed, Linux 4.17+):
 //! - `sys_enter(regs, id)` and `sys_exit(regs, ret)`
-//!   (include/trace/events/syscalls.h): the start time of the thread's call
-//!   goes into `SYSCALL_START`, and on exit one `SYSCALL_STATS` slot gets the
-//!   count, latency sum and max, keyed by the latency bucket; failed calls
-//!   also count in an errno slot.
-//! - `sched_process_exit(task)` (include/trace/events/sched.h): fires in
-//!   `do_exit()` for every exiting thread, in its own context; it removes the
-//!   thread's start entry so the map holds live threads only.
+//!   (include/trace/events/syscalls.h). Enter writes the start time into this
+//!   CPU's `SYSCALL_CUR` slot; exit finds it there when the thread never left
+//!   the CPU (the common case: two per-CPU array accesses, no hashing), or in
+//!   `SYSCALL_START` when it was switched out. Exit then adds the call to one
+//!   `SYSCALL_STATS` slot (count, latency sum and max, keyed by latency
+//!   bucket); a failed call also counts in an errno slot.
+//! - `sched_switch(preempt, prev, next, prev_state)` (include/trace/events/sched.h):
+//!   runs in the context of `prev`; if `prev` is inside a system call, its
+//!   start moves from the CPU slot into `SYSCALL_START`, keyed by thread.
+//! - `sched_process_exit(task)`: fires in `do_exit()` for every exiting
+//!   thread, in its context; it drops the thread's start (`exit` and
+//!   `exit_group` never return, so nothing else would).
 //! - `sched_process_exec(task, old_pid, bprm)`: records the new command
 //!   name, so a forked child that execs is named after what it runs.
 
@@ -16,7 +21,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 use probe_common::{
@@ -24,7 +29,7 @@ use probe_common::{
     hist::bucket_of,
     syscalls::{
         COMM_MAX_ENTRIES, Counter, MAX_ERRNO, MAX_NR, SLOT_ERRNO, START_MAX_ENTRIES,
-        STATS_MAX_ENTRIES, SyscallKey, SyscallStart, SyscallValue,
+        STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey, SyscallStart, SyscallValue,
     },
 };
 
@@ -35,6 +40,9 @@ const EEXIST: i64 = 17;
 #[map(name = "SYSCALL_STATS")]
 static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallValue> =
     PerCpuHashMap::with_max_entries(STATS_MAX_ENTRIES, 0);
+
+#[map(name = "SYSCALL_CUR")]
+static SYSCALL_CUR: PerCpuArray<SyscallCurrent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SYSCALL_START")]
 static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(START_MAX_ENTRIES, 0);
@@ -52,31 +60,15 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 fn try_sys_enter(ctx: &RawTracePointContext) {
     let id: i64 = ctx.arg(1);
     if id < 0 || id as u64 > MAX_NR {
-        // Counted at exit, where every call is seen once.
+        // Counted at exit, where the call is seen without a start.
         return;
     }
+    let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) else { return };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The entry outlives the call: updating it in place is a lookup and two
-    // stores, where delete-on-exit and insert-on-enter would allocate.
-    match SYSCALL_START.get_ptr_mut(tid) {
-        Some(start) => unsafe {
-            (*start).start_ns = now;
-            (*start).nr = id as u32;
-        },
-        None => {
-            let start = SyscallStart {
-                start_ns: now,
-                nr: id as u32,
-                _pad: 0,
-            };
-            if let Err(err) = SYSCALL_START.insert(tid, start, BPF_NOEXIST as u64)
-                && err as i64 != -EEXIST
-            {
-                bump(Counter::StartFull);
-            }
-        }
-    }
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    // Per-CPU slot: only this CPU writes it, and no program of ours runs
+    // nested inside another on one CPU.
+    unsafe { *cur = SyscallCurrent { tid, nr: id as u32, start_ns } };
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -93,56 +85,58 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
     let tgid = (pid_tgid >> 32) as u32;
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let Some(start) = SYSCALL_START.get_ptr_mut(tid) else {
-        // Entered before the agent attached, or the start map was full.
+    let Some((start_ns, nr)) = take_start(tid) else {
+        // Entered before the agent attached, the start map was full, or
+        // the number was out of range.
         bump(Counter::NoStart);
         return;
     };
-    let (start_ns, nr) = unsafe { ((*start).start_ns, (*start).nr) };
-    if start_ns == 0 {
-        bump(Counter::NoStart);
-        return;
-    }
-    unsafe { (*start).start_ns = 0 };
     if nr as u64 > MAX_NR {
         bump(Counter::BadNr);
         return;
     }
     let delta = now.saturating_sub(start_ns);
-    let key = SyscallKey {
-        tgid,
-        nr: nr as u16,
-        slot: bucket_of(delta) as u16,
-    };
-    add(&key, delta);
-
-    if ret < 0 && ret.unsigned_abs() <= MAX_ERRNO {
-        let key = SyscallKey {
-            slot: SLOT_ERRNO | ret.unsigned_abs() as u16,
-            ..key
-        };
-        add(&key, 0);
+    let failed = ret < 0 && ret.unsigned_abs() <= MAX_ERRNO;
+    let key = SyscallKey { tgid, nr: nr as u16, slot: bucket_of(delta) as u16 };
+    add(&key, delta, failed as u64);
+    if failed {
+        let key = SyscallKey { slot: SLOT_ERRNO | ret.unsigned_abs() as u16, ..key };
+        add(&key, 0, 0);
     }
 }
 
-/// Adds one call of `delta_ns` to `key`'s per-CPU slot, creating it if new.
+/// The start of `tid`'s call in flight, removed from wherever it was.
 #[inline(always)]
-fn add(key: &SyscallKey, delta_ns: u64) {
+fn take_start(tid: u32) -> Option<(u64, u32)> {
+    if let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) {
+        let c = unsafe { *cur };
+        if c.tid == tid && tid != 0 {
+            unsafe { (*cur).tid = 0 };
+            return Some((c.start_ns, c.nr));
+        }
+    }
+    // The thread was switched out mid-call: sched_switch moved its start.
+    let start = SYSCALL_START.get_ptr(tid)?;
+    let s = unsafe { *start };
+    let _ = SYSCALL_START.remove(tid);
+    Some((s.start_ns, s.nr))
+}
+
+/// Adds one call of `delta_ns` (`errors` is 1 if it failed) to `key`'s
+/// per-CPU slot, creating it if new.
+#[inline(always)]
+fn add(key: &SyscallKey, delta_ns: u64, errors: u64) {
     if let Some(value) = SYSCALL_STATS.get_ptr_mut(key) {
-        unsafe { update(value, delta_ns) };
+        unsafe { update(value, delta_ns, errors) };
         return;
     }
-    let first = SyscallValue {
-        count: 1,
-        sum_ns: delta_ns,
-        max_ns: delta_ns,
-    };
+    let first = SyscallValue { count: 1, errors, sum_ns: delta_ns, max_ns: delta_ns };
     match SYSCALL_STATS.insert(key, first, BPF_NOEXIST as u64) {
         Ok(()) => remember_comm(key.tgid),
         // Another CPU created it between our lookup and insert; our CPU's
         // copy is zero and now exists.
         Err(err) if err as i64 == -EEXIST => match SYSCALL_STATS.get_ptr_mut(key) {
-            Some(value) => unsafe { update(value, delta_ns) },
+            Some(value) => unsafe { update(value, delta_ns, errors) },
             None => bump(Counter::StatsFull),
         },
         Err(_) => bump(Counter::StatsFull),
@@ -150,10 +144,11 @@ fn add(key: &SyscallKey, delta_ns: u64) {
 }
 
 #[inline(always)]
-unsafe fn update(value: *mut SyscallValue, delta_ns: u64) {
-    // Per-CPU value: only this CPU writes it, and programs do not nest here.
+unsafe fn update(value: *mut SyscallValue, delta_ns: u64, errors: u64) {
+    // Per-CPU value: only this CPU writes it.
     unsafe {
         (*value).count += 1;
+        (*value).errors += errors;
         (*value).sum_ns += delta_ns;
         if delta_ns > (*value).max_ns {
             (*value).max_ns = delta_ns;
@@ -165,9 +160,7 @@ unsafe fn update(value: *mut SyscallValue, delta_ns: u64) {
 /// when a new stats slot is created).
 #[inline(always)]
 fn remember_comm(tgid: u32) {
-    let Ok(bytes) = bpf_get_current_comm() else {
-        return;
-    };
+    let Ok(bytes) = bpf_get_current_comm() else { return };
     if let Err(err) = PROC_COMM.insert(tgid, Comm { bytes }, BPF_NOEXIST as u64)
         && err as i64 != -EEXIST
     {
@@ -175,14 +168,28 @@ fn remember_comm(tgid: u32) {
     }
 }
 
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(_ctx: RawTracePointContext) -> i32 {
+    // Runs on the CPU being switched, with `current` still `prev`.
+    let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) else { return 0 };
+    let c = unsafe { *cur };
+    if c.tid == 0 || c.tid != bpf_get_current_pid_tgid() as u32 {
+        return 0;
+    }
+    unsafe { (*cur).tid = 0 };
+    let start = SyscallStart { start_ns: c.start_ns, nr: c.nr, _pad: 0 };
+    if SYSCALL_START.insert(c.tid, start, BPF_ANY as u64).is_err() {
+        bump(Counter::StartFull);
+    }
+    0
+}
+
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     // Runs in the exec'ing task after begin_new_exec() set the new comm.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Ok(bytes) = bpf_get_current_comm()
-        && PROC_COMM
-            .insert(tgid, Comm { bytes }, BPF_ANY as u64)
-            .is_err()
+        && PROC_COMM.insert(tgid, Comm { bytes }, BPF_ANY as u64).is_err()
     {
         bump(Counter::CommFull);
     }
@@ -192,6 +199,11 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(cur) = SYSCALL_CUR.get_ptr_mut(0)
+        && unsafe { (*cur).tid } == tid
+    {
+        unsafe { (*cur).tid = 0 };
+    }
     let _ = SYSCALL_START.remove(tid);
     0
 }

@@ -80,8 +80,7 @@ pub fn agent_bin() -> PathBuf {
         }
         let release = !cfg!(debug_assertions);
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace())
-            .args(["build", "--quiet", "-p", "probe-agent"]);
+        cmd.current_dir(workspace()).args(["build", "--quiet", "-p", "probe-agent"]);
         if release {
             cmd.arg("--release");
         }
@@ -89,9 +88,7 @@ pub fn agent_bin() -> PathBuf {
         assert!(status.success(), "building probe-agent failed");
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map_or_else(|| workspace().join("target"), PathBuf::from);
-        target
-            .join(if release { "release" } else { "debug" })
-            .join("probe-agent")
+        target.join(if release { "release" } else { "debug" }).join("probe-agent")
     })
     .clone()
 }
@@ -100,10 +97,7 @@ pub fn agent_bin() -> PathBuf {
 /// binaries' `deps/` folder before running integration tests.
 pub fn workload_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile folder");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile folder");
     dir.join("probe-workload")
 }
 
@@ -134,11 +128,7 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent {
-            child,
-            lines,
-            records: Vec::new(),
-        };
+        let mut agent = Agent { child, lines, records: Vec::new() };
         agent.wait_for(|r| r["type"] == "status", Duration::from_secs(60))?;
         Ok(agent)
     }
@@ -218,17 +208,8 @@ impl Workload {
         let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let pid = line
-            .strip_prefix("ready ")
-            .context("workload not ready")?
-            .trim()
-            .parse()?;
-        Ok(Workload {
-            child,
-            stdin,
-            stdout,
-            pid,
-        })
+        let pid = line.strip_prefix("ready ").context("workload not ready")?.trim().parse()?;
+        Ok(Workload { child, stdin, stdout, pid })
     }
 
     pub fn go(&mut self) -> Result<()> {
@@ -258,9 +239,7 @@ impl Drop for Workload {
 /// Records of `kind` for process `pid`.
 pub fn of<'a>(records: &'a [Value], kind: &str, pid: u32) -> impl Iterator<Item = &'a Value> {
     let kind = kind.to_string();
-    records
-        .iter()
-        .filter(move |r| r["type"] == kind.as_str() && r["pid"] == pid)
+    records.iter().filter(move |r| r["type"] == kind.as_str() && r["pid"] == pid)
 }
 
 /// Sum of `field` (a count) over every `syscall` record of `pid` for `name`.

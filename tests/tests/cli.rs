@@ -25,22 +25,14 @@ fn usage_errors_exit_2() {
 fn unprivileged_run_names_the_capabilities() {
     require_bpf!(); // needs root to drop to nobody
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(agent_bin())
         .args(["--duration", "1s"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
-        "{err}"
-    );
+    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON"), "{err}");
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     assert!(out.stdout.is_empty());
 }

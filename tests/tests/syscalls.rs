@@ -36,29 +36,18 @@ fn sleep_latency_percentiles_match_ground_truth() {
     let recs: Vec<_> = of(&records, "syscall", truth["pid"].as_u64().unwrap() as u32)
         .filter(|r| r["syscall"] == "clock_nanosleep")
         .collect();
-    assert_eq!(
-        recs.len(),
-        1,
-        "expected one clock_nanosleep record: {recs:?}"
-    );
+    assert_eq!(recs.len(), 1, "expected one clock_nanosleep record: {recs:?}");
     let r = recs[0];
     assert_eq!(r["count"], 300);
     assert_eq!(r["errors"], 0);
     assert_eq!(r["comm"], "pw-sleep");
     let lat = &r["latency_ms"];
-    for (field, key) in [
-        ("p50", "p50_ns"),
-        ("p99", "p99_ns"),
-        ("avg", "avg_ns"),
-        ("max", "max_ns"),
-    ] {
+    for (field, key) in [("p50", "p50_ns"), ("p99", "p99_ns"), ("avg", "avg_ns"), ("max", "max_ns")]
+    {
         let got = lat[field].as_f64().unwrap();
         let want = truth[key].as_f64().unwrap() / 1e6;
         let err = rel_err(got, want);
-        eprintln!(
-            "{field}: agent {got:.4} ms, truth {want:.4} ms, error {:.2}%",
-            err * 100.0
-        );
+        eprintln!("{field}: agent {got:.4} ms, truth {want:.4} ms, error {:.2}%", err * 100.0);
         assert!(
             err <= 0.05,
             "{field}: agent {got} ms vs truth {want} ms ({:.1}% off)",
@@ -90,27 +79,20 @@ fn call_counts_and_error_rate_are_exact() {
     let truth = w.finish().unwrap();
     let records = agent.stop().unwrap();
 
-    assert_eq!(
-        syscall_total(&records, pid, "openat", "count"),
-        truth["openat"].as_u64().unwrap()
-    );
+    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
     assert_eq!(
         syscall_total(&records, pid, "openat", "errors"),
         truth["openat_errors"].as_u64().unwrap()
     );
-    assert_eq!(
-        syscall_total(&records, pid, "close", "count"),
-        truth["close"].as_u64().unwrap()
-    );
+    assert_eq!(syscall_total(&records, pid, "close", "count"), truth["close"].as_u64().unwrap());
     assert_eq!(
         syscall_total(&records, pid, "getppid", "count"),
         truth["getppid"].as_u64().unwrap()
     );
     assert_eq!(syscall_total(&records, pid, "getppid", "errors"), 0);
 
-    let openat: Vec<_> = of(&records, "syscall", pid)
-        .filter(|r| r["syscall"] == "openat")
-        .collect();
+    let openat: Vec<_> =
+        of(&records, "syscall", pid).filter(|r| r["syscall"] == "openat").collect();
     assert_eq!(openat.len(), 1);
     // 1000 failures of 4000 calls.
     assert_eq!(openat[0]["error_rate_pct"], 25.0);
@@ -121,19 +103,12 @@ fn call_counts_and_error_rate_are_exact() {
     // The process record adds up its system calls; the host record covers at least as much.
     let procs: Vec<_> = of(&records, "process", pid).collect();
     assert_eq!(procs.len(), 1);
-    let per_call: u64 = of(&records, "syscall", pid)
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
+    let per_call: u64 = of(&records, "syscall", pid).map(|r| r["count"].as_u64().unwrap()).sum();
     assert_eq!(procs[0]["syscalls"]["count"].as_u64().unwrap(), per_call);
     let host = records.iter().rev().find(|r| r["type"] == "host").unwrap();
     assert!(host["syscalls"]["count"].as_u64().unwrap() >= per_call);
     // --pid restricts process records to that process.
-    assert!(
-        records
-            .iter()
-            .filter(|r| r["type"] == "process")
-            .all(|r| r["pid"] == pid)
-    );
+    assert!(records.iter().filter(|r| r["type"] == "process").all(|r| r["pid"] == pid));
 }
 
 /// Calls spread over several short intervals: each is counted in exactly
@@ -160,17 +135,9 @@ fn nothing_double_counted_across_intervals() {
     std::thread::sleep(Duration::from_millis(1500));
     let records = agent.stop().unwrap();
 
-    let intervals = of(&records, "syscall", pid)
-        .filter(|r| r["syscall"] == "openat")
-        .count();
-    assert!(
-        intervals >= 2,
-        "the pause should split the calls over intervals, got {intervals}"
-    );
-    assert_eq!(
-        syscall_total(&records, pid, "openat", "count"),
-        truth["openat"].as_u64().unwrap()
-    );
+    let intervals = of(&records, "syscall", pid).filter(|r| r["syscall"] == "openat").count();
+    assert!(intervals >= 2, "the pause should split the calls over intervals, got {intervals}");
+    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
     assert_eq!(
         syscall_total(&records, pid, "openat", "errors"),
         truth["openat_errors"].as_u64().unwrap()
@@ -233,10 +200,7 @@ fn comm_filter_and_top_bound() {
     let records = agent.stop().unwrap();
     let procs: Vec<_> = records.iter().filter(|r| r["type"] == "process").collect();
     assert_eq!(procs.len(), 1, "--top 1: {procs:?}");
-    assert_eq!(
-        procs[0]["comm"], "pw-top-a",
-        "the busier process comes first"
-    );
+    assert_eq!(procs[0]["comm"], "pw-top-a", "the busier process comes first");
     let agent_rec = records.iter().rev().find(|r| r["type"] == "agent").unwrap();
     assert_eq!(agent_rec["processes_cut_by_top"], 1);
     assert_eq!(agent_rec["processes_reported"], 1);
@@ -247,38 +211,24 @@ fn comm_filter_and_top_bound() {
 #[test]
 fn agent_record_reports_programs_maps_and_losses() {
     require_bpf!();
-    let agent = Agent::start(&["--interval", "1s"]).unwrap();
+    // Statistics on for the whole interval, so every program has runs to show.
+    let agent = Agent::start(&["--interval", "1s", "--bpf-stats-pct", "100"]).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let records = agent.stop().unwrap();
     let status = records.iter().find(|r| r["type"] == "status").unwrap();
-    let progs: Vec<&str> = status["programs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let progs: Vec<&str> =
+        status["programs"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert_eq!(
         progs,
-        [
-            "sys_enter",
-            "sys_exit",
-            "sched_process_exec",
-            "sched_process_exit"
-        ]
+        ["sys_enter", "sys_exit", "sched_switch", "sched_process_exec", "sched_process_exit"]
     );
-    let a = records
-        .iter()
-        .filter(|r| r["type"] == "agent")
-        .nth(1)
-        .expect("two agent records");
-    let sys_exit = a["programs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "sys_exit")
-        .unwrap();
+    let a = records.iter().filter(|r| r["type"] == "agent").nth(1).expect("two agent records");
+    let sys_exit =
+        a["programs"].as_array().unwrap().iter().find(|p| p["name"] == "sys_exit").unwrap();
     assert!(sys_exit["run_count"].as_u64().unwrap() > 0);
     assert!(sys_exit["avg_ns"].as_f64().unwrap() > 0.0);
+    assert!(a["bpf_stats_window_s"].as_f64().unwrap() > 0.5);
+    assert!(a["programs_cpu_pct"].as_f64().unwrap() > 0.0);
     assert!(a["rss_bytes"].as_u64().unwrap() > 1 << 20);
     for m in a["maps"].as_array().unwrap() {
         assert!(m["max_entries"].as_u64().unwrap() > 0, "{m}");

@@ -7,8 +7,11 @@
 //! - `none`: no program attached.
 //! - `floor`: empty programs on raw `sys_enter`/`sys_exit` (`probe-agent floor`).
 //!   Attaching anything there moves every call onto the kernel's slow path.
-//! - `agent`: `probe-agent run` as deployed (BPF run-time statistics on).
-//! - `agent-nostats`: the agent with `--no-bpf-stats`.
+//! - `floor-clock`: programs that only read the clock at entry and exit
+//!   (`probe-agent floor --clock`): the floor of any syscall *latency* tracer.
+//! - `agent`: `probe-agent run` as deployed (BPF run-time statistics
+//!   sampled 10% of the time).
+//! - `agent-nostats`: the agent with `--bpf-stats-pct 0`.
 //! - `bpftrace`: bpftrace keeping the same per-process, per-syscall latency
 //!   histogram and error count.
 //!
@@ -42,7 +45,11 @@ struct Tracer {
 impl Tracer {
     /// Starts `cmd` and waits until a line of its stdout or stderr contains `ready`.
     fn start(mut cmd: Command, ready: &str) -> Result<Self> {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("{cmd:?}"))?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{cmd:?}"))?;
         let (tx, lines) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().context("stdout")?) as Box<dyn std::io::Read + Send>,
@@ -59,7 +66,10 @@ impl Tracer {
         }
         let t = Tracer { child, lines };
         loop {
-            let line = t.lines.recv_timeout(Duration::from_secs(60)).context("tracer did not become ready")?;
+            let line = t
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .context("tracer did not become ready")?;
             if line.contains(ready) {
                 break;
             }
@@ -119,11 +129,14 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
     let (agent, workload) = (bin("probe-agent"), bin("probe-workload"));
     if !Path::new("/sys/kernel/tracing/events").exists() {
         // bpftrace attaches classic tracepoints, whose ids live in tracefs.
-        let _ = Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status();
     }
-    let has_bpftrace = Command::new("bpftrace").arg("--version").output().is_ok_and(|o| o.status.success());
+    let has_bpftrace =
+        Command::new("bpftrace").arg("--version").output().is_ok_and(|o| o.status.success());
 
-    let configs: Vec<&str> = ["none", "floor", "agent", "agent-nostats", "bpftrace"]
+    let configs: Vec<&str> = ["none", "floor", "floor-clock", "agent", "agent-nostats", "bpftrace"]
         .into_iter()
         .filter(|c| *c != "bpftrace" || has_bpftrace)
         .collect();
@@ -133,16 +146,19 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
         for (i, cfg) in configs.iter().enumerate() {
             let tracer = match *cfg {
                 "none" => None,
-                "floor" => {
+                "floor" | "floor-clock" => {
                     let mut c = Command::new(&agent);
                     c.arg("floor");
+                    if *cfg == "floor-clock" {
+                        c.arg("--clock");
+                    }
                     Some(Tracer::start(c, "floor programs attached")?)
                 }
                 "agent" | "agent-nostats" => {
                     let mut c = Command::new(&agent);
                     c.args(["run", "--interval", "1s"]);
                     if *cfg == "agent-nostats" {
-                        c.arg("--no-bpf-stats");
+                        c.args(["--bpf-stats-pct", "0"]);
                     }
                     Some(Tracer::start(c, "\"type\":\"status\"")?)
                 }
@@ -168,18 +184,28 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
     let get = |name: &str| configs.iter().position(|c| *c == name).map(|i| med[i]);
     let base = get("none").context("no baseline")?;
     let floor_added = get("floor").map(|v| v - base);
+    let clock_added = get("floor-clock").map(|v| v - base);
     let bpftrace_added = get("bpftrace").map(|v| v - base);
 
     let mut rows = Vec::new();
-    println!("| configuration | ns per getppid | ns added | added vs floor | added vs bpftrace |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| configuration | ns per getppid | ns added | vs floor | vs floor-clock | vs bpftrace |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for (i, cfg) in configs.iter().enumerate() {
         let added = med[i] - base;
         let vs = |d: Option<f64>| d.filter(|d| *d > 0.0 && *cfg != "none").map(|d| added / d);
         let fmt = |r: Option<f64>| r.map_or("".into(), |r| format!("{r:.2}x"));
-        println!("| {cfg} | {:.1} | {added:.1} | {} | {} |", med[i], fmt(vs(floor_added)), fmt(vs(bpftrace_added)));
+        println!(
+            "| {cfg} | {:.1} | {added:.1} | {} | {} | {} |",
+            med[i],
+            fmt(vs(floor_added)),
+            fmt(vs(clock_added)),
+            fmt(vs(bpftrace_added))
+        );
         rows.push(json!({"config": cfg, "ns_per_call": med[i], "ns_added": added,
-            "added_vs_floor": vs(floor_added), "added_vs_bpftrace": vs(bpftrace_added), "samples": samples[i]}));
+            "added_vs_floor": vs(floor_added), "added_vs_floor_clock": vs(clock_added),
+            "added_vs_bpftrace": vs(bpftrace_added), "samples": samples[i]}));
     }
     let agent_summary = agent_rec.as_ref().map(|a| {
         json!({"cpu_pct_of_one_core": a["cpu_pct"], "rss_bytes": a["rss_bytes"],

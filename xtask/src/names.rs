@@ -7,10 +7,8 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 use anyhow::{Context as _, Result, bail};
 
 const SYSCALLS_X86_64: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
-const ERRNO_HEADERS: [&str; 2] = [
-    "/usr/include/asm-generic/errno-base.h",
-    "/usr/include/asm-generic/errno.h",
-];
+const ERRNO_HEADERS: [&str; 2] =
+    ["/usr/include/asm-generic/errno-base.h", "/usr/include/asm-generic/errno.h"];
 
 /// Parses `#define <prefix>NAME NUMBER` lines.
 fn defines(path: &str, prefix: &str) -> Result<BTreeMap<u32, String>> {
@@ -31,11 +29,8 @@ fn defines(path: &str, prefix: &str) -> Result<BTreeMap<u32, String>> {
         let Ok(value) = value.parse::<u32>() else {
             continue;
         }; // aliases like EWOULDBLOCK EAGAIN
-        out.entry(value).or_insert_with(|| {
-            format!("{prefix}{name}")
-                .trim_start_matches("__NR_")
-                .to_string()
-        });
+        out.entry(value)
+            .or_insert_with(|| format!("{prefix}{name}").trim_start_matches("__NR_").to_string());
     }
     if out.is_empty() {
         bail!("no {prefix}* definitions in {path}");
@@ -54,39 +49,20 @@ pub fn run(root: &Path) -> Result<()> {
          // (asm/unistd_64.h, asm-generic/errno*.h). Do not edit.\n\n",
     );
     let max = *syscalls.keys().last().unwrap_or(&0);
-    writeln!(
-        out,
-        "/// x86_64 system call names, indexed by number (\"\" where unassigned)."
-    )?;
+    writeln!(out, "/// x86_64 system call names, indexed by number (\"\" where unassigned).")?;
     writeln!(out, "pub static SYSCALLS_X86_64: [&str; {}] = [", max + 1)?;
     for nr in 0..=max {
-        writeln!(
-            out,
-            "    {:?},",
-            syscalls.get(&nr).map_or("", String::as_str)
-        )?;
+        writeln!(out, "    {:?},", syscalls.get(&nr).map_or("", String::as_str))?;
     }
     writeln!(out, "];\n")?;
-    writeln!(
-        out,
-        "/// errno names (the same on every Linux architecture probe supports)."
-    )?;
-    writeln!(
-        out,
-        "pub static ERRNOS: [(u16, &str); {}] = [",
-        errnos.len()
-    )?;
+    writeln!(out, "/// errno names (the same on every Linux architecture probe supports).")?;
+    writeln!(out, "pub static ERRNOS: [(u16, &str); {}] = [", errnos.len())?;
     for (n, name) in &errnos {
         writeln!(out, "    ({n}, {name:?}),")?;
     }
     writeln!(out, "];")?;
     let dst = root.join("probe-agent/src/names/generated.rs");
     fs::write(&dst, out)?;
-    eprintln!(
-        "wrote {} ({} syscalls, {} errnos)",
-        dst.display(),
-        syscalls.len(),
-        errnos.len()
-    );
+    eprintln!("wrote {} ({} syscalls, {} errnos)", dst.display(), syscalls.len(), errnos.len());
     Ok(())
 }

@@ -119,10 +119,7 @@ mod tests {
     fn equal_values_are_exact() {
         let l = from_values(&[10_062_345; 100]);
         let s = l.summary_ms().unwrap();
-        assert_eq!(
-            (s.avg, s.p50, s.p99, s.max),
-            (10.062345, 10.062345, 10.062345, 10.062345)
-        );
+        assert_eq!((s.avg, s.p50, s.p99, s.max), (10.062345, 10.062345, 10.062345, 10.062345));
     }
 
     #[test]
@@ -132,9 +129,7 @@ mod tests {
         let mut x = 12345u64;
         let values: Vec<u64> = (0..20_000)
             .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 100 + (x >> 11) % 100_000_000 / ((x >> 50) % 1000 + 1)
             })
             .collect();
@@ -143,10 +138,7 @@ mod tests {
             let truth = exact_percentile(&values, p);
             let got = l.percentile_ns(p).unwrap();
             let err = (got - truth).abs() / truth;
-            assert!(
-                err <= 1.0 / 32.0,
-                "p{p}: got {got}, truth {truth}, err {err}"
-            );
+            assert!(err <= 1.0 / 32.0, "p{p}: got {got}, truth {truth}, err {err}");
         }
         assert_eq!(l.max_ns, *values.iter().max().unwrap());
         assert_eq!(l.count, values.len() as u64);

@@ -11,9 +11,5 @@ pub fn round(x: f64, digits: i32) -> f64 {
 
 /// `part / whole` in percent, 0 when `whole` is 0.
 pub fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        round(part as f64 * 100.0 / whole as f64, 3)
-    }
+    if whole == 0 { 0.0 } else { round(part as f64 * 100.0 / whole as f64, 3) }
 }

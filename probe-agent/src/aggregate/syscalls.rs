@@ -50,11 +50,7 @@ impl CallStats {
 
 /// `count / interval_s`, rounded to milli-units.
 pub fn rate(count: u64, interval_s: f64) -> f64 {
-    if interval_s <= 0.0 {
-        0.0
-    } else {
-        round(count as f64 / interval_s, 3)
-    }
+    if interval_s <= 0.0 { 0.0 } else { round(count as f64 / interval_s, 3) }
 }
 
 /// System-call totals as they appear in `process` and `host` records.
@@ -75,27 +71,22 @@ pub struct SyscallsGroup {
 pub fn interval(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<(u32, u16), CallStats> {
     let mut out: BTreeMap<(u32, u16), CallStats> = BTreeMap::new();
     for (key, now) in cur {
-        let before = prev
-            .get(key)
-            .filter(|p| p.count <= now.count)
-            .copied()
-            .unwrap_or_default();
+        let before = prev.get(key).filter(|p| p.count <= now.count).copied().unwrap_or_default();
         let count = now.count - before.count;
         if count == 0 {
             continue;
         }
         let stats = out.entry((key.tgid, key.nr)).or_default();
         if key.slot & SLOT_ERRNO != 0 {
-            let errno = key.slot & !SLOT_ERRNO;
-            stats.errors += count;
-            *stats.errnos.entry(errno).or_default() += count;
+            *stats.errnos.entry(key.slot & !SLOT_ERRNO).or_default() += count;
         } else {
+            // Errors live in the latency slot with the calls they belong to,
+            // so a record never shows more errors than calls.
+            stats.errors += now.errors.saturating_sub(before.errors);
             // The kernel bumps count before sum; a read between the two can
             // see one lagging the other. saturating_sub keeps that harmless.
             let sum = now.sum_ns.saturating_sub(before.sum_ns);
-            stats
-                .latency
-                .add(u32::from(key.slot), count, sum, now.max_ns);
+            stats.latency.add(u32::from(key.slot), count, sum, now.max_ns);
         }
     }
     out
@@ -117,10 +108,7 @@ pub fn by_process(calls: BTreeMap<(u32, u16), CallStats>) -> (CallStats, Vec<Pro
     for ((tgid, nr), stats) in calls {
         host.merge(&stats);
         if procs.last().is_none_or(|p| p.tgid != tgid) {
-            procs.push(ProcessCalls {
-                tgid,
-                ..Default::default()
-            });
+            procs.push(ProcessCalls { tgid, ..Default::default() });
         }
         if let Some(p) = procs.last_mut() {
             p.total.merge(&stats);
@@ -140,11 +128,11 @@ mod tests {
     }
 
     fn val(count: u64, sum_ns: u64, max_ns: u64) -> SyscallValue {
-        SyscallValue {
-            count,
-            sum_ns,
-            max_ns,
-        }
+        SyscallValue { count, errors: 0, sum_ns, max_ns }
+    }
+
+    fn failed(count: u64, errors: u64, sum_ns: u64, max_ns: u64) -> SyscallValue {
+        SyscallValue { count, errors, sum_ns, max_ns }
     }
 
     #[test]
@@ -153,7 +141,7 @@ mod tests {
         let mut prev = Snapshot::new();
         prev.insert(key(7, 0, b), val(10, 10_000, 1000));
         let mut cur = prev.clone();
-        cur.insert(key(7, 0, b), val(15, 15_000, 1000));
+        cur.insert(key(7, 0, b), failed(15, 4, 15_000, 1000));
         cur.insert(key(7, 0, SLOT_ERRNO | 2), val(4, 0, 0));
         cur.insert(key(8, 1, b), val(3, 3000, 1000));
         let d = interval(&prev, &cur);
@@ -180,14 +168,11 @@ mod tests {
     fn group_rates_and_error_pct() {
         let b = bucket_of(2_000_000) as u16;
         let mut cur = Snapshot::new();
-        cur.insert(key(1, 2, b), val(200, 400_000_000, 2_000_000));
+        cur.insert(key(1, 2, b), failed(200, 3, 400_000_000, 2_000_000));
         cur.insert(key(1, 2, SLOT_ERRNO | 13), val(3, 0, 0));
         let d = interval(&Snapshot::new(), &cur);
         let g = d[&(1, 2)].group(10.0);
-        assert_eq!(
-            (g.count, g.errors, g.error_rate_pct, g.rate_per_s),
-            (200, 3, 1.5, 20.0)
-        );
+        assert_eq!((g.count, g.errors, g.error_rate_pct, g.rate_per_s), (200, 3, 1.5, 20.0));
         assert_eq!(g.latency_ms.unwrap().avg, 2.0);
     }
 
@@ -201,10 +186,7 @@ mod tests {
         let (host, procs) = by_process(interval(&Snapshot::new(), &cur));
         assert_eq!(host.count(), 10);
         assert_eq!(procs.len(), 2);
-        assert_eq!(
-            (procs[0].tgid, procs[0].total.count(), procs[0].calls.len()),
-            (1, 5, 2)
-        );
+        assert_eq!((procs[0].tgid, procs[0].total.count(), procs[0].calls.len()), (1, 5, 2));
         assert_eq!((procs[1].tgid, procs[1].total.count()), (2, 5));
     }
 }

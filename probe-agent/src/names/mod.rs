@@ -36,10 +36,7 @@ pub fn errno(errno: u16) -> Cow<'static, str> {
         .iter()
         .chain(INTERNAL_ERRNOS.iter())
         .find(|(n, _)| *n == errno)
-        .map_or_else(
-            || Cow::Owned(format!("E{errno}")),
-            |(_, name)| Cow::Borrowed(*name),
-        )
+        .map_or_else(|| Cow::Owned(format!("E{errno}")), |(_, name)| Cow::Borrowed(*name))
 }
 
 #[cfg(test)]

@@ -34,15 +34,9 @@ pub enum ProbeError {
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
     #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    Program { name: &'static str, source: ProgramError },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
     #[error("no probe could be attached: {0}")]
     NothingAttached(String),
 }
@@ -53,16 +47,15 @@ pub struct Hook {
     pub tracepoint: &'static str,
 }
 
-/// The benchmark's floor: empty programs on the system-call tracepoints.
+/// The benchmark's floors: empty programs on the system-call tracepoints,
+/// and programs that only read the clock there.
 pub const FLOOR_HOOKS: &[Hook] = &[
-    Hook {
-        program: "floor_sys_enter",
-        tracepoint: "sys_enter",
-    },
-    Hook {
-        program: "floor_sys_exit",
-        tracepoint: "sys_exit",
-    },
+    Hook { program: "floor_sys_enter", tracepoint: "sys_enter" },
+    Hook { program: "floor_sys_exit", tracepoint: "sys_exit" },
+];
+pub const FLOOR_CLOCK_HOOKS: &[Hook] = &[
+    Hook { program: "floor_clk_enter", tracepoint: "sys_enter" },
+    Hook { program: "floor_clk_exit", tracepoint: "sys_exit" },
 ];
 
 /// Per-program kernel run-time statistics (cumulative).
@@ -71,15 +64,6 @@ pub struct ProgramStats {
     pub name: &'static str,
     pub run_count: u64,
     pub run_time_ns: u64,
-}
-
-/// The loaded object with its attached programs.
-pub struct Probes {
-    ebpf: Ebpf,
-    attached: Vec<&'static str>,
-    /// Keeps BPF run-time statistics on while held (BPF_ENABLE_STATS, 5.8+).
-    _stats: Option<OwnedFd>,
-    pub syscalls: syscalls::SyscallMaps,
 }
 
 /// Loads the object (programs are loaded into the kernel when attached).
@@ -98,32 +82,24 @@ pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
         .ok_or(ProbeError::MissingProgram(name))?
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })?;
-    program
-        .load()
-        .map_err(|source| ProbeError::Program { name, source })?;
-    program
-        .attach(hook.tracepoint)
-        .map_err(|source| ProbeError::Program { name, source })?;
+    program.load().map_err(|source| ProbeError::Program { name, source })?;
+    program.attach(hook.tracepoint).map_err(|source| ProbeError::Program { name, source })?;
     debug!("attached {name} to raw tracepoint {}", hook.tracepoint);
     Ok(())
 }
 
+/// The loaded object with its attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+    /// Keeps BPF run-time statistics on while held (BPF_ENABLE_STATS, 5.8+).
+    run_stats: Option<OwnedFd>,
+    pub syscalls: syscalls::SyscallMaps,
+}
+
 impl Probes {
     /// Loads the object and attaches every KPI's programs.
-    pub fn start(bpf_stats: bool) -> Result<Self, ProbeError> {
-        let stats = if bpf_stats {
-            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => Some(fd),
-                Err(err) => {
-                    warn!(
-                        "BPF run-time statistics unavailable ({err}); program costs will be null"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+    pub fn start() -> Result<Self, ProbeError> {
         let mut ebpf = load()?;
         let mut attached = Vec::new();
         let mut failures = Vec::new();
@@ -140,15 +116,33 @@ impl Probes {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
         }
         let syscalls = syscalls::SyscallMaps::take(&mut ebpf)?;
-        Ok(Self {
-            ebpf,
-            attached,
-            _stats: stats,
-            syscalls,
-        })
+        Ok(Self { ebpf, attached, run_stats: None, syscalls })
     }
 
-    /// Cumulative run count and time of every attached program.
+    /// Names of the attached programs.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Turns the kernel's BPF run-time statistics on or off; returns whether
+    /// they are on. They cost every BPF program on the host two clock reads
+    /// per run, so the agent keeps them on only for a sampled window.
+    pub fn set_run_stats(&mut self, on: bool) -> bool {
+        if !on {
+            self.run_stats = None;
+            return false;
+        }
+        if self.run_stats.is_none() {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => self.run_stats = Some(fd),
+                Err(err) => debug!("BPF run-time statistics unavailable: {err}"),
+            }
+        }
+        self.run_stats.is_some()
+    }
+
+    /// Cumulative run count and time of every attached program (these only
+    /// advance while run-time statistics are on).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         self.attached
             .iter()
@@ -161,10 +155,5 @@ impl Probes {
                 })
             })
             .collect()
-    }
-
-    /// Whether run-time statistics are being collected.
-    pub fn has_run_stats(&self) -> bool {
-        self._stats.is_some()
     }
 }

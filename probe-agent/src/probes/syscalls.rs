@@ -19,22 +19,11 @@ use super::{Hook, ProbeError};
 /// Programs and their raw tracepoints (include/trace/events/syscalls.h and
 /// sched.h; raw tracepoints since Linux 4.17).
 pub const HOOKS: &[Hook] = &[
-    Hook {
-        program: "sys_enter",
-        tracepoint: "sys_enter",
-    },
-    Hook {
-        program: "sys_exit",
-        tracepoint: "sys_exit",
-    },
-    Hook {
-        program: "sched_process_exec",
-        tracepoint: "sched_process_exec",
-    },
-    Hook {
-        program: "sched_process_exit",
-        tracepoint: "sched_process_exit",
-    },
+    Hook { program: "sys_enter", tracepoint: "sys_enter" },
+    Hook { program: "sys_exit", tracepoint: "sys_exit" },
+    Hook { program: "sched_switch", tracepoint: "sched_switch" },
+    Hook { program: "sched_process_exec", tracepoint: "sched_process_exec" },
+    Hook { program: "sched_process_exit", tracepoint: "sched_process_exit" },
 ];
 
 /// A map's name, live entry count and bound.
@@ -64,18 +53,10 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
 impl SyscallMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
         Ok(Self {
-            stats: take(ebpf, STATS_MAP)?
-                .try_into()
-                .map_err(map_err(STATS_MAP))?,
-            start: take(ebpf, START_MAP)?
-                .try_into()
-                .map_err(map_err(START_MAP))?,
-            comm: take(ebpf, COMM_MAP)?
-                .try_into()
-                .map_err(map_err(COMM_MAP))?,
-            counters: take(ebpf, COUNTER_MAP)?
-                .try_into()
-                .map_err(map_err(COUNTER_MAP))?,
+            stats: take(ebpf, STATS_MAP)?.try_into().map_err(map_err(STATS_MAP))?,
+            start: take(ebpf, START_MAP)?.try_into().map_err(map_err(START_MAP))?,
+            comm: take(ebpf, COMM_MAP)?.try_into().map_err(map_err(COMM_MAP))?,
+            counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
         })
     }
 
@@ -89,15 +70,13 @@ impl SyscallMaps {
                 // Deleted between listing its key and reading it: nothing to add.
                 Err(MapError::KeyNotFound) => continue,
                 Err(source) => {
-                    return Err(ProbeError::Map {
-                        name: STATS_MAP,
-                        source,
-                    });
+                    return Err(ProbeError::Map { name: STATS_MAP, source });
                 }
             };
             let mut sum = SyscallValue::default();
             for v in per_cpu.iter() {
                 sum.count += v.count;
+                sum.errors += v.errors;
                 sum.sum_ns += v.sum_ns;
                 sum.max_ns = sum.max_ns.max(v.max_ns);
             }
@@ -110,10 +89,7 @@ impl SyscallMaps {
     pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
         let mut out = [0u64; COUNTERS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err(COUNTER_MAP))?;
+            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(out)
@@ -167,8 +143,5 @@ impl SyscallMaps {
 }
 
 fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
-    map.map()
-        .info()
-        .map(|i| u64::from(i.max_entries()))
-        .unwrap_or(0)
+    map.map().info().map(|i| u64::from(i.max_entries())).unwrap_or(0)
 }

@@ -20,15 +20,10 @@ fn main() -> Result<()> {
         bail!("usage: probe-workload MODE [--name NAME] [options]; modes: sleep, calls, loop");
     };
     let opt = |name: &str| -> Option<&str> {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(String::as_str)
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
     };
     let num = |name: &str, default: u64| -> Result<u64> {
-        opt(name).map_or(Ok(default), |v| {
-            v.parse().with_context(|| format!("{name} {v}"))
-        })
+        opt(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} {v}")))
     };
     if let Some(name) = opt("--name") {
         set_name(&probe_tests::unescape(name));
