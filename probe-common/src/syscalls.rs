@@ -25,8 +25,8 @@ pub const COUNTER_MAP: &str = "SYSCALL_CNT";
 /// Default bound of [`STATS_MAP`]. A process typically touches a few dozen
 /// system calls in a handful of latency buckets each.
 pub const STATS_MAX_ENTRIES: u32 = 32768;
-/// Default bound of [`START_MAP`]: threads blocked or preempted inside a
-/// system call at the same time.
+/// Default bound of [`START_MAP`]: live threads that were ever switched out
+/// inside a system call.
 pub const START_MAX_ENTRIES: u32 = 65536;
 /// Default bound of [`COMM_MAP`]: processes seen since their last reclaim.
 pub const COMM_MAX_ENTRIES: u32 = 16384;
@@ -79,6 +79,8 @@ pub struct SyscallCurrent {
 }
 
 /// Value of [`START_MAP`]: when the thread's current call entered, and which.
+/// `start_ns == 0` means none: the entry outlives the call until the thread
+/// exits, so that switching out mid-call costs a store, not an allocation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallStart {

@@ -116,9 +116,14 @@ fn take_start(tid: u32) -> Option<(u64, u32)> {
         }
     }
     // The thread was switched out mid-call: sched_switch moved its start.
-    let start = SYSCALL_START.get_ptr(tid)?;
+    // The entry stays (emptied) until the thread exits, so the next spill
+    // is a store, not an allocation.
+    let start = SYSCALL_START.get_ptr_mut(tid)?;
     let s = unsafe { *start };
-    let _ = SYSCALL_START.remove(tid);
+    if s.start_ns == 0 {
+        return None;
+    }
+    unsafe { (*start).start_ns = 0 };
     Some((s.start_ns, s.nr))
 }
 
@@ -178,7 +183,9 @@ pub fn sched_switch(_ctx: RawTracePointContext) -> i32 {
     }
     unsafe { (*cur).tid = 0 };
     let start = SyscallStart { start_ns: c.start_ns, nr: c.nr, _pad: 0 };
-    if SYSCALL_START.insert(c.tid, start, BPF_ANY as u64).is_err() {
+    if let Some(slot) = SYSCALL_START.get_ptr_mut(c.tid) {
+        unsafe { *slot = start };
+    } else if SYSCALL_START.insert(c.tid, start, BPF_NOEXIST as u64).is_err() {
         bump(Counter::StartFull);
     }
     0
