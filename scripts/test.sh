@@ -18,4 +18,4 @@ out=$(PROBE_EBPF_STUB=1 cargo run --quiet --target-dir target/stub -p probe-agen
 case "$out" in *"built without its eBPF object"*) ;; *) echo "unclear stub error: $out"; exit 1;; esac
 
 echo "== all tests (integration tests load the real programs, one at a time)"
-cargo test --workspace -- --test-threads=1
+cargo test -- --test-threads=1
