@@ -8,21 +8,28 @@ use std::{
 
 use bytes::BytesMut;
 use log::{info, warn};
-use probe_common::syscalls::{COUNTERS, Counter, SyscallKey};
+use probe_common::{
+    cpu::{COUNTERS as CPU_COUNTERS, Counter as CpuCounter},
+    syscalls::{COUNTERS, Counter, SyscallKey},
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     aggregate::{
+        cpu::{self, CpuGroup, ProcCpu},
+        latency::Latency,
         pct, round,
         syscalls::{self, CallStats, ProcessCalls, Snapshot},
     },
     cli::RunConfig,
-    names,
-    probes::{ProbeError, Probes, ProgramStats},
+    containers::{self, Cgroups, Container},
+    disk, names,
+    probes::{self as probe, MapFill, ProbeError, Probes, ProgramStats, cpu::CpuSnapshot},
     procfs,
     records::{
-        AgentRecord, Header, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessRecord,
-        ProgramRecord, StatusRecord, SyscallRecord, VERSION, encode,
+        AgentRecord, ContainerMemory, ContainerRecord, Header, HostMemory, HostRecord, KpiStatus,
+        LostRecord, MapRecord, ProcessMemory, ProcessRecord, ProgramRecord, StatusRecord,
+        SyscallRecord, VERSION, encode,
     },
     sink::{SinkError, write_stdout},
     timefmt::rfc3339_millis,
@@ -52,6 +59,10 @@ struct Agent {
     probes: Probes,
     prev: Snapshot,
     prev_counters: [u64; COUNTERS as usize],
+    prev_cpu: CpuSnapshot,
+    prev_cpu_counters: [u64; CPU_COUNTERS as usize],
+    cgroups: Cgroups,
+    cpus: u32,
     prev_cpu_ns: u64,
     /// The open BPF run-time statistics window, and the last closed one.
     stats_window: Option<StatsWindow>,
@@ -75,6 +86,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let start = Instant::now();
     let mut agent = Agent {
         prev_counters: probes.syscalls.counters()?,
+        prev_cpu: probes.cpu.read()?,
+        prev_cpu_counters: probes.cpu.counters()?,
+        cgroups: Cgroups::detect(),
+        cpus: procfs::cpus(),
         stats_window: None,
         stats_sample: None,
         prev: probes.syscalls.read()?,
@@ -131,7 +146,14 @@ impl Agent {
     fn status(&self) -> Result<(), AgentError> {
         let ts = rfc3339_millis(SystemTime::now());
         let mut kpis = BTreeMap::new();
-        kpis.insert("syscalls", KpiStatus { available: true, reason: None });
+        for family in [probe::SYSCALLS, probe::CPU, probe::RUNQ] {
+            let reason = self.probes.unavailable(family).map(str::to_string);
+            kpis.insert(family, KpiStatus { available: reason.is_none(), reason });
+        }
+        let memory = procfs::meminfo().is_some();
+        let reason = (!memory).then(|| "/proc/meminfo unreadable".to_string());
+        kpis.insert("memory", KpiStatus { available: memory, reason });
+        kpis.insert("disk", KpiStatus { available: true, reason: None });
         let rec = StatusRecord {
             header: Header {
                 v: VERSION,
@@ -201,69 +223,221 @@ impl Agent {
         let ts = rfc3339_millis(SystemTime::now());
         let host_name = self.host.clone();
         let header = Header { v: VERSION, kind: "host", ts: &ts, host: &host_name, interval_s };
+        let cpus = self.cpus;
 
         let cur = self.probes.syscalls.read()?;
         let counters = self.probes.syscalls.counters()?;
-        let (host, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
-        let active = procs.len() as u64;
+        let cpu_cur = self.probes.cpu.read()?;
+        let cpu_counters = self.probes.cpu.counters()?;
+        let (host_calls, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
+        let mut cpu = cpu::interval(&self.prev_cpu, &cpu_cur);
 
-        // Filters, then the top N by total system-call time.
-        let mut chosen: Vec<(String, ProcessCalls)> = procs
-            .into_iter()
-            .filter(|p| self.cfg.pids.is_empty() || self.cfg.pids.contains(&p.tgid))
-            .map(|p| (self.comm(p.tgid), p))
-            .filter(|(comm, _)| self.cfg.comms.is_empty() || self.cfg.comms.contains(comm))
+        // Every process that made calls or ran, with its container.
+        let mut views: BTreeMap<u32, ProcessView> = BTreeMap::new();
+        for p in procs {
+            let tgid = p.tgid;
+            views.entry(tgid).or_default().calls = p;
+        }
+        for (tgid, c) in cpu.procs.drain() {
+            if c.run_ns > 0 || c.runq.count > 0 {
+                views.entry(tgid).or_default().cpu = c;
+            }
+        }
+        let active = views.len() as u64;
+        for (&tgid, v) in views.iter_mut() {
+            v.calls.tgid = tgid;
+            v.comm = self.comm(tgid);
+            v.cgroup = self.cgroup_of(tgid, v.cpu.cgroup);
+            v.container = self.container_of(tgid, v.cgroup.as_ref().map(|c| c.1.as_str()));
+        }
+
+        // Containers: every process counts, whatever the filters.
+        let mut containers: BTreeMap<String, ContainerAgg> = BTreeMap::new();
+        for v in views.values() {
+            let Some((path, c)) = &v.container else { continue };
+            let agg = containers.entry(c.id.clone()).or_insert_with(|| ContainerAgg {
+                container: c.clone(),
+                path: path.clone(),
+                calls: CallStats::default(),
+                run_ns: 0,
+                runq: Latency::default(),
+            });
+            agg.calls.merge(&v.calls.total);
+            agg.run_ns += v.cpu.run_ns;
+            agg.runq.merge(&v.cpu.runq);
+        }
+
+        // Process filters, then the top N by CPU time plus system-call time.
+        let mut chosen: Vec<&ProcessView> = views
+            .iter()
+            .filter(|(tgid, _)| self.cfg.pids.is_empty() || self.cfg.pids.contains(tgid))
+            .map(|(_, v)| v)
+            .filter(|v| self.cfg.comms.is_empty() || self.cfg.comms.contains(&v.comm))
             .collect();
         let matching = chosen.len() as u64;
-        chosen.sort_by(|(_, a), (_, b)| {
-            (b.total.latency.sum_ns, a.tgid).cmp(&(a.total.latency.sum_ns, b.tgid))
+        chosen.sort_by_key(|v| {
+            (std::cmp::Reverse(v.cpu.run_ns + v.calls.total.latency.sum_ns), v.calls.tgid)
         });
         chosen.truncate(self.cfg.top);
         let reported = chosen.len() as u64;
 
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let host = HostRecord { header: header.with("host"), syscalls: host.group(interval_s) };
+        let memory = procfs::meminfo().map_or(
+            HostMemory { used_bytes: 0, total_bytes: 0, utilization_pct: 0.0 },
+            |(total, avail)| {
+                let used = total.saturating_sub(avail);
+                HostMemory {
+                    used_bytes: used,
+                    total_bytes: total,
+                    utilization_pct: pct(used, total),
+                }
+            },
+        );
+        let host = HostRecord {
+            header: header.with("host"),
+            syscalls: host_calls.group(interval_s),
+            cpus,
+            cpu: CpuGroup::new(cpu.host_run_ns, &cpu.host_runq, interval_s, cpus),
+            memory,
+            disk: disk::disks(),
+        };
         encode(&mut buf, &host)?;
-        for (comm, p) in &chosen {
-            let total = p.total.group(interval_s);
-            let rec = ProcessRecord {
-                header: header.with("process"),
-                pid: p.tgid,
-                comm,
-                syscalls: total,
+        for (id, c) in &containers {
+            let (used, limit) =
+                self.cgroups.memory(&c.path).map_or((None, None), |(u, l)| (Some(u), l));
+            let rec = ContainerRecord {
+                header: header.with("container"),
+                container_id: id,
+                runtime: c.container.runtime,
+                cgroup: &c.path,
+                pod_uid: c.container.pod_uid.as_deref(),
+                cpu: CpuGroup::new(c.run_ns, &c.runq, interval_s, cpus),
+                memory: ContainerMemory {
+                    used_bytes: used,
+                    limit_bytes: limit,
+                    utilization_pct: used.zip(limit).map(|(u, l)| pct(u, l)),
+                },
+                syscalls: c.calls.group(interval_s),
             };
             encode(&mut buf, &rec)?;
-            for (nr, stats) in &p.calls {
-                encode(
-                    &mut buf,
-                    &syscall_record(header.with("syscall"), p.tgid, comm, *nr, stats),
-                )?;
+        }
+        for v in &chosen {
+            let tgid = v.calls.tgid;
+            let container_id = v.container.as_ref().map(|(_, c)| c.id.as_str());
+            let rec = ProcessRecord {
+                header: header.with("process"),
+                pid: tgid,
+                comm: &v.comm,
+                cgroup_id: v.cgroup.as_ref().map(|c| c.0),
+                container_id,
+                syscalls: v.calls.total.group(interval_s),
+                cpu: CpuGroup::new(v.cpu.run_ns, &v.cpu.runq, interval_s, cpus),
+                memory: ProcessMemory { rss_bytes: procfs::rss_bytes(tgid) },
+            };
+            encode(&mut buf, &rec)?;
+            for (nr, stats) in &v.calls.calls {
+                let rec =
+                    syscall_record(header.with("syscall"), tgid, &v.comm, container_id, *nr, stats);
+                encode(&mut buf, &rec)?;
             }
         }
+        drop(chosen);
+        drop(views);
 
         // Free the slots of processes that were already gone last interval:
         // this read was their last, and it has been reported above.
         let mut cur = cur;
-        let doomed: Vec<SyscallKey> =
+        let mut doomed: Vec<SyscallKey> =
             cur.keys().filter(|k| self.gone.contains(&k.tgid)).copied().collect();
-        let mut sorted = doomed.clone();
-        sorted.sort_unstable();
-        let reclaimed = self.probes.syscalls.reclaim(&sorted) as u64;
+        doomed.sort_unstable();
+        let mut reclaimed = self.probes.syscalls.reclaim(&doomed) as u64;
         for k in &doomed {
             cur.remove(k);
         }
-        let stats_entries = cur.len();
-        let tgids: HashSet<u32> = cur.keys().map(|k| k.tgid).collect();
+        let mut cpu_cur = cpu_cur;
+        reclaimed += self.probes.cpu.reclaim(&self.gone, &cpu_cur) as u64;
+        cpu_cur.time.retain(|k, _| !self.gone.contains(&k.tgid));
+        cpu_cur.runq.retain(|k, _| !self.gone.contains(&k.tgid));
+        let tgids: HashSet<u32> = cur
+            .keys()
+            .map(|k| k.tgid)
+            .chain(cpu_cur.time.keys().map(|k| k.tgid))
+            .chain(cpu_cur.runq.keys().map(|k| k.tgid))
+            .collect();
         self.gone = tgids.into_iter().filter(|&t| !procfs::alive(t)).collect();
 
+        let mut fill = self.probes.syscalls.fill(cur.len());
+        fill.extend(self.probes.cpu.fill(&cpu_cur));
         let counts = ProcessCounts { active, reported, cut_by_top: matching - reported };
-        let agent =
-            self.agent_record(header.with("agent"), &counters, stats_entries, counts, reclaimed);
+        let mut lost = self.lost(&counters, &cpu_counters);
+        lost.cgroup_walk_cut = self.cgroups.walk_cut as u64;
+        let agent = self.agent_record(header.with("agent"), fill, lost, counts, reclaimed);
         encode(&mut buf, &agent)?;
         self.prev = cur;
         self.prev_counters = counters;
+        self.prev_cpu = cpu_cur;
+        self.prev_cpu_counters = cpu_counters;
         write_stdout(&buf)?;
         Ok(())
+    }
+
+    /// The cgroup (v2 id and path) a process ran in: the one its CPU time
+    /// was charged to, else the one /proc says it is in now.
+    fn cgroup_of(&mut self, tgid: u32, from_cpu: Option<u64>) -> Option<(u64, String)> {
+        if let Some(id) = from_cpu
+            && let Some(path) = self.cgroups.path(id)
+        {
+            return Some((id, path.to_string()));
+        }
+        let path = procfs::cgroup_paths(tgid).into_iter().next()?;
+        let id = self.cgroups.id_of(&path)?;
+        Some((id, path))
+    }
+
+    /// The container a process runs in, and the cgroup path that says so:
+    /// its v2 cgroup, else (hybrid hosts, where runtimes may use only the
+    /// v1 hierarchies) any of its v1 cgroups.
+    fn container_of(&self, tgid: u32, v2_path: Option<&str>) -> Option<(String, Container)> {
+        if let Some(path) = v2_path
+            && let Some(c) = containers::parse(path)
+        {
+            return Some((path.to_string(), c));
+        }
+        procfs::cgroup_paths(tgid).into_iter().find_map(|p| containers::parse(&p).map(|c| (p, c)))
+    }
+
+    /// What the kernel side could not record this interval.
+    fn lost(
+        &self,
+        counters: &[u64; COUNTERS as usize],
+        cpu_counters: &[u64; CPU_COUNTERS as usize],
+    ) -> LostRecord {
+        let sys = |c: Counter| counters[c as usize].saturating_sub(self.prev_counters[c as usize]);
+        let cpu = |c: CpuCounter| {
+            cpu_counters[c as usize].saturating_sub(self.prev_cpu_counters[c as usize])
+        };
+        let lost = LostRecord {
+            syscall_stats_full: sys(Counter::StatsFull),
+            syscall_start_full: sys(Counter::StartFull),
+            comm_full: sys(Counter::CommFull),
+            syscall_bad_nr: sys(Counter::BadNr),
+            syscall_no_start: sys(Counter::NoStart),
+            cpu_time_full: cpu(CpuCounter::TimeFull),
+            runq_full: cpu(CpuCounter::RunqFull),
+            runq_wake_full: cpu(CpuCounter::WakeFull),
+            cgroup_walk_cut: 0,
+        };
+        if lost.syscall_stats_full
+            + lost.syscall_start_full
+            + lost.comm_full
+            + lost.cpu_time_full
+            + lost.runq_full
+            + lost.runq_wake_full
+            > 0
+        {
+            warn!("kernel maps full this interval: {lost:?}");
+        }
+        lost
     }
 
     /// The process's name: /proc while it lives (it may have renamed itself),
@@ -277,8 +451,8 @@ impl Agent {
     fn agent_record<'a>(
         &mut self,
         header: Header<'a>,
-        counters: &[u64; COUNTERS as usize],
-        stats_entries: usize,
+        fill: Vec<MapFill>,
+        lost: LostRecord,
         procs: ProcessCounts,
         reclaimed: u64,
     ) -> AgentRecord<'a> {
@@ -310,10 +484,7 @@ impl Agent {
             let ns: u64 = s.programs.iter().map(|p| p.2).sum();
             pct_of_core(ns, s.window_s)
         });
-        let maps = self
-            .probes
-            .syscalls
-            .fill(stats_entries)
+        let maps = fill
             .into_iter()
             .map(|m| MapRecord {
                 name: m.name,
@@ -322,18 +493,6 @@ impl Agent {
                 fill_pct: pct(m.entries, m.max_entries),
             })
             .collect();
-        let lost_of =
-            |c: Counter| counters[c as usize].saturating_sub(self.prev_counters[c as usize]);
-        let lost = LostRecord {
-            syscall_stats_full: lost_of(Counter::StatsFull),
-            syscall_start_full: lost_of(Counter::StartFull),
-            comm_full: lost_of(Counter::CommFull),
-            syscall_bad_nr: lost_of(Counter::BadNr),
-            syscall_no_start: lost_of(Counter::NoStart),
-        };
-        if lost.syscall_stats_full + lost.syscall_start_full + lost.comm_full > 0 {
-            warn!("kernel maps full this interval: {lost:?}");
-        }
         AgentRecord {
             header,
             version: env!("CARGO_PKG_VERSION"),
@@ -365,6 +524,28 @@ struct StatsSample {
     programs: Vec<(&'static str, u64, u64)>,
 }
 
+/// One process's interval: its calls (`calls.tgid` is its id), CPU,
+/// name and cgroup.
+#[derive(Default)]
+struct ProcessView {
+    calls: ProcessCalls,
+    cpu: ProcCpu,
+    comm: String,
+    /// cgroup v2 id and path.
+    cgroup: Option<(u64, String)>,
+    /// Its container and the cgroup path that names it.
+    container: Option<(String, Container)>,
+}
+
+/// One container's interval, summed over its processes.
+struct ContainerAgg {
+    container: Container,
+    path: String,
+    calls: CallStats,
+    run_ns: u64,
+    runq: Latency,
+}
+
 /// How many processes were active, reported, and cut by `--top`.
 struct ProcessCounts {
     active: u64,
@@ -377,6 +558,7 @@ fn syscall_record<'a>(
     header: Header<'a>,
     pid: u32,
     comm: &'a str,
+    container_id: Option<&'a str>,
     nr: u16,
     stats: &CallStats,
 ) -> SyscallRecord<'a> {
@@ -385,6 +567,7 @@ fn syscall_record<'a>(
         header,
         pid,
         comm,
+        container_id,
         syscall: names::syscall(nr),
         nr,
         count: g.count,

@@ -3,7 +3,10 @@
 
 mod agent;
 mod aggregate;
+mod btf;
 mod cli;
+mod containers;
+mod disk;
 mod names;
 mod probes;
 mod procfs;

@@ -67,6 +67,55 @@ pub fn missing_capabilities() -> Option<&'static str> {
     }
 }
 
+/// Host memory from /proc/meminfo: (total, available) in bytes.
+pub fn meminfo() -> Option<(u64, u64)> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    Some((kib("MemTotal:")?, kib("MemAvailable:")?))
+}
+
+/// Resident set size of a process, in bytes.
+pub fn rss_bytes(tgid: u32) -> Option<u64> {
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    let statm = fs::read_to_string(format!("/proc/{tgid}/statm")).ok()?;
+    Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * page)
+}
+
+/// Online CPUs.
+pub fn cpus() -> u32 {
+    (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as u32
+}
+
+/// A process's cgroup paths from /proc/<pid>/cgroup, the v2 one (`0::`)
+/// first, then the v1 hierarchies' (memory first among those).
+pub fn cgroup_paths(tgid: u32) -> Vec<String> {
+    let Ok(text) = fs::read_to_string(format!("/proc/{tgid}/cgroup")) else { return Vec::new() };
+    let mut lines: Vec<(u8, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let rank = match controllers {
+                "" => 0,
+                c if c.split(',').any(|c| c == "memory") => 1,
+                _ => 2,
+            };
+            Some((rank, path.to_string()))
+        })
+        .collect();
+    lines.sort();
+    lines.into_iter().map(|(_, p)| p).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

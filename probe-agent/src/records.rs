@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::aggregate::{latency::LatencyMs, syscalls::SyscallsGroup};
+use crate::{
+    aggregate::{cpu::CpuGroup, latency::LatencyMs, syscalls::SyscallsGroup},
+    disk::DiskRecord,
+};
 
 /// Contract version, the `v` of every record.
 pub const VERSION: u32 = 1;
@@ -40,6 +43,8 @@ pub struct SyscallRecord<'a> {
     pub header: Header<'a>,
     pub pid: u32,
     pub comm: &'a str,
+    /// The container the process runs in (null: the host).
+    pub container_id: Option<&'a str>,
     pub syscall: std::borrow::Cow<'static, str>,
     pub nr: u16,
     pub count: u64,
@@ -57,7 +62,43 @@ pub struct ProcessRecord<'a> {
     pub header: Header<'a>,
     pub pid: u32,
     pub comm: &'a str,
+    /// cgroup v2 id it ran in (most, this interval); null if unknown.
+    pub cgroup_id: Option<u64>,
+    pub container_id: Option<&'a str>,
     pub syscalls: SyscallsGroup,
+    pub cpu: CpuGroup,
+    pub memory: ProcessMemory,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessMemory {
+    /// Resident set size at the end of the interval (null once exited).
+    pub rss_bytes: Option<u64>,
+}
+
+/// `type: "container"`: one per container with activity this interval.
+#[derive(Debug, Serialize)]
+pub struct ContainerRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub container_id: &'a str,
+    /// Runtime told by the cgroup name: docker, containerd, cri-o, podman, kubernetes.
+    pub runtime: &'static str,
+    /// cgroup v2 path.
+    pub cgroup: &'a str,
+    pub pod_uid: Option<&'a str>,
+    pub cpu: CpuGroup,
+    pub memory: ContainerMemory,
+    pub syscalls: SyscallsGroup,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerMemory {
+    pub used_bytes: Option<u64>,
+    /// null when the container has no limit.
+    pub limit_bytes: Option<u64>,
+    /// used / limit x 100; null without a limit.
+    pub utilization_pct: Option<f64>,
 }
 
 /// `type: "host"`: host-wide totals, whatever the process filters.
@@ -66,6 +107,18 @@ pub struct HostRecord<'a> {
     #[serde(flatten)]
     pub header: Header<'a>,
     pub syscalls: SyscallsGroup,
+    pub cpus: u32,
+    pub cpu: CpuGroup,
+    pub memory: HostMemory,
+    pub disk: Vec<DiskRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostMemory {
+    /// MemTotal - MemAvailable.
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+    pub utilization_pct: f64,
 }
 
 /// `type: "status"`: written once at start, after the probes are attached.
@@ -147,6 +200,14 @@ pub struct LostRecord {
     pub syscall_bad_nr: u64,
     /// Calls whose entry was not seen (in flight at attach, or start not stored).
     pub syscall_no_start: u64,
+    /// CPU runs not recorded because CPU_TIME was full.
+    pub cpu_time_full: u64,
+    /// Run-queue waits not recorded because RUNQ_LAT was full.
+    pub runq_full: u64,
+    /// Wakeups not stored because RUNQ_WAKE was full.
+    pub runq_wake_full: u64,
+    /// cgroup directories not walked to map ids to paths (bound: 100000).
+    pub cgroup_walk_cut: u64,
 }
 
 /// Appends `record` as one line of JSON to `buf`.
@@ -170,17 +231,19 @@ mod tests {
         let raw: &[u8] = b"a\"b\\c\nd\te\x01\xff\xfe";
         let comm = String::from_utf8_lossy(raw);
         let header = Header { v: 1, kind: "process", ts: "t", host: "h\n\"", interval_s: 1.0 };
-        let rec = ProcessRecord {
+        let rec = SyscallRecord {
             header,
             pid: 1,
             comm: &comm,
-            syscalls: SyscallsGroup {
-                count: 0,
-                errors: 0,
-                error_rate_pct: 0.0,
-                rate_per_s: 0.0,
-                latency_ms: None,
-            },
+            container_id: None,
+            syscall: "read".into(),
+            nr: 0,
+            count: 0,
+            errors: 0,
+            error_rate_pct: 0.0,
+            rate_per_s: 0.0,
+            latency_ms: None,
+            errnos: BTreeMap::new(),
         };
         let mut buf = bytes::BytesMut::new();
         encode(&mut buf, &rec).unwrap();
@@ -191,6 +254,7 @@ mod tests {
         assert_eq!(back["comm"], comm.as_ref());
         assert_eq!(back["type"], "process");
         assert_eq!(back["v"], 1);
-        assert!(back["syscalls"]["latency_ms"].is_null());
+        assert!(back["latency_ms"].is_null());
+        assert!(back["container_id"].is_null());
     }
 }

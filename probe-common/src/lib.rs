@@ -6,6 +6,7 @@
 //! no `bool`, `Option` or enums cross the kernel boundary.
 #![no_std]
 
+pub mod cpu;
 pub mod hist;
 pub mod syscalls;
 

@@ -1,10 +1,11 @@
-//! probe's kernel programs. Each KPI family has its own module; this file
-//! only holds what the object as a whole needs.
+//! probe's kernel programs. Each KPI family has its own module; `sched`
+//! holds the scheduler hooks that several families share.
 #![no_std]
 #![no_main]
 
-mod counters;
+mod cpu;
 mod floor;
+mod sched;
 mod syscalls;
 
 #[cfg(not(test))]
@@ -15,7 +16,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-// bpf_probe_read_kernel and friends are GPL-only helpers.
+// bpf_probe_read_kernel and bpf_get_current_task are GPL-only helpers.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,21 +1,14 @@
 //! System-call latency, count and errors per (process, system call).
 //!
-//! Hooks (all raw tracepoints: no tracefs needed, Linux 4.17+):
-//! - `sys_enter(regs, id)` and `sys_exit(regs, ret)`
-//!   (include/trace/events/syscalls.h). Enter writes the start time into this
-//!   CPU's `SYSCALL_CUR` slot; exit finds it there when the thread never left
-//!   the CPU (the common case: two per-CPU array accesses, no hashing), or in
-//!   `SYSCALL_START` when it was switched out. Exit then adds the call to one
-//!   `SYSCALL_STATS` slot (count, latency sum and max, keyed by latency
-//!   bucket); a failed call also counts in an errno slot.
-//! - `sched_switch(preempt, prev, next, prev_state)` (include/trace/events/sched.h):
-//!   runs in the context of `prev`; if `prev` is inside a system call, its
-//!   start moves from the CPU slot into `SYSCALL_START`, keyed by thread.
-//! - `sched_process_exit(task)`: fires in `do_exit()` for every exiting
-//!   thread, in its context; it drops the thread's start (`exit` and
-//!   `exit_group` never return, so nothing else would).
-//! - `sched_process_exec(task, old_pid, bprm)`: records the new command
-//!   name, so a forked child that execs is named after what it runs.
+//! Hooks: the raw tracepoints `sys_enter(regs, id)` and `sys_exit(regs, ret)`
+//! (include/trace/events/syscalls.h, raw since Linux 4.17; no tracefs
+//! needed). Enter writes the start time into this CPU's `SYSCALL_CUR` slot;
+//! exit finds it there when the thread never left the CPU (the common case:
+//! no hashing), or in `SYSCALL_START` when `sched_switch` moved it there
+//! because the thread was switched out mid-call. Exit then adds the call to
+//! one `SYSCALL_STATS` slot (count, errors, latency sum and max, keyed by
+//! latency bucket); a failed call also counts in an errno slot. The
+//! scheduler hooks that call into this module are in `sched.rs`.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -28,12 +21,10 @@ use probe_common::{
     Comm,
     hist::bucket_of,
     syscalls::{
-        COMM_MAX_ENTRIES, Counter, MAX_ERRNO, MAX_NR, SLOT_ERRNO, START_MAX_ENTRIES,
+        COMM_MAX_ENTRIES, COUNTERS, Counter, MAX_ERRNO, MAX_NR, SLOT_ERRNO, START_MAX_ENTRIES,
         STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey, SyscallStart, SyscallValue,
     },
 };
-
-use crate::counters::bump;
 
 const EEXIST: i64 = 17;
 
@@ -49,6 +40,18 @@ static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(STA
 
 #[map(name = "PROC_COMM")]
 static PROC_COMM: HashMap<u32, Comm> = HashMap::with_max_entries(COMM_MAX_ENTRIES, 0);
+
+#[map(name = "SYSCALL_CNT")]
+static SYSCALL_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// Counts one event lost for `reason`.
+#[inline(always)]
+fn bump(reason: Counter) {
+    if let Some(slot) = SYSCALL_CNT.get_ptr_mut(reason as u32) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -173,13 +176,14 @@ fn remember_comm(tgid: u32) {
     }
 }
 
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_switch(_ctx: RawTracePointContext) -> i32 {
-    // Runs on the CPU being switched, with `current` still `prev`.
-    let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) else { return 0 };
+/// Called from `sched_switch` for the outgoing thread `tid`: if it is
+/// inside a system call, its start moves from the CPU slot to the hash.
+#[inline(always)]
+pub fn on_switch_out(tid: u32) {
+    let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) else { return };
     let c = unsafe { *cur };
-    if c.tid == 0 || c.tid != bpf_get_current_pid_tgid() as u32 {
-        return 0;
+    if c.tid == 0 || c.tid != tid {
+        return;
     }
     unsafe { (*cur).tid = 0 };
     let start = SyscallStart { start_ns: c.start_ns, nr: c.nr, _pad: 0 };
@@ -188,29 +192,26 @@ pub fn sched_switch(_ctx: RawTracePointContext) -> i32 {
     } else if SYSCALL_START.insert(c.tid, start, BPF_NOEXIST as u64).is_err() {
         bump(Counter::StartFull);
     }
-    0
 }
 
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    // Runs in the exec'ing task after begin_new_exec() set the new comm.
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+/// Called from `sched_process_exec`: the process's name is now its new image's.
+#[inline(always)]
+pub fn on_exec(tgid: u32) {
     if let Ok(bytes) = bpf_get_current_comm()
         && PROC_COMM.insert(tgid, Comm { bytes }, BPF_ANY as u64).is_err()
     {
         bump(Counter::CommFull);
     }
-    0
 }
 
-#[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+/// Called from `sched_process_exit`: a thread that dies inside a call
+/// (`exit_group` never returns) leaves nothing behind.
+#[inline(always)]
+pub fn on_thread_exit(tid: u32) {
     if let Some(cur) = SYSCALL_CUR.get_ptr_mut(0)
         && unsafe { (*cur).tid } == tid
     {
         unsafe { (*cur).tid = 0 };
     }
     let _ = SYSCALL_START.remove(tid);
-    0
 }

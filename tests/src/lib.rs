@@ -219,6 +219,13 @@ impl Workload {
         Ok(())
     }
 
+    /// Reads the next line the workload prints (as JSON).
+    pub fn next_line(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
     /// Waits for the workload to finish and returns its ground truth.
     pub fn finish(mut self) -> Result<Value> {
         let mut line = String::new();

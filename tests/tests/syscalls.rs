@@ -218,10 +218,26 @@ fn agent_record_reports_programs_maps_and_losses() {
     let status = records.iter().find(|r| r["type"] == "status").unwrap();
     let progs: Vec<&str> =
         status["programs"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    // Every program loads and attaches on this kernel (the verifier accepts
+    // them all), and every KPI family is available.
     assert_eq!(
         progs,
-        ["sys_enter", "sys_exit", "sched_switch", "sched_process_exec", "sched_process_exit"]
+        [
+            "sys_enter",
+            "sys_exit",
+            "sched_switch",
+            "sched_wakeup",
+            "sched_wakeup_new",
+            "sched_process_exec",
+            "sched_process_exit"
+        ]
     );
+    for (kpi, s) in status["kpis"].as_object().unwrap() {
+        assert_eq!(s["available"], true, "{kpi}: {s}");
+    }
+    for kpi in ["syscalls", "cpu", "runq_latency", "memory", "disk"] {
+        assert!(status["kpis"][kpi].is_object(), "status lists {kpi}");
+    }
     let a = records.iter().filter(|r| r["type"] == "agent").nth(1).expect("two agent records");
     let sys_exit =
         a["programs"].as_array().unwrap().iter().find(|p| p["name"] == "sys_exit").unwrap();

@@ -1,5 +1,6 @@
 //! Aggregate: turns cumulative kernel counters into per-interval KPIs.
 
+pub mod cpu;
 pub mod latency;
 pub mod syscalls;
 

@@ -1,16 +1,18 @@
 //! Probes: load the kernel object, attach its programs, and read their maps.
 //!
-//! Attachment is a table: each KPI family lists its programs and hooks. A
-//! program that fails to load or attach is reported with the reason; the
-//! agent stops only when nothing at all could attach.
+//! Attachment is a table: each row names a program, its raw tracepoint and
+//! the KPI families that need it. A program that fails to load or attach
+//! marks those families unavailable, with the reason; the agent stops only
+//! when nothing at all could attach.
 
+pub mod cpu;
 pub mod syscalls;
 
-use std::os::fd::OwnedFd;
+use std::{collections::BTreeMap, os::fd::OwnedFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapError,
+    maps::{IterableMap, MapError},
     programs::{ProgramError, RawTracePoint},
 };
 use log::{debug, warn};
@@ -41,21 +43,41 @@ pub enum ProbeError {
     NothingAttached(String),
 }
 
-/// One row of the attach table: a program of the object and its raw tracepoint.
+/// One row of the attach table: a program of the object, its raw
+/// tracepoint, and the KPI families that cannot work without it.
 pub struct Hook {
     pub program: &'static str,
     pub tracepoint: &'static str,
+    pub needed_by: &'static [&'static str],
 }
+
+/// KPI families.
+pub const SYSCALLS: &str = "syscalls";
+pub const CPU: &str = "cpu";
+pub const RUNQ: &str = "runq_latency";
+
+/// Everything the agent attaches (include/trace/events/syscalls.h and
+/// sched.h; raw tracepoints since Linux 4.17).
+pub const HOOKS: &[Hook] = &[
+    Hook { program: "sys_enter", tracepoint: "sys_enter", needed_by: &[SYSCALLS] },
+    Hook { program: "sys_exit", tracepoint: "sys_exit", needed_by: &[SYSCALLS] },
+    // Moves the start of a call whose thread leaves the CPU, and accounts CPU time.
+    Hook { program: "sched_switch", tracepoint: "sched_switch", needed_by: &[SYSCALLS, CPU, RUNQ] },
+    Hook { program: "sched_wakeup", tracepoint: "sched_wakeup", needed_by: &[RUNQ] },
+    Hook { program: "sched_wakeup_new", tracepoint: "sched_wakeup_new", needed_by: &[RUNQ] },
+    Hook { program: "sched_process_exec", tracepoint: "sched_process_exec", needed_by: &[] },
+    Hook { program: "sched_process_exit", tracepoint: "sched_process_exit", needed_by: &[] },
+];
 
 /// The benchmark's floors: empty programs on the system-call tracepoints,
 /// and programs that only read the clock there.
 pub const FLOOR_HOOKS: &[Hook] = &[
-    Hook { program: "floor_sys_enter", tracepoint: "sys_enter" },
-    Hook { program: "floor_sys_exit", tracepoint: "sys_exit" },
+    Hook { program: "floor_sys_enter", tracepoint: "sys_enter", needed_by: &[] },
+    Hook { program: "floor_sys_exit", tracepoint: "sys_exit", needed_by: &[] },
 ];
 pub const FLOOR_CLOCK_HOOKS: &[Hook] = &[
-    Hook { program: "floor_clk_enter", tracepoint: "sys_enter" },
-    Hook { program: "floor_clk_exit", tracepoint: "sys_exit" },
+    Hook { program: "floor_clk_enter", tracepoint: "sys_enter", needed_by: &[] },
+    Hook { program: "floor_clk_exit", tracepoint: "sys_exit", needed_by: &[] },
 ];
 
 /// Per-program kernel run-time statistics (cumulative).
@@ -66,12 +88,36 @@ pub struct ProgramStats {
     pub run_time_ns: u64,
 }
 
+/// A map's name, live entry count and bound.
+#[derive(Clone, Debug)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
 /// Loads the object (programs are loaded into the kernel when attached).
+/// The offset of `task_struct::tgid` comes from the kernel's BTF; without
+/// it the CPU programs still run but cannot name the process currently on
+/// a CPU (its time is then counted when it leaves the CPU).
 pub fn load() -> Result<Ebpf, ProbeError> {
     if OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
-    Ok(EbpfLoader::new().load(OBJECT)?)
+    let tgid_off = match crate::btf::Btf::from_kernel()
+        .and_then(|b| b.member_offset("task_struct", "tgid"))
+    {
+        Ok(off) => off,
+        Err(err) => {
+            warn!(
+                "kernel BTF unusable ({err}); CPU time of running tasks is counted when they leave the CPU"
+            );
+            0
+        }
+    };
+    Ok(EbpfLoader::new()
+        .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true)
+        .load(OBJECT)?)
 }
 
 /// Loads and attaches one raw-tracepoint program.
@@ -88,13 +134,24 @@ pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
     Ok(())
 }
 
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
+    map.map().info().map(|i| u64::from(i.max_entries())).unwrap_or(0)
+}
+
 /// The loaded object with its attached programs.
 pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    /// KPI family -> why it is unavailable (absent: available).
+    unavailable: BTreeMap<&'static str, String>,
     /// Keeps BPF run-time statistics on while held (BPF_ENABLE_STATS, 5.8+).
     run_stats: Option<OwnedFd>,
     pub syscalls: syscalls::SyscallMaps,
+    pub cpu: cpu::CpuMaps,
 }
 
 impl Probes {
@@ -102,12 +159,16 @@ impl Probes {
     pub fn start() -> Result<Self, ProbeError> {
         let mut ebpf = load()?;
         let mut attached = Vec::new();
+        let mut unavailable = BTreeMap::new();
         let mut failures = Vec::new();
-        for hook in syscalls::HOOKS {
+        for hook in HOOKS {
             match attach(&mut ebpf, hook) {
                 Ok(()) => attached.push(hook.program),
                 Err(err) => {
                     warn!("{err}");
+                    for family in hook.needed_by {
+                        unavailable.entry(*family).or_insert_with(|| err.to_string());
+                    }
                     failures.push(err.to_string());
                 }
             }
@@ -116,12 +177,18 @@ impl Probes {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
         }
         let syscalls = syscalls::SyscallMaps::take(&mut ebpf)?;
-        Ok(Self { ebpf, attached, run_stats: None, syscalls })
+        let cpu = cpu::CpuMaps::take(&mut ebpf)?;
+        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu })
     }
 
     /// Names of the attached programs.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
+    }
+
+    /// Why a KPI family is unavailable, if it is.
+    pub fn unavailable(&self, family: &str) -> Option<&str> {
+        self.unavailable.get(family).map(String::as_str)
     }
 
     /// Turns the kernel's BPF run-time statistics on or off; returns whether

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use probe_common::{
     Comm,
@@ -14,25 +14,7 @@ use probe_common::{
     },
 };
 
-use super::{Hook, ProbeError};
-
-/// Programs and their raw tracepoints (include/trace/events/syscalls.h and
-/// sched.h; raw tracepoints since Linux 4.17).
-pub const HOOKS: &[Hook] = &[
-    Hook { program: "sys_enter", tracepoint: "sys_enter" },
-    Hook { program: "sys_exit", tracepoint: "sys_exit" },
-    Hook { program: "sched_switch", tracepoint: "sched_switch" },
-    Hook { program: "sched_process_exec", tracepoint: "sched_process_exec" },
-    Hook { program: "sched_process_exit", tracepoint: "sched_process_exit" },
-];
-
-/// A map's name, live entry count and bound.
-#[derive(Clone, Debug)]
-pub struct MapFill {
-    pub name: &'static str,
-    pub entries: u64,
-    pub max_entries: u64,
-}
+use super::{MapFill, ProbeError, max_entries, take};
 
 /// The system-call maps, owned by the agent.
 pub struct SyscallMaps {
@@ -40,10 +22,6 @@ pub struct SyscallMaps {
     start: BpfHashMap<MapData, u32, SyscallStart>,
     comm: BpfHashMap<MapData, u32, Comm>,
     counters: PerCpuArray<MapData, u64>,
-}
-
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
@@ -140,8 +118,4 @@ impl SyscallMaps {
             },
         ]
     }
-}
-
-fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
-    map.map().info().map(|i| u64::from(i.max_entries())).unwrap_or(0)
 }

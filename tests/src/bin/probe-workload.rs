@@ -127,10 +127,52 @@ fn main() -> Result<()> {
             let ns = t0.elapsed().as_nanos() as f64 / count as f64;
             serde_json::json!({"pid": pid, "count": count, "ns_per_call": ns})
         }
+        // --ms M --threads T: T threads each burn the CPU for M ms of wall
+        // time; reports the CPU time the process used (getrusage).
+        "spin" => {
+            let (ms, threads) = (num("--ms", 1000)?, num("--threads", 1)?);
+            let burn = move || {
+                let t0 = Instant::now();
+                let mut x = 0u64;
+                while t0.elapsed().as_millis() < u128::from(ms) {
+                    for i in 0..10_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+                x
+            };
+            let handles: Vec<_> = (0..threads).map(|_| std::thread::spawn(burn)).collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("spinner panicked"))?;
+            }
+            serde_json::json!({"pid": pid, "cpu_ns": cpu_ns()})
+        }
+        // --mib N --hold-ms H: allocates and touches N MiB, holds it H ms.
+        "alloc" => {
+            let (mib, hold) = (num("--mib", 100)?, num("--hold-ms", 1000)?);
+            let mut v = vec![0u8; (mib as usize) << 20];
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            std::hint::black_box(&v);
+            println!("{}", serde_json::json!({"pid": pid, "touched_bytes": v.len()}));
+            std::io::stdout().flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(hold));
+            std::hint::black_box(&v);
+            serde_json::json!({"pid": pid, "held_bytes": v.len()})
+        }
         other => bail!("unknown mode {other}"),
     };
     println!("{truth}");
     Ok(())
+}
+
+/// CPU time (user + system) this process has used, in ns.
+fn cpu_ns() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Sets this thread's (and, on the main thread, the process's) comm to raw bytes.

@@ -1,0 +1,215 @@
+//! Reads struct member offsets from the kernel's BTF (/sys/kernel/btf/vmlinux),
+//! so kernel programs can read a field of a `task_struct` they were handed
+//! without compiling in one kernel's layout (a minimal stand-in for CO-RE,
+//! which the Rust BPF toolchain does not offer).
+//!
+//! The format is `include/uapi/linux/btf.h`: a header, a type section of
+//! variable-length records, and a string section.
+
+use std::{fs, path::Path};
+
+/// Errors reading BTF.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("not BTF data: {0}")]
+    Format(&'static str),
+    #[error("no struct {0} in BTF")]
+    NoStruct(String),
+    #[error("struct {0} has no member {1}")]
+    NoMember(String, String),
+}
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+struct Type {
+    name_off: u32,
+    kind: u32,
+    kind_flag: bool,
+    /// For struct/union: (name_off, type id, bit offset).
+    members: Vec<(u32, u32, u32)>,
+}
+
+/// Parsed BTF: enough to find struct members.
+pub struct Btf {
+    types: Vec<Type>, // index = type id - 1
+    strings: Vec<u8>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl Btf {
+    /// The running kernel's BTF (Linux 5.4+ with CONFIG_DEBUG_INFO_BTF).
+    pub fn from_kernel() -> Result<Self, BtfError> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = fs::read(path)
+            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&data)
+    }
+
+    /// Parses little-endian BTF.
+    pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
+        let bad = BtfError::Format;
+        if u16_at(b, 0) != Some(MAGIC) {
+            return Err(bad("bad magic (or big-endian)"));
+        }
+        let hdr = u32_at(b, 4).ok_or(bad("short header"))? as usize;
+        let field = |i: usize| u32_at(b, 8 + 4 * i).map(|v| v as usize).ok_or(bad("short header"));
+        let (type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
+        let section = |off: usize, len: usize| {
+            b.get(hdr.checked_add(off)?..hdr.checked_add(off)?.checked_add(len)?)
+        };
+        let t = section(type_off, type_len).ok_or(bad("type section out of bounds"))?;
+        let strings =
+            section(str_off, str_len).ok_or(bad("string section out of bounds"))?.to_vec();
+
+        let mut types = Vec::new();
+        let mut at = 0usize;
+        while at < t.len() {
+            let name_off = u32_at(t, at).ok_or(bad("truncated type"))?;
+            let info = u32_at(t, at + 4).ok_or(bad("truncated type"))?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            at += 12;
+            let mut members = Vec::new();
+            let extra = match kind {
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
+                4 | 5 => {
+                    for i in 0..vlen {
+                        let m = at + 12 * i;
+                        let name = u32_at(t, m).ok_or(bad("truncated member"))?;
+                        let ty = u32_at(t, m + 4).ok_or(bad("truncated member"))?;
+                        let off = u32_at(t, m + 8).ok_or(bad("truncated member"))?;
+                        members.push((name, ty, off));
+                    }
+                    12 * vlen
+                }
+                6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
+                15 | 19 => 12 * vlen,      // DATASEC, ENUM64
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+                _ => return Err(bad("unknown type kind")),
+            };
+            at += extra;
+            types.push(Type { name_off, kind, kind_flag, members });
+        }
+        Ok(Btf { types, strings })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&c| c == 0).unwrap_or(rest.len())]
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous
+    /// structs and unions.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let ty = self
+            .types
+            .iter()
+            .find(|t| {
+                t.kind == KIND_STRUCT
+                    && self.name(t.name_off) == name.as_bytes()
+                    && !t.members.is_empty()
+            })
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        self.find(ty, member.as_bytes(), 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
+    }
+
+    fn find(&self, ty: &Type, member: &[u8], base_bits: u32) -> Option<u32> {
+        for &(name_off, type_id, off) in &ty.members {
+            // With kind_flag, the high 8 bits hold a bitfield size.
+            let off_bits = base_bits + if ty.kind_flag { off & 0xff_ffff } else { off };
+            if self.name(name_off) == member {
+                return Some(off_bits);
+            }
+            if name_off == 0 {
+                let inner = self.types.get((type_id as usize).checked_sub(1)?)?;
+                if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+                    && let Some(found) = self.find(inner, member, off_bits)
+                {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds BTF for: struct s { int a; union { int b; long c; }; int d; }.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0s\0a\0b\0c\0d\0int\0".to_vec(); // s=1 a=3 b=5 c=7 d=9 int=11
+        let mut t = Vec::new();
+        let mut push =
+            |words: &[u32]| words.iter().for_each(|w| t.extend_from_slice(&w.to_le_bytes()));
+        push(&[11, 1 << 24, 4, 32]); // 1: INT "int", size 4, + encoding word
+        push(&[0, (5 << 24) | 2, 8]); // 2: anonymous UNION, 2 members
+        push(&[5, 1, 0]); //    b: int @0
+        push(&[7, 1, 0]); //    c: int @0
+        push(&[1, (4 << 24) | 3, 16]); // 3: STRUCT s, 3 members
+        push(&[3, 1, 0]); //    a @0
+        push(&[0, 2, 64]); //   anonymous union @8 bytes
+        push(&[9, 1, 96]); //   d @12 bytes
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&strings);
+        b
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.member_offset("s", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("s", "c").unwrap(), 8);
+        assert_eq!(btf.member_offset("s", "d").unwrap(), 12);
+        assert!(matches!(btf.member_offset("s", "zz"), Err(BtfError::NoMember(..))));
+        assert!(matches!(btf.member_offset("t", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Btf::parse(b"").is_err());
+        assert!(
+            Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]).is_err()
+        );
+        let mut truncated = sample();
+        truncated.truncate(40);
+        assert!(Btf::parse(&truncated).is_err());
+    }
+
+    #[test]
+    fn running_kernel_has_task_struct_tgid() {
+        let btf = match Btf::from_kernel() {
+            Ok(btf) => btf,
+            Err(err) if std::env::var_os("CI").is_none() => return eprintln!("SKIPPED: {err}"),
+            Err(err) => panic!("CI machines have kernel BTF: {err}"),
+        };
+        let pid = btf.member_offset("task_struct", "pid").unwrap();
+        let tgid = btf.member_offset("task_struct", "tgid").unwrap();
+        assert_eq!(tgid, pid + 4, "pid and tgid are adjacent pid_t fields");
+    }
+}

@@ -1,0 +1,164 @@
+//! Disk space per real mounted filesystem, as statvfs(3) reports it.
+
+use std::{collections::HashSet, ffi::CString, fs};
+
+use serde::Serialize;
+
+use crate::aggregate::round;
+
+/// One filesystem in the `host` record's `disk` array.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiskRecord {
+    pub mount: String,
+    pub fstype: String,
+    /// size - free, as df's "Used".
+    pub used_bytes: u64,
+    pub size_bytes: u64,
+    /// used / (used + available to unprivileged users) x 100, as df's "Use%".
+    pub utilization_pct: f64,
+}
+
+/// Filesystem types that hold no user data on a disk of their own.
+const PSEUDO: &[&str] = &[
+    "proc",
+    "sysfs",
+    "tmpfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "pstore",
+    "mqueue",
+    "hugetlbfs",
+    "configfs",
+    "fusectl",
+    "autofs",
+    "binfmt_misc",
+    "efivarfs",
+    "rpc_pipefs",
+    "nsfs",
+    "ramfs",
+    "squashfs",
+    "selinuxfs",
+    "overlay",
+    "fuse.lxcfs",
+    "fuse.gvfsd-fuse",
+    "fuse.portal",
+    "iso9660",
+    "nfsd",
+];
+
+/// Decodes the octal escapes of /proc/self/mountinfo (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// (device, mount point, fs type) of each real filesystem in a mountinfo
+/// text, once per device (bind mounts and subvolumes repeat it).
+pub fn real_mounts(mountinfo: &str) -> Vec<(String, String, String)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(dev), Some(mount), Some(fstype)) =
+            (fields.get(2), fields.get(4), fields.get(sep + 1))
+        else {
+            continue;
+        };
+        if PSEUDO.contains(fstype) || fstype.starts_with("fuse.") && *fstype != "fuse.sshfs" {
+            continue;
+        }
+        if seen.insert(dev.to_string()) {
+            out.push((dev.to_string(), unescape(mount), fstype.to_string()));
+        }
+    }
+    out
+}
+
+/// statvfs of `mount`: (size, free, available), in bytes.
+pub fn statvfs(mount: &str) -> Option<(u64, u64, u64)> {
+    let path = CString::new(mount).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let f = st.f_frsize as u64;
+    Some((st.f_blocks as u64 * f, st.f_bfree as u64 * f, st.f_bavail as u64 * f))
+}
+
+/// Every real filesystem's space.
+pub fn disks() -> Vec<DiskRecord> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    real_mounts(&info)
+        .into_iter()
+        .filter_map(|(_, mount, fstype)| {
+            let (size, free, avail) = statvfs(&mount)?;
+            if size == 0 {
+                return None;
+            }
+            let used = size.saturating_sub(free);
+            let denom = used + avail;
+            let pct = if denom == 0 { 0.0 } else { round(used as f64 * 100.0 / denom as f64, 2) };
+            Some(DiskRecord {
+                mount,
+                fstype,
+                used_bytes: used,
+                size_bytes: size,
+                utilization_pct: pct,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_real_filesystems_once() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:21 / /proc rw - proc proc rw
+24 22 0:5 / /dev rw - devtmpfs udev rw
+30 22 254:0 /var/lib/x /mnt/bind rw - ext4 /dev/vda rw
+31 22 259:1 / /data\\040disk rw - xfs /dev/nvme0n1p1 rw
+32 22 0:44 / /run rw - tmpfs tmpfs rw
+33 22 0:50 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let m = real_mounts(info);
+        let mounts: Vec<&str> = m.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(mounts, ["/", "/data disk"]);
+    }
+
+    #[test]
+    fn root_matches_statvfs() {
+        let d = disks();
+        let root = d.iter().find(|d| d.mount == "/");
+        if let Some(root) = root {
+            let (size, free, _) = statvfs("/").unwrap();
+            assert_eq!(root.size_bytes, size);
+            let used = size - free;
+            assert!((root.used_bytes as f64 - used as f64).abs() <= size as f64 * 0.01);
+        }
+    }
+}

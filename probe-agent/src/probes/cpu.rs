@@ -1,0 +1,126 @@
+//! CPU probes: reading on-CPU time, what runs now, and run-queue latency.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
+use probe_common::cpu::{
+    COUNTER_MAP, COUNTERS, CURRENT_MAP, CpuKey, CpuValue, RUNQ_MAP, RunqKey, RunqValue,
+    SchedCurrent, TIME_MAP,
+};
+
+use super::{MapFill, ProbeError, max_entries, take};
+
+/// One read of the CPU maps, with the monotonic time it was taken at.
+#[derive(Clone, Debug, Default)]
+pub struct CpuSnapshot {
+    /// CLOCK_MONOTONIC at the read, the clock of `bpf_ktime_get_ns`.
+    pub at_ns: u64,
+    pub time: HashMap<CpuKey, CpuValue>,
+    /// What each CPU runs now.
+    pub current: Vec<SchedCurrent>,
+    pub runq: HashMap<RunqKey, RunqValue>,
+}
+
+pub struct CpuMaps {
+    time: PerCpuHashMap<MapData, CpuKey, CpuValue>,
+    current: PerCpuArray<MapData, SchedCurrent>,
+    runq: PerCpuHashMap<MapData, RunqKey, RunqValue>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+/// CLOCK_MONOTONIC in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl CpuMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        Ok(Self {
+            time: take(ebpf, TIME_MAP)?.try_into().map_err(map_err(TIME_MAP))?,
+            current: take(ebpf, CURRENT_MAP)?.try_into().map_err(map_err(CURRENT_MAP))?,
+            runq: take(ebpf, RUNQ_MAP)?.try_into().map_err(map_err(RUNQ_MAP))?,
+            counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
+        })
+    }
+
+    pub fn read(&self) -> Result<CpuSnapshot, ProbeError> {
+        let current = self.current.get(&0, 0).map_err(map_err(CURRENT_MAP))?.to_vec();
+        let at_ns = monotonic_ns();
+        let mut time = HashMap::new();
+        for item in self.time.iter() {
+            let (key, per_cpu) = match item {
+                Ok(kv) => kv,
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(ProbeError::Map { name: TIME_MAP, source }),
+            };
+            let mut sum = CpuValue::default();
+            for v in per_cpu.iter() {
+                sum.run_ns += v.run_ns;
+                sum.runs += v.runs;
+            }
+            time.insert(key, sum);
+        }
+        let mut runq = HashMap::new();
+        for item in self.runq.iter() {
+            let (key, per_cpu) = match item {
+                Ok(kv) => kv,
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(ProbeError::Map { name: RUNQ_MAP, source }),
+            };
+            let mut sum = RunqValue::default();
+            for v in per_cpu.iter() {
+                sum.count += v.count;
+                sum.sum_ns += v.sum_ns;
+                sum.max_ns = sum.max_ns.max(v.max_ns);
+            }
+            runq.insert(key, sum);
+        }
+        Ok(CpuSnapshot { at_ns, time, current, runq })
+    }
+
+    /// The kernel's loss counters, summed over CPUs, indexed by `cpu::Counter`.
+    pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
+        let mut out = [0u64; COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Frees the entries of processes that have exited (after their last read).
+    pub fn reclaim(&mut self, gone: &std::collections::HashSet<u32>, snap: &CpuSnapshot) -> usize {
+        let mut freed = 0;
+        for key in snap.time.keys().filter(|k| gone.contains(&k.tgid)) {
+            freed += usize::from(self.time.remove(key).is_ok());
+        }
+        for key in snap.runq.keys().filter(|k| gone.contains(&k.tgid)) {
+            freed += usize::from(self.runq.remove(key).is_ok());
+        }
+        freed
+    }
+
+    pub fn fill(&self, snap: &CpuSnapshot) -> Vec<MapFill> {
+        vec![
+            MapFill {
+                name: TIME_MAP,
+                entries: snap.time.len() as u64,
+                max_entries: max_entries(&self.time),
+            },
+            MapFill {
+                name: RUNQ_MAP,
+                entries: snap.runq.len() as u64,
+                max_entries: max_entries(&self.runq),
+            },
+        ]
+    }
+}

@@ -1,0 +1,176 @@
+//! On-CPU time per (process, cgroup) and run-queue latency per process.
+//!
+//! At every `sched_switch` the CPU's slot holds when the outgoing task was
+//! switched in, so its run is `now - in_ns`: exact to the nanosecond, one
+//! per-CPU hash update per switch. Run-queue latency is the time from
+//! becoming runnable (a wakeup, or being preempted while still runnable) to
+//! being switched in; it is computed when the task next switches out, in its
+//! own context, so no field of another task is read for it.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::RawTracePointContext,
+};
+use probe_common::{
+    cpu::{
+        COUNTERS, Counter, CpuKey, CpuValue, RUNQ_MAX_ENTRIES, RunqKey, RunqValue, SchedCurrent,
+        TIME_MAX_ENTRIES, WAKE_MAX_ENTRIES,
+    },
+    hist::bucket_of,
+};
+
+const EEXIST: i64 = 17;
+/// `TASK_RUNNING` (include/linux/sched.h): `prev_state` of a preempted task.
+const TASK_RUNNING: u32 = 0;
+
+/// `offsetof(struct task_struct, tgid)`, from the kernel's BTF, set by the
+/// loader (0 when unknown: the running process is then not identified).
+#[unsafe(no_mangle)]
+static TASK_TGID_OFF: u32 = 0;
+
+#[map(name = "CPU_TIME")]
+static CPU_TIME: PerCpuHashMap<CpuKey, CpuValue> =
+    PerCpuHashMap::with_max_entries(TIME_MAX_ENTRIES, 0);
+
+#[map(name = "SCHED_CUR")]
+static SCHED_CUR: PerCpuArray<SchedCurrent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "RUNQ_LAT")]
+static RUNQ_LAT: PerCpuHashMap<RunqKey, RunqValue> =
+    PerCpuHashMap::with_max_entries(RUNQ_MAX_ENTRIES, 0);
+
+#[map(name = "RUNQ_WAKE")]
+static RUNQ_WAKE: HashMap<u64, u64> = HashMap::with_max_entries(WAKE_MAX_ENTRIES, 0);
+
+#[map(name = "CPU_CNT")]
+static CPU_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[inline(always)]
+fn bump(reason: Counter) {
+    if let Some(slot) = CPU_CNT.get_ptr_mut(reason as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Called from `sched_switch` with `current` = the outgoing task.
+#[inline(always)]
+pub fn on_switch(ctx: &RawTracePointContext, pid_tgid: u64) {
+    let Some(cur) = SCHED_CUR.get_ptr_mut(0) else { return };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let c = unsafe { *cur };
+    let tgid = (pid_tgid >> 32) as u32;
+    // Thread 0 is this CPU's idle task: idle time is not CPU use.
+    if pid_tgid as u32 != 0 {
+        let task = unsafe { bpf_get_current_task() };
+        if c.in_ns != 0 && now > c.in_ns {
+            let cgroup = unsafe { bpf_get_current_cgroup_id() };
+            add_time(&CpuKey { tgid, _pad: 0, cgroup }, now - c.in_ns);
+            // The run that just ended began at in_ns: its wait on the run
+            // queue was from the wakeup to then.
+            if let Some(wake) = RUNQ_WAKE.get_ptr_mut(task) {
+                let woke = unsafe { *wake };
+                if woke != 0 && woke <= c.in_ns {
+                    add_runq(tgid, c.in_ns - woke);
+                }
+                unsafe { *wake = 0 };
+            }
+        }
+        let prev_state: u64 = ctx.arg(3);
+        if prev_state as u32 == TASK_RUNNING {
+            // Preempted: still runnable, so it waits on the run queue from now.
+            set_wake(task, now);
+        }
+    }
+    let next: u64 = ctx.arg(2);
+    let off = unsafe { core::ptr::read_volatile(&TASK_TGID_OFF) } as u64;
+    let next_tgid = if off != 0 && next != 0 {
+        unsafe { bpf_probe_read_kernel((next + off) as *const u32) }.unwrap_or(0)
+    } else {
+        0
+    };
+    unsafe { *cur = SchedCurrent { in_ns: now, tgid: next_tgid, _pad: 0 } };
+}
+
+/// Called from `sched_wakeup`/`sched_wakeup_new` with the woken task.
+#[inline(always)]
+pub fn on_wakeup(task: u64) {
+    set_wake(task, unsafe { bpf_ktime_get_ns() });
+}
+
+/// Called from `sched_process_exit` in the exiting thread.
+#[inline(always)]
+pub fn on_thread_exit() {
+    let task = unsafe { bpf_get_current_task() };
+    let _ = RUNQ_WAKE.remove(task);
+}
+
+#[inline(always)]
+fn set_wake(task: u64, now: u64) {
+    // Entries stay until the thread exits, so a wakeup is usually a store.
+    if let Some(slot) = RUNQ_WAKE.get_ptr_mut(task) {
+        unsafe { *slot = now };
+    } else if let Err(err) = RUNQ_WAKE.insert(task, now, BPF_NOEXIST as u64)
+        && err as i64 != -EEXIST
+    {
+        bump(Counter::WakeFull);
+    }
+}
+
+#[inline(always)]
+fn add_time(key: &CpuKey, ns: u64) {
+    if let Some(v) = CPU_TIME.get_ptr_mut(key) {
+        unsafe {
+            (*v).run_ns += ns;
+            (*v).runs += 1;
+        }
+        return;
+    }
+    match CPU_TIME.insert(key, CpuValue { run_ns: ns, runs: 1 }, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(err) if err as i64 == -EEXIST => {
+            if let Some(v) = CPU_TIME.get_ptr_mut(key) {
+                unsafe {
+                    (*v).run_ns += ns;
+                    (*v).runs += 1;
+                }
+            }
+        }
+        Err(_) => bump(Counter::TimeFull),
+    }
+}
+
+#[inline(always)]
+fn add_runq(tgid: u32, ns: u64) {
+    let key = RunqKey { tgid, bucket: bucket_of(ns) };
+    if let Some(v) = RUNQ_LAT.get_ptr_mut(key) {
+        unsafe {
+            (*v).count += 1;
+            (*v).sum_ns += ns;
+            if ns > (*v).max_ns {
+                (*v).max_ns = ns;
+            }
+        }
+        return;
+    }
+    let first = RunqValue { count: 1, sum_ns: ns, max_ns: ns };
+    match RUNQ_LAT.insert(key, first, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(err) if err as i64 == -EEXIST => {
+            if let Some(v) = RUNQ_LAT.get_ptr_mut(key) {
+                unsafe {
+                    (*v).count += 1;
+                    (*v).sum_ns += ns;
+                    if ns > (*v).max_ns {
+                        (*v).max_ns = ns;
+                    }
+                }
+            }
+        }
+        Err(_) => bump(Counter::RunqFull),
+    }
+}

@@ -1,0 +1,91 @@
+//! Container attribution: a workload moved into a cgroup named as a
+//! container runtime names it is reported under that container id, with
+//! the container's CPU, memory and system calls.
+
+use std::{fs, path::PathBuf, time::Duration};
+
+use probe_tests::{Agent, Workload, of, require_bpf};
+
+const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A cgroup made for the test in every hierarchy that can hold it, removed on drop.
+struct TestCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    fn create(rel: &str) -> Self {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let mut bases = vec![];
+        if root.join("cgroup.controllers").exists() {
+            bases.push(root.clone());
+        } else {
+            bases.push(root.join("unified"));
+            bases.push(root.join("memory"));
+        }
+        let mut dirs = Vec::new();
+        for base in bases {
+            let dir = base.join(rel);
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            dirs.push(dir);
+        }
+        TestCgroup { dirs }
+    }
+
+    fn enter(&self, pid: u32) {
+        for d in &self.dirs {
+            fs::write(d.join("cgroup.procs"), pid.to_string())
+                .unwrap_or_else(|e| panic!("moving {pid} to {}: {e}", d.display()));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            // Empty once the workload has exited; remove leaf first.
+            for _ in 0..50 {
+                if fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(parent) = d.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+#[test]
+fn workload_in_a_docker_named_cgroup_is_attributed_to_the_container() {
+    require_bpf!();
+    let cg = TestCgroup::create(&format!("probe-test.slice/docker-{ID}.scope"));
+    let mut w = Workload::start(&["spin", "--name", "pw-contained", "--ms", "2500"]).unwrap();
+    let pid = w.pid;
+    cg.enter(pid);
+    let agent = Agent::start(&["--interval", "1s", "--pid", &pid.to_string()]).unwrap();
+    w.go().unwrap();
+    w.finish().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let records = agent.stop().unwrap();
+
+    let procs: Vec<_> = of(&records, "process", pid).collect();
+    assert!(!procs.is_empty());
+    assert!(procs.iter().all(|p| p["container_id"] == ID), "{procs:?}");
+    let containers: Vec<_> =
+        records.iter().filter(|r| r["type"] == "container" && r["container_id"] == ID).collect();
+    assert!(!containers.is_empty(), "no container record for {ID}");
+    let busiest = containers
+        .iter()
+        .max_by(|a, b| a["cpu"]["cores"].as_f64().partial_cmp(&b["cpu"]["cores"].as_f64()).unwrap())
+        .unwrap();
+    assert_eq!(busiest["runtime"], "docker");
+    assert!(busiest["cgroup"].as_str().unwrap().ends_with(&format!("docker-{ID}.scope")));
+    assert!(busiest["pod_uid"].is_null());
+    assert!(busiest["cpu"]["cores"].as_f64().unwrap() > 0.9, "{busiest}");
+    assert!(busiest["memory"]["used_bytes"].as_u64().unwrap_or(0) > 0, "{busiest}");
+    // Processes outside are attributed to the host.
+    let others = records.iter().filter(|r| r["type"] == "syscall" && r["pid"] == pid);
+    assert!(others.clone().all(|r| r["container_id"] == ID));
+}
