@@ -11,6 +11,7 @@ use log::{info, warn};
 use probe_common::{
     cpu::{COUNTERS as CPU_COUNTERS, Counter as CpuCounter},
     syscalls::{COUNTERS, Counter, SyscallKey},
+    tcp::{COUNTERS as TCP_COUNTERS, Counter as TcpCounter},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -20,16 +21,20 @@ use crate::{
         latency::Latency,
         pct, round,
         syscalls::{self, CallStats, ProcessCalls, Snapshot},
+        tcp::{self, Endpoint, Requests, TcpStats},
     },
     cli::RunConfig,
     containers::{self, Cgroups, Container},
     disk, names,
-    probes::{self as probe, MapFill, ProbeError, Probes, ProgramStats, cpu::CpuSnapshot},
+    probes::{
+        self as probe, MapFill, ProbeError, Probes, ProgramStats, cpu::CpuSnapshot,
+        tcp::TcpSnapshot,
+    },
     procfs,
     records::{
-        AgentRecord, ContainerMemory, ContainerRecord, Header, HostMemory, HostRecord, KpiStatus,
-        LostRecord, MapRecord, ProcessMemory, ProcessRecord, ProgramRecord, StatusRecord,
-        SyscallRecord, VERSION, encode,
+        AgentRecord, ContainerMemory, ContainerRecord, EndpointRecord, Header, HostMemory,
+        HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory, ProcessRecord, ProgramRecord,
+        StatusRecord, SyscallRecord, VERSION, encode,
     },
     sink::{SinkError, write_stdout},
     timefmt::rfc3339_millis,
@@ -61,6 +66,8 @@ struct Agent {
     prev_counters: [u64; COUNTERS as usize],
     prev_cpu: CpuSnapshot,
     prev_cpu_counters: [u64; CPU_COUNTERS as usize],
+    prev_tcp: TcpSnapshot,
+    prev_tcp_counters: [u64; TCP_COUNTERS as usize],
     cgroups: Cgroups,
     cpus: u32,
     prev_cpu_ns: u64,
@@ -88,6 +95,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         prev_counters: probes.syscalls.counters()?,
         prev_cpu: probes.cpu.read()?,
         prev_cpu_counters: probes.cpu.counters()?,
+        prev_tcp: probes.tcp.read()?,
+        prev_tcp_counters: probes.tcp.counters()?,
         cgroups: Cgroups::detect(),
         cpus: procfs::cpus(),
         stats_window: None,
@@ -146,7 +155,7 @@ impl Agent {
     fn status(&self) -> Result<(), AgentError> {
         let ts = rfc3339_millis(SystemTime::now());
         let mut kpis = BTreeMap::new();
-        for family in [probe::SYSCALLS, probe::CPU, probe::RUNQ] {
+        for family in [probe::SYSCALLS, probe::CPU, probe::RUNQ, probe::TCP] {
             let reason = self.probes.unavailable(family).map(str::to_string);
             kpis.insert(family, KpiStatus { available: reason.is_none(), reason });
         }
@@ -231,6 +240,9 @@ impl Agent {
         let cpu_counters = self.probes.cpu.counters()?;
         let (host_calls, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
         let mut cpu = cpu::interval(&self.prev_cpu, &cpu_cur);
+        let tcp_cur = self.probes.tcp.read()?;
+        let tcp_counters = self.probes.tcp.counters()?;
+        let tcp = tcp::interval(&self.prev_tcp, &tcp_cur);
 
         // Every process that made calls or ran, with its container.
         let mut views: BTreeMap<u32, ProcessView> = BTreeMap::new();
@@ -242,6 +254,25 @@ impl Agent {
             if c.run_ns > 0 || c.runq.count > 0 {
                 views.entry(tgid).or_default().cpu = c;
             }
+        }
+        let mut host_tcp = TcpStats::default();
+        for (&tgid, t) in &tcp.procs {
+            host_tcp.merge(t);
+            if tgid != 0 {
+                views.entry(tgid).or_default().tcp = t.clone();
+            }
+        }
+        let mut host_requests = Requests::default();
+        for (e, r) in &tcp.endpoints {
+            if e.role == probe_common::tcp::ROLE_SERVER {
+                host_requests.merge(r);
+            }
+            if e.tgid != 0 {
+                views.entry(e.tgid).or_default();
+            }
+        }
+        for (&tgid, v) in views.iter_mut() {
+            v.requests = tcp.served(tgid);
         }
         let active = views.len() as u64;
         for (&tgid, v) in views.iter_mut() {
@@ -261,10 +292,14 @@ impl Agent {
                 calls: CallStats::default(),
                 run_ns: 0,
                 runq: Latency::default(),
+                tcp: TcpStats::default(),
+                requests: Requests::default(),
             });
             agg.calls.merge(&v.calls.total);
             agg.run_ns += v.cpu.run_ns;
             agg.runq.merge(&v.cpu.runq);
+            agg.tcp.merge(&v.tcp);
+            agg.requests.merge(&v.requests);
         }
 
         // Process filters, then the top N by CPU time plus system-call time.
@@ -300,6 +335,8 @@ impl Agent {
             cpu: CpuGroup::new(cpu.host_run_ns, &cpu.host_runq, interval_s, cpus),
             memory,
             disk: disk::disks(),
+            tcp: host_tcp.group(),
+            requests: host_requests.group(interval_s),
         };
         encode(&mut buf, &host)?;
         for (id, c) in &containers {
@@ -318,6 +355,8 @@ impl Agent {
                     utilization_pct: used.zip(limit).map(|(u, l)| pct(u, l)),
                 },
                 syscalls: c.calls.group(interval_s),
+                tcp: c.tcp.group(),
+                requests: c.requests.group(interval_s),
             };
             encode(&mut buf, &rec)?;
         }
@@ -333,8 +372,27 @@ impl Agent {
                 syscalls: v.calls.total.group(interval_s),
                 cpu: CpuGroup::new(v.cpu.run_ns, &v.cpu.runq, interval_s, cpus),
                 memory: ProcessMemory { rss_bytes: procfs::rss_bytes(tgid) },
+                tcp: v.tcp.group(),
+                requests: v.requests.group(interval_s),
             };
             encode(&mut buf, &rec)?;
+            for (e, r) in tcp.endpoints.range(Endpoint { tgid, role: 0, port: 0, peer: [0; 16] }..)
+            {
+                if e.tgid != tgid {
+                    break;
+                }
+                let rec = EndpointRecord {
+                    header: header.with("endpoint"),
+                    pid: tgid,
+                    comm: &v.comm,
+                    container_id,
+                    role: e.role_name(),
+                    port: e.port,
+                    peer: e.peer_addr(),
+                    requests: r.group(interval_s),
+                };
+                encode(&mut buf, &rec)?;
+            }
             for (nr, stats) in &v.calls.calls {
                 let rec =
                     syscall_record(header.with("syscall"), tgid, &v.comm, container_id, *nr, stats);
@@ -358,25 +416,41 @@ impl Agent {
         reclaimed += self.probes.cpu.reclaim(&self.gone, &cpu_cur) as u64;
         cpu_cur.time.retain(|k, _| !self.gone.contains(&k.tgid));
         cpu_cur.runq.retain(|k, _| !self.gone.contains(&k.tgid));
+        let mut tcp_cur = tcp_cur;
+        reclaimed += self.probes.tcp.reclaim(&self.gone, &tcp_cur) as u64;
+        tcp_cur.stats.retain(|k, _| !self.gone.contains(&k.tgid));
+        tcp_cur.endpoints.retain(|k, _| !self.gone.contains(&k.tgid));
         let tgids: HashSet<u32> = cur
             .keys()
             .map(|k| k.tgid)
             .chain(cpu_cur.time.keys().map(|k| k.tgid))
             .chain(cpu_cur.runq.keys().map(|k| k.tgid))
+            .chain(tcp_cur.stats.keys().map(|k| k.tgid))
+            .chain(tcp_cur.endpoints.keys().map(|k| k.tgid))
+            .filter(|&t| t != 0)
             .collect();
         self.gone = tgids.into_iter().filter(|&t| !procfs::alive(t)).collect();
 
         let mut fill = self.probes.syscalls.fill(cur.len());
         fill.extend(self.probes.cpu.fill(&cpu_cur));
+        fill.extend(self.probes.tcp.fill(&tcp_cur));
         let counts = ProcessCounts { active, reported, cut_by_top: matching - reported };
         let mut lost = self.lost(&counters, &cpu_counters);
         lost.cgroup_walk_cut = self.cgroups.walk_cut as u64;
+        let tcp_lost = |c: TcpCounter| {
+            tcp_counters[c as usize].saturating_sub(self.prev_tcp_counters[c as usize])
+        };
+        lost.tcp_socks_full = tcp_lost(TcpCounter::SocksFull);
+        lost.tcp_stats_full = tcp_lost(TcpCounter::StatsFull);
+        lost.tcp_endpoints_full = tcp_lost(TcpCounter::EndpointsFull);
         let agent = self.agent_record(header.with("agent"), fill, lost, counts, reclaimed);
         encode(&mut buf, &agent)?;
         self.prev = cur;
         self.prev_counters = counters;
         self.prev_cpu = cpu_cur;
         self.prev_cpu_counters = cpu_counters;
+        self.prev_tcp = tcp_cur;
+        self.prev_tcp_counters = tcp_counters;
         write_stdout(&buf)?;
         Ok(())
     }
@@ -426,6 +500,9 @@ impl Agent {
             runq_full: cpu(CpuCounter::RunqFull),
             runq_wake_full: cpu(CpuCounter::WakeFull),
             cgroup_walk_cut: 0,
+            tcp_socks_full: 0,
+            tcp_stats_full: 0,
+            tcp_endpoints_full: 0,
         };
         if lost.syscall_stats_full
             + lost.syscall_start_full
@@ -530,6 +607,9 @@ struct StatsSample {
 struct ProcessView {
     calls: ProcessCalls,
     cpu: ProcCpu,
+    tcp: TcpStats,
+    /// Requests it served.
+    requests: Requests,
     comm: String,
     /// cgroup v2 id and path.
     cgroup: Option<(u64, String)>,
@@ -544,6 +624,8 @@ struct ContainerAgg {
     calls: CallStats,
     run_ns: u64,
     runq: Latency,
+    tcp: TcpStats,
+    requests: Requests,
 }
 
 /// How many processes were active, reported, and cut by `--top`.

@@ -9,7 +9,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{cpu::CpuGroup, latency::LatencyMs, syscalls::SyscallsGroup},
+    aggregate::{
+        cpu::CpuGroup,
+        latency::LatencyMs,
+        syscalls::SyscallsGroup,
+        tcp::{RequestsGroup, TcpGroup},
+    },
     disk::DiskRecord,
 };
 
@@ -68,6 +73,26 @@ pub struct ProcessRecord<'a> {
     pub syscalls: SyscallsGroup,
     pub cpu: CpuGroup,
     pub memory: ProcessMemory,
+    pub tcp: TcpGroup,
+    /// Requests it served (its server endpoints).
+    pub requests: RequestsGroup,
+}
+
+/// `type: "endpoint"`: one per active (process, role, port[, peer]).
+#[derive(Debug, Serialize)]
+pub struct EndpointRecord<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub container_id: Option<&'a str>,
+    /// `server` (it answers on a local port) or `client` (it calls a peer).
+    pub role: &'static str,
+    /// The local listening port for servers, the remote port for clients.
+    pub port: u16,
+    /// The remote address (clients only).
+    pub peer: Option<String>,
+    pub requests: RequestsGroup,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +115,8 @@ pub struct ContainerRecord<'a> {
     pub cpu: CpuGroup,
     pub memory: ContainerMemory,
     pub syscalls: SyscallsGroup,
+    pub tcp: TcpGroup,
+    pub requests: RequestsGroup,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +138,8 @@ pub struct HostRecord<'a> {
     pub cpu: CpuGroup,
     pub memory: HostMemory,
     pub disk: Vec<DiskRecord>,
+    pub tcp: TcpGroup,
+    pub requests: RequestsGroup,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,6 +237,12 @@ pub struct LostRecord {
     pub runq_wake_full: u64,
     /// cgroup directories not walked to map ids to paths (bound: 100000).
     pub cgroup_walk_cut: u64,
+    /// Sockets not tracked because TCP_SOCKS was full.
+    pub tcp_socks_full: u64,
+    /// Connection figures not recorded because TCP_STATS was full.
+    pub tcp_stats_full: u64,
+    /// Requests not recorded because TCP_ENDPOINTS was full.
+    pub tcp_endpoints_full: u64,
 }
 
 /// Appends `record` as one line of JSON to `buf`.

@@ -9,6 +9,7 @@
 pub mod cpu;
 pub mod hist;
 pub mod syscalls;
+pub mod tcp;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`, include/linux/sched.h).
 pub const COMM_LEN: usize = 16;

@@ -7,6 +7,7 @@ mod cpu;
 mod floor;
 mod sched;
 mod syscalls;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -193,6 +193,8 @@ pub struct Workload {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     pub pid: u32,
+    /// What the ready line said after the pid (a server's port).
+    pub ready: Vec<String>,
 }
 
 impl Workload {
@@ -208,8 +210,11 @@ impl Workload {
         let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let pid = line.strip_prefix("ready ").context("workload not ready")?.trim().parse()?;
-        Ok(Workload { child, stdin, stdout, pid })
+        let mut words =
+            line.strip_prefix("ready ").context("workload not ready")?.split_whitespace();
+        let pid = words.next().context("no pid")?.parse()?;
+        let ready = words.map(str::to_string).collect();
+        Ok(Workload { child, stdin, stdout, pid, ready })
     }
 
     pub fn go(&mut self) -> Result<()> {
@@ -227,7 +232,7 @@ impl Workload {
     }
 
     /// Waits for the workload to finish and returns its ground truth.
-    pub fn finish(mut self) -> Result<Value> {
+    pub fn finish(&mut self) -> Result<Value> {
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
         let status = self.child.wait()?;

@@ -229,13 +229,21 @@ fn agent_record_reports_programs_maps_and_losses() {
             "sched_wakeup",
             "sched_wakeup_new",
             "sched_process_exec",
-            "sched_process_exit"
+            "sched_process_exit",
+            "inet_sock_set_state",
+            "sock_send_length",
+            "sock_recv_length",
+            "tcp_probe",
+            "tcp_retransmit_skb",
+            "tcp_send_reset",
+            "tcp_receive_reset",
+            "tcp_destroy_sock"
         ]
     );
     for (kpi, s) in status["kpis"].as_object().unwrap() {
         assert_eq!(s["available"], true, "{kpi}: {s}");
     }
-    for kpi in ["syscalls", "cpu", "runq_latency", "memory", "disk"] {
+    for kpi in ["syscalls", "cpu", "runq_latency", "memory", "disk", "tcp"] {
         assert!(status["kpis"][kpi].is_object(), "status lists {kpi}");
     }
     let a = records.iter().filter(|r| r["type"] == "agent").nth(1).expect("two agent records");

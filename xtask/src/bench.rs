@@ -109,6 +109,20 @@ fn ns_per_call(workload: &Path, count: u64) -> Result<f64> {
     v["ns_per_call"].as_f64().context("no ns_per_call")
 }
 
+fn ns_per_round_trip(workload: &Path, count: u64) -> Result<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(workload)
+        .args(["pingpong", "--count", &count.to_string()])
+        .output()
+        .context("running the pingpong workload")?;
+    if !out.status.success() {
+        bail!("workload failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    v["ns_per_round_trip"].as_f64().context("no ns_per_round_trip")
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -180,6 +194,27 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
             eprintln!("round {}/{rounds} {cfg:>14}: {ns:.1} ns/call", round + 1);
         }
     }
+    // Context switches: two threads on one CPU pass a byte over pipes; each
+    // round trip is two switches and four system calls (read, write each).
+    let mut switch_none = Vec::new();
+    let mut switch_agent = Vec::new();
+    let round_trips = (calls / 20).max(10_000);
+    for round in 0..rounds {
+        switch_none.push(ns_per_round_trip(&workload, round_trips)?);
+        let mut c = Command::new(&agent);
+        c.args(["run", "--interval", "1s"]);
+        let t = Tracer::start(c, "\"type\":\"status\"")?;
+        switch_agent.push(ns_per_round_trip(&workload, round_trips)?);
+        t.stop();
+        eprintln!(
+            "round {}/{rounds} pingpong: none {:.0} ns, agent {:.0} ns",
+            round + 1,
+            switch_none[round],
+            switch_agent[round]
+        );
+    }
+    let (sw_none, sw_agent) = (median(&mut switch_none), median(&mut switch_agent));
+
     let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     let get = |name: &str| configs.iter().position(|c| *c == name).map(|i| med[i]);
     let base = get("none").context("no baseline")?;
@@ -207,6 +242,19 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
             "added_vs_floor": vs(floor_added), "added_vs_floor_clock": vs(clock_added),
             "added_vs_bpftrace": vs(bpftrace_added), "samples": samples[i]}));
     }
+    let syscall_added = get("agent").map_or(0.0, |a| a - base);
+    let per_switch = (sw_agent - sw_none) / 2.0;
+    let sched_only = per_switch - 2.0 * syscall_added;
+    println!();
+    println!(
+        "| context switches (pipe ping-pong, one CPU) | ns per round trip | ns added per switch | of which scheduler programs (est.) |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!("| none | {sw_none:.0} | | |");
+    println!("| agent | {sw_agent:.0} | {per_switch:.0} | {sched_only:.0} |");
+    let switches = json!({"ns_per_round_trip_none": sw_none, "ns_per_round_trip_agent": sw_agent,
+        "ns_added_per_switch": per_switch, "ns_added_per_switch_sched_programs_est": sched_only,
+        "samples_none": switch_none, "samples_agent": switch_agent});
     let agent_summary = agent_rec.as_ref().map(|a| {
         json!({"cpu_pct_of_one_core": a["cpu_pct"], "rss_bytes": a["rss_bytes"],
                "programs_cpu_pct": a["programs_cpu_pct"], "programs": a["programs"]})
@@ -229,7 +277,7 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
         );
     }
     let out = json!({"benchmark": "syscall overhead", "calls_per_sample": calls, "rounds": rounds,
-        "rows": rows, "agent": agent_summary});
+        "rows": rows, "context_switches": switches, "agent": agent_summary});
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("syscalls.json"), serde_json::to_string_pretty(&out)?)?;

@@ -3,6 +3,7 @@
 pub mod cpu;
 pub mod latency;
 pub mod syscalls;
+pub mod tcp;
 
 /// Rounds to `digits` decimals, for stable, readable JSON numbers.
 pub fn round(x: f64, digits: i32) -> f64 {

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod syscalls;
+pub mod tcp;
 
 use std::{collections::BTreeMap, os::fd::OwnedFd};
 
@@ -55,6 +56,7 @@ pub struct Hook {
 pub const SYSCALLS: &str = "syscalls";
 pub const CPU: &str = "cpu";
 pub const RUNQ: &str = "runq_latency";
+pub const TCP: &str = "tcp";
 
 /// Everything the agent attaches (include/trace/events/syscalls.h and
 /// sched.h; raw tracepoints since Linux 4.17).
@@ -152,6 +154,7 @@ pub struct Probes {
     run_stats: Option<OwnedFd>,
     pub syscalls: syscalls::SyscallMaps,
     pub cpu: cpu::CpuMaps,
+    pub tcp: tcp::TcpMaps,
 }
 
 impl Probes {
@@ -173,12 +176,33 @@ impl Probes {
                 }
             }
         }
+        // TCP: classic tracepoints, whose records must have the layout the
+        // programs were built for.
+        match tcp::ensure_tracefs().and_then(|()| tcp::check_layout()) {
+            Ok(()) => {
+                for &(program, category, name) in tcp::HOOKS {
+                    match tcp::attach(&mut ebpf, program, category, name) {
+                        Ok(()) => attached.push(program),
+                        Err(err) => {
+                            warn!("{err}");
+                            unavailable.entry(TCP).or_insert_with(|| err.to_string());
+                            failures.push(err.to_string());
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                warn!("TCP KPIs unavailable: {reason}");
+                unavailable.insert(TCP, reason);
+            }
+        }
         if attached.is_empty() {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
         }
         let syscalls = syscalls::SyscallMaps::take(&mut ebpf)?;
         let cpu = cpu::CpuMaps::take(&mut ebpf)?;
-        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu })
+        let tcp = tcp::TcpMaps::take(&mut ebpf)?;
+        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu, tcp })
     }
 
     /// Names of the attached programs.

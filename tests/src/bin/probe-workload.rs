@@ -8,7 +8,9 @@
 //! of its own and the counts are exact.
 
 use std::{
-    io::{BufRead as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     time::Instant,
 };
 
@@ -29,7 +31,10 @@ fn main() -> Result<()> {
         set_name(&probe_tests::unescape(name));
     }
     let pid = std::process::id();
-    if mode != "loop" {
+    if mode == "tcp-server" {
+        return tcp_server(num("--delay-ms", 10)?, num("--response-bytes", 100)?);
+    }
+    if mode != "loop" && mode != "pingpong" {
         println!("ready {pid}");
         std::io::stdout().flush()?;
         let mut line = String::new();
@@ -161,9 +166,130 @@ fn main() -> Result<()> {
             std::hint::black_box(&v);
             serde_json::json!({"pid": pid, "held_bytes": v.len()})
         }
+        // --count N: two threads pass a byte back and forth over pipes N
+        // times (pin the process to one CPU: then every hop is a context
+        // switch). Prints ns per round trip. Starts at once.
+        "pingpong" => {
+            let count = num("--count", 100_000)?;
+            let (mut a, mut b) = ([0i32; 2], [0i32; 2]);
+            unsafe {
+                libc::pipe(a.as_mut_ptr());
+                libc::pipe(b.as_mut_ptr());
+            }
+            let (a_r, a_w, b_r, b_w) = (a[0], a[1], b[0], b[1]);
+            let echo = std::thread::spawn(move || {
+                let mut byte = 0u8;
+                for _ in 0..count {
+                    unsafe {
+                        libc::read(a_r, (&raw mut byte).cast(), 1);
+                        libc::write(b_w, (&raw const byte).cast(), 1);
+                    }
+                }
+            });
+            let t0 = Instant::now();
+            let mut byte = 1u8;
+            for _ in 0..count {
+                unsafe {
+                    libc::write(a_w, (&raw const byte).cast(), 1);
+                    libc::read(b_r, (&raw mut byte).cast(), 1);
+                }
+            }
+            let ns = t0.elapsed().as_nanos() as f64 / count as f64;
+            echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))?;
+            serde_json::json!({"pid": pid, "count": count, "ns_per_round_trip": ns})
+        }
+        // --port P --requests N --request-bytes Q [--keepalive]: N requests of
+        // Q bytes (newline-terminated) to 127.0.0.1:P, each answered by one
+        // line; one connection for all, or one per request.
+        "tcp-client" => {
+            let port = num("--port", 0)? as u16;
+            let (n, q) = (num("--requests", 10)?, num("--request-bytes", 64)?.max(1));
+            let keepalive = args.iter().any(|a| a == "--keepalive");
+            let request: Vec<u8> = (0..q).map(|i| if i + 1 == q { b'\n' } else { b'a' }).collect();
+            let (mut received, mut connects) = (0u64, 0u64);
+            let mut conn: Option<BufReader<TcpStream>> = None;
+            for _ in 0..n {
+                if conn.is_none() {
+                    conn = Some(BufReader::new(TcpStream::connect(("127.0.0.1", port))?));
+                    connects += 1;
+                }
+                let c = conn.as_mut().context("connection")?;
+                c.get_mut().write_all(&request)?;
+                let mut line = Vec::new();
+                c.read_until(b'\n', &mut line)?;
+                received += line.len() as u64;
+                if !keepalive {
+                    conn = None;
+                }
+            }
+            serde_json::json!({"pid": pid, "requests": n, "connects": connects,
+                "bytes_sent": n * q, "bytes_received": received})
+        }
+        // --port P --count N: N connects to a port nobody listens on.
+        "tcp-refused" => {
+            let port = num("--port", 0)? as u16;
+            let count = num("--count", 5)?;
+            let mut refused = 0;
+            for _ in 0..count {
+                if TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    refused += 1;
+                }
+            }
+            serde_json::json!({"pid": pid, "refused": refused})
+        }
+        // --port P: sends one request, then resets the connection (SO_LINGER
+        // 0) before the answer arrives.
+        "tcp-reset" => {
+            let port = num("--port", 0)? as u16;
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.write_all(b"reset me\n")?;
+            std::thread::sleep(std::time::Duration::from_millis(num("--after-ms", 50)?));
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    size_of::<libc::linger>() as u32,
+                );
+            }
+            drop(s);
+            serde_json::json!({"pid": pid, "reset": 1})
+        }
         other => bail!("unknown mode {other}"),
     };
     println!("{truth}");
+    Ok(())
+}
+
+/// A line server on 127.0.0.1 (an ephemeral port): every request line is
+/// answered, after `delay_ms`, with `bytes` bytes ending in a newline.
+/// Prints `ready <pid> <port>` and serves until killed.
+fn tcp_server(delay_ms: u64, bytes: u64) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("ready {} {}", std::process::id(), listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    let response: Vec<u8> =
+        (0..bytes.max(1)).map(|i| if i + 1 == bytes.max(1) { b'\n' } else { b'r' }).collect();
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let response = response.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(conn);
+            loop {
+                let mut line = Vec::new();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                if reader.get_mut().write_all(&response).is_err() {
+                    break;
+                }
+            }
+        });
+    }
     Ok(())
 }
 

@@ -1,0 +1,164 @@
+//! TCP KPIs: connections (connect latency and errors, accepts, resets,
+//! retransmits, RTT, bytes) and requests per endpoint, from the `sock:*`
+//! and `tcp:*` tracepoints.
+
+/// Name of the hash of socket address -> [`SockState`].
+pub const SOCK_MAP: &str = "TCP_SOCKS";
+/// Name of the per-CPU hash of [`TcpKey`] -> [`TcpValue`]: connection KPIs.
+pub const STATS_MAP: &str = "TCP_STATS";
+/// Name of the per-CPU hash of [`EndpointKey`] -> [`TcpValue`]: requests.
+pub const ENDPOINT_MAP: &str = "TCP_ENDPOINTS";
+/// Name of the per-CPU array of loss counters, indexed by [`Counter`].
+pub const COUNTER_MAP: &str = "TCP_CNT";
+
+pub const SOCK_MAX_ENTRIES: u32 = 65536;
+pub const STATS_MAX_ENTRIES: u32 = 16384;
+pub const ENDPOINT_MAX_ENTRIES: u32 = 16384;
+
+/// Socket roles.
+pub const ROLE_UNKNOWN: u8 = 0;
+/// Accepted by a listener: it answers requests.
+pub const ROLE_SERVER: u8 = 1;
+/// Connected out: it sends requests.
+pub const ROLE_CLIENT: u8 = 2;
+
+/// Per-socket state, keyed by the socket's kernel address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    /// Owning process (0 until the socket is first used in process context).
+    pub tgid: u32,
+    pub role: u8,
+    /// 1 while a request is outstanding.
+    pub outstanding: u8,
+    /// 1 once the accept was counted for `tgid`.
+    pub counted: u8,
+    pub _pad: u8,
+    /// Local and remote port, host byte order.
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad2: u32,
+    /// Remote address: IPv6, or IPv4-mapped IPv6.
+    pub raddr: [u8; 16],
+    /// When the connect started (SYN sent).
+    pub syn_ns: u64,
+    /// When the outstanding request started.
+    pub req_ns: u64,
+}
+
+/// Connection metrics, the `metric` of a [`TcpKey`].
+pub mod metric {
+    /// Outbound connection attempts (SYN sent).
+    pub const CONNECTS: u16 = 0;
+    /// Attempts that failed (SYN_SENT -> CLOSE: refused, reset, timed out).
+    pub const CONNECT_ERRORS: u16 = 1;
+    /// SYN sent to established, by latency bucket.
+    pub const CONNECT_LATENCY: u16 = 2;
+    /// Inbound connections accepted and used by the process.
+    pub const ACCEPTS: u16 = 3;
+    pub const RETRANSMITS: u16 = 4;
+    pub const RESETS_SENT: u16 = 5;
+    pub const RESETS_RECEIVED: u16 = 6;
+    /// Smoothed RTT samples, by bucket (ns).
+    pub const RTT: u16 = 7;
+    /// `sum` holds the bytes.
+    pub const BYTES_SENT: u16 = 8;
+    pub const BYTES_RECEIVED: u16 = 9;
+}
+
+/// Key of [`STATS_MAP`]: a process, a metric and a slot (latency bucket,
+/// or 0 for plain counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpKey {
+    pub tgid: u32,
+    pub metric: u16,
+    pub slot: u16,
+}
+
+/// Value of [`STATS_MAP`] and [`ENDPOINT_MAP`], per CPU, cumulative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpValue {
+    pub count: u64,
+    pub sum: u64,
+    pub max: u64,
+}
+
+/// Endpoint slot counting requests that failed (connection reset or
+/// closed while the request was outstanding).
+pub const SLOT_ERROR: u16 = 0xffff;
+
+/// Key of [`ENDPOINT_MAP`]: a process, a role and a port (local for
+/// servers, remote for clients), the peer for clients, and a slot (request
+/// latency bucket, or [`SLOT_ERROR`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub tgid: u32,
+    pub port: u16,
+    pub role: u8,
+    pub _pad: u8,
+    pub peer: [u8; 16],
+    pub slot: u16,
+    pub _pad2: [u8; 6],
+}
+
+/// Indexes of [`COUNTER_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A socket could not be tracked: `TCP_SOCKS` full.
+    SocksFull = 0,
+    /// A connection KPI could not be recorded: `TCP_STATS` full.
+    StatsFull = 1,
+    /// A request could not be recorded: `TCP_ENDPOINTS` full.
+    EndpointsFull = 2,
+}
+
+pub const COUNTERS: u32 = 3;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for TcpKey {}
+    unsafe impl aya::Pod for TcpValue {}
+    unsafe impl aya::Pod for EndpointKey {}
+}
+
+const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+const _: () = assert!(core::mem::size_of::<TcpKey>() == 8);
+const _: () = assert!(core::mem::size_of::<TcpValue>() == 24);
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 32);
+
+/// The tracepoint fields the programs read, at the offsets they were built
+/// for (from each event's `format` file under tracefs). The agent checks
+/// them against the running kernel before attaching.
+pub const FIELDS: &[(&str, &str, &str, u32, u32)] = &[
+    // (subsystem, event, field, offset, size)
+    ("sock", "inet_sock_set_state", "skaddr", 8, 8),
+    ("sock", "inet_sock_set_state", "oldstate", 16, 4),
+    ("sock", "inet_sock_set_state", "newstate", 20, 4),
+    ("sock", "inet_sock_set_state", "sport", 24, 2),
+    ("sock", "inet_sock_set_state", "dport", 26, 2),
+    ("sock", "inet_sock_set_state", "family", 28, 2),
+    ("sock", "inet_sock_set_state", "protocol", 30, 2),
+    ("sock", "inet_sock_set_state", "daddr", 36, 4),
+    ("sock", "inet_sock_set_state", "daddr_v6", 56, 16),
+    ("sock", "sock_send_length", "sk", 8, 8),
+    ("sock", "sock_send_length", "family", 16, 2),
+    ("sock", "sock_send_length", "protocol", 18, 2),
+    ("sock", "sock_send_length", "ret", 20, 4),
+    ("sock", "sock_recv_length", "sk", 8, 8),
+    ("sock", "sock_recv_length", "family", 16, 2),
+    ("sock", "sock_recv_length", "protocol", 18, 2),
+    ("sock", "sock_recv_length", "ret", 20, 4),
+    ("tcp", "tcp_probe", "data_len", 76, 2),
+    ("tcp", "tcp_probe", "srtt", 100, 4),
+    ("tcp", "tcp_probe", "skaddr", 128, 8),
+    ("tcp", "tcp_retransmit_skb", "skaddr", 16, 8),
+    ("tcp", "tcp_send_reset", "skaddr", 16, 8),
+    ("tcp", "tcp_receive_reset", "skaddr", 8, 8),
+    ("tcp", "tcp_destroy_sock", "skaddr", 8, 8),
+];

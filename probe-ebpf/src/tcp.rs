@@ -1,0 +1,355 @@
+//! TCP connection and request KPIs, from classic tracepoints (their
+//! records carry ports and addresses, so no kernel struct is read):
+//!
+//! - `sock:inet_sock_set_state` (4.16+): connect start (-> SYN_SENT), connect
+//!   latency (SYN_SENT -> ESTABLISHED), connect errors (SYN_SENT -> CLOSE),
+//!   accepted connections (SYN_RECV -> ESTABLISHED), and close (-> CLOSE).
+//! - `sock:sock_send_length`, `sock:sock_recv_length` (6.3+): bytes sent and
+//!   received, in the process's context; they also give each socket its
+//!   owner and drive the request state machine.
+//! - `tcp:tcp_probe`: a segment arrived on an established socket; data
+//!   (`data_len > 0`) starts a server's request or ends a client's, and
+//!   `srtt` is the smoothed RTT.
+//! - `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`,
+//!   `tcp:tcp_destroy_sock`.
+//!
+//! Requests: on a server socket a request starts when data arrives while
+//! none is outstanding, and ends when the server next sends; a client's is
+//! the mirror image (send, then first data back). A reset or close while a
+//! request is outstanding counts as a failed request.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use probe_common::{
+    hist::bucket_of,
+    tcp::{
+        COUNTERS, Counter, ENDPOINT_MAX_ENTRIES, EndpointKey, ROLE_CLIENT, ROLE_SERVER,
+        ROLE_UNKNOWN, SLOT_ERROR, SOCK_MAX_ENTRIES, STATS_MAX_ENTRIES, SockState, TcpKey, TcpValue,
+        metric,
+    },
+};
+
+const EEXIST: i64 = 17;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+// include/net/tcp_states.h
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+#[map(name = "TCP_SOCKS")]
+static TCP_SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(SOCK_MAX_ENTRIES, 0);
+
+#[map(name = "TCP_STATS")]
+static TCP_STATS: PerCpuHashMap<TcpKey, TcpValue> =
+    PerCpuHashMap::with_max_entries(STATS_MAX_ENTRIES, 0);
+
+#[map(name = "TCP_ENDPOINTS")]
+static TCP_ENDPOINTS: PerCpuHashMap<EndpointKey, TcpValue> =
+    PerCpuHashMap::with_max_entries(ENDPOINT_MAX_ENTRIES, 0);
+
+#[map(name = "TCP_CNT")]
+static TCP_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[inline(always)]
+fn bump(reason: Counter) {
+    if let Some(slot) = TCP_CNT.get_ptr_mut(reason as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// A field of the tracepoint record at `off` (aligned to its size; the
+/// verifier allows direct reads of a tracepoint's context).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<T>()) }
+}
+
+/// Adds one sample (`sum`, and `max` of it) to a connection KPI.
+#[inline(always)]
+fn stat(tgid: u32, metric: u16, slot: u16, sum: u64) {
+    let key = TcpKey { tgid, metric, slot };
+    add(&TCP_STATS, &key, sum, Counter::StatsFull);
+}
+
+#[inline(always)]
+fn add<K>(map: &PerCpuHashMap<K, TcpValue>, key: &K, sum: u64, full: Counter) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        unsafe {
+            (*v).count += 1;
+            (*v).sum += sum;
+            if sum > (*v).max {
+                (*v).max = sum;
+            }
+        }
+        return;
+    }
+    let first = TcpValue { count: 1, sum, max: sum };
+    match map.insert(key, first, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(err) if err as i64 == -EEXIST => {
+            if let Some(v) = map.get_ptr_mut(key) {
+                unsafe {
+                    (*v).count += 1;
+                    (*v).sum += sum;
+                }
+            }
+        }
+        Err(_) => bump(full),
+    }
+}
+
+/// Records a finished request (or, with `SLOT_ERROR`, a failed one).
+#[inline(always)]
+fn request(s: &SockState, slot: u16, ns: u64) {
+    let (port, peer) =
+        if s.role == ROLE_SERVER { (s.lport, [0u8; 16]) } else { (s.rport, s.raddr) };
+    let key = EndpointKey { tgid: s.tgid, port, role: s.role, _pad: 0, peer, slot, _pad2: [0; 6] };
+    add(&TCP_ENDPOINTS, &key, ns, Counter::EndpointsFull);
+}
+
+/// An outstanding request on this socket failed (reset or closed).
+#[inline(always)]
+fn fail_outstanding(s: *mut SockState) {
+    unsafe {
+        if (*s).outstanding != 0 && (*s).role != ROLE_UNKNOWN {
+            (*s).outstanding = 0;
+            request(&*s, SLOT_ERROR, 0);
+        }
+    }
+}
+
+/// The remote address as IPv6 (IPv4 mapped to ::ffff:a.b.c.d).
+#[inline(always)]
+fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
+    if family == AF_INET6 {
+        let hi: [u8; 8] = field(ctx, 56);
+        let lo: [u8; 8] = field(ctx, 64);
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&hi);
+        a[8..].copy_from_slice(&lo);
+        a
+    } else {
+        let v4: [u8; 4] = field(ctx, 36);
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    }
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let protocol: u16 = field(&ctx, 30);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let sk: u64 = field(&ctx, 8);
+    let old: i32 = field(&ctx, 16);
+    let new: i32 = field(&ctx, 20);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new == TCP_SYN_SENT {
+        // connect(): runs in the connecting process.
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let family: u16 = field(&ctx, 28);
+        let s = SockState {
+            tgid,
+            role: ROLE_CLIENT,
+            lport: field(&ctx, 24),
+            rport: field(&ctx, 26),
+            raddr: remote(&ctx, family),
+            syn_ns: now,
+            ..SockState::default()
+        };
+        if TCP_SOCKS.insert(sk, s, 0).is_err() {
+            bump(Counter::SocksFull);
+        }
+        stat(tgid, metric::CONNECTS, 0, 0);
+        return 0;
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // A connection accepted by a listener (softirq: owner not known yet).
+        let family: u16 = field(&ctx, 28);
+        let s = SockState {
+            role: ROLE_SERVER,
+            lport: field(&ctx, 24),
+            rport: field(&ctx, 26),
+            raddr: remote(&ctx, family),
+            ..SockState::default()
+        };
+        if TCP_SOCKS.insert(sk, s, 0).is_err() {
+            bump(Counter::SocksFull);
+        }
+        return 0;
+    }
+    let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
+    let tgid = unsafe { (*s).tgid };
+    if old == TCP_SYN_SENT && new == TCP_ESTABLISHED {
+        let ns = now.saturating_sub(unsafe { (*s).syn_ns });
+        stat(tgid, metric::CONNECT_LATENCY, bucket_of(ns) as u16, ns);
+    } else if old == TCP_SYN_SENT && new == TCP_CLOSE {
+        stat(tgid, metric::CONNECT_ERRORS, 0, 0);
+    }
+    if new == TCP_CLOSE {
+        fail_outstanding(s);
+        let _ = TCP_SOCKS.remove(sk);
+    }
+    0
+}
+
+/// The state of an established TCP socket used in process context,
+/// claimed by the current process if nobody owns it yet.
+#[inline(always)]
+fn owned(ctx: &TracePointContext) -> Option<(*mut SockState, u32)> {
+    let family: u16 = field(ctx, 16);
+    let protocol: u16 = field(ctx, 18);
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return None;
+    }
+    let sk: u64 = field(ctx, 8);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let s = match TCP_SOCKS.get_ptr_mut(sk) {
+        Some(s) => s,
+        None => {
+            // Connected before the agent started: bytes only, role unknown.
+            let fresh = SockState { tgid, ..SockState::default() };
+            if TCP_SOCKS.insert(sk, fresh, BPF_NOEXIST as u64).is_err() {
+                bump(Counter::SocksFull);
+                return None;
+            }
+            TCP_SOCKS.get_ptr_mut(sk)?
+        }
+    };
+    unsafe {
+        if (*s).tgid == 0 {
+            (*s).tgid = tgid;
+        }
+        if (*s).role == ROLE_SERVER && (*s).counted == 0 {
+            (*s).counted = 1;
+            stat(tgid, metric::ACCEPTS, 0, 0);
+        }
+    }
+    Some((s, tgid))
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let ret: i32 = field(&ctx, 20);
+    if ret <= 0 {
+        return 0;
+    }
+    let Some((s, tgid)) = owned(&ctx) else { return 0 };
+    stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
+    let now = unsafe { bpf_ktime_get_ns() };
+    data_in(s, now);
+    0
+}
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let ret: i32 = field(&ctx, 20);
+    if ret <= 0 {
+        return 0;
+    }
+    let Some((s, tgid)) = owned(&ctx) else { return 0 };
+    stat(tgid, metric::BYTES_SENT, 0, ret as u64);
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe {
+        match (*s).role {
+            ROLE_SERVER if (*s).outstanding != 0 => {
+                (*s).outstanding = 0;
+                let ns = now.saturating_sub((*s).req_ns);
+                request(&*s, bucket_of(ns) as u16, ns);
+            }
+            ROLE_CLIENT if (*s).outstanding == 0 => {
+                (*s).outstanding = 1;
+                (*s).req_ns = now;
+            }
+            _ => {}
+        }
+    }
+    0
+}
+
+/// Data reached the socket (a segment arrived, or the process read it).
+#[inline(always)]
+fn data_in(s: *mut SockState, now: u64) {
+    unsafe {
+        match (*s).role {
+            ROLE_SERVER if (*s).outstanding == 0 => {
+                (*s).outstanding = 1;
+                (*s).req_ns = now;
+            }
+            ROLE_CLIENT if (*s).outstanding != 0 => {
+                (*s).outstanding = 0;
+                let ns = now.saturating_sub((*s).req_ns);
+                request(&*s, bucket_of(ns) as u16, ns);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_probe")]
+pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, 128);
+    let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
+    let data_len: u16 = field(&ctx, 76);
+    let srtt_us: u32 = field(&ctx, 100);
+    let tgid = unsafe { (*s).tgid };
+    if srtt_us != 0 {
+        let ns = u64::from(srtt_us) * 1000;
+        stat(tgid, metric::RTT, bucket_of(ns) as u16, ns);
+    }
+    if data_len > 0 {
+        data_in(s, unsafe { bpf_ktime_get_ns() });
+    }
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, 16);
+    let tgid = TCP_SOCKS.get_ptr_mut(sk).map_or(0, |s| unsafe { (*s).tgid });
+    stat(tgid, metric::RETRANSMITS, 0, 0);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, 16);
+    let s = if sk != 0 { TCP_SOCKS.get_ptr_mut(sk) } else { None };
+    let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
+    stat(tgid, metric::RESETS_SENT, 0, 0);
+    if let Some(s) = s {
+        fail_outstanding(s);
+    }
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, 8);
+    let s = TCP_SOCKS.get_ptr_mut(sk);
+    let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
+    stat(tgid, metric::RESETS_RECEIVED, 0, 0);
+    if let Some(s) = s {
+        fail_outstanding(s);
+    }
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, 8);
+    if let Some(s) = TCP_SOCKS.get_ptr_mut(sk) {
+        fail_outstanding(s);
+    }
+    let _ = TCP_SOCKS.remove(sk);
+    0
+}
