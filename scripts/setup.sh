@@ -7,9 +7,10 @@ set -euo pipefail
 log() { echo "setup: $*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
-# bpftrace: the benchmark's comparison tracer. bpftool: inspection.
-# stress-ng, python3: test workloads.
-want_pkgs=(bpftrace bpftool stress-ng iproute2 procps curl pkg-config build-essential)
+# bpftrace: the benchmark's comparison tracer; nginx and wrk: its real
+# server and load generator. bpftool: inspection. util-linux: setpriv and
+# taskset for the tests and the benchmark.
+want_pkgs=(bpftrace bpftool stress-ng iproute2 procps util-linux curl pkg-config build-essential nginx wrk)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -22,7 +23,15 @@ if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Install services (nginx) without starting them: the benchmark runs its
+  # own instance on a loopback port.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
 fi
 
 # --- Rust toolchains -------------------------------------------------------

@@ -25,18 +25,13 @@ const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 
-struct Type {
-    name_off: u32,
-    kind: u32,
-    kind_flag: bool,
-    /// For struct/union: (name_off, type id, bit offset).
-    members: Vec<(u32, u32, u32)>,
-}
-
-/// Parsed BTF: enough to find struct members.
+/// Parsed BTF: the raw sections and where each type record starts, so a
+/// lookup reads only the types it needs (vmlinux BTF has ~100k types).
 pub struct Btf {
-    types: Vec<Type>, // index = type id - 1
+    types: Vec<u8>,
     strings: Vec<u8>,
+    /// Byte offset of type id `i + 1` in `types`.
+    index: Vec<u32>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -45,6 +40,14 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// A struct or union: name and members (name offset, type id, bit offset).
+struct Composite {
+    name_off: u32,
+    kind: u32,
+    kind_flag: bool,
+    members: Vec<(u32, u32, u32)>,
 }
 
 impl Btf {
@@ -71,42 +74,31 @@ impl Btf {
         let section = |off: usize, len: usize| {
             b.get(hdr.checked_add(off)?..hdr.checked_add(off)?.checked_add(len)?)
         };
-        let t = section(type_off, type_len).ok_or(bad("type section out of bounds"))?;
+        let types = section(type_off, type_len).ok_or(bad("type section out of bounds"))?.to_vec();
         let strings =
             section(str_off, str_len).ok_or(bad("string section out of bounds"))?.to_vec();
 
-        let mut types = Vec::new();
+        let mut index = Vec::new();
         let mut at = 0usize;
-        while at < t.len() {
-            let name_off = u32_at(t, at).ok_or(bad("truncated type"))?;
-            let info = u32_at(t, at + 4).ok_or(bad("truncated type"))?;
+        while at < types.len() {
+            index.push(at as u32);
+            let info = u32_at(&types, at + 4).ok_or(bad("truncated type"))?;
             let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            at += 12;
-            let mut members = Vec::new();
-            let extra = match kind {
-                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                3 => 12,          // ARRAY
-                4 | 5 => {
-                    for i in 0..vlen {
-                        let m = at + 12 * i;
-                        let name = u32_at(t, m).ok_or(bad("truncated member"))?;
-                        let ty = u32_at(t, m + 4).ok_or(bad("truncated member"))?;
-                        let off = u32_at(t, m + 8).ok_or(bad("truncated member"))?;
-                        members.push((name, ty, off));
-                    }
-                    12 * vlen
-                }
-                6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
-                15 | 19 => 12 * vlen,      // DATASEC, ENUM64
-                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
-                _ => return Err(bad("unknown type kind")),
-            };
-            at += extra;
-            types.push(Type { name_off, kind, kind_flag, members });
+            at += 12
+                + match (info >> 24) & 0x1f {
+                    1 | 14 | 17 => 4,          // INT, VAR, DECL_TAG
+                    3 => 12,                   // ARRAY
+                    4 | 5 => 12 * vlen,        // STRUCT, UNION: members
+                    6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
+                    15 | 19 => 12 * vlen,      // DATASEC, ENUM64
+                    2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+                    _ => return Err(bad("unknown type kind")),
+                };
         }
-        Ok(Btf { types, strings })
+        if at != types.len() {
+            return Err(bad("truncated type section"));
+        }
+        Ok(Btf { types, strings, index })
     }
 
     fn name(&self, off: u32) -> &[u8] {
@@ -114,34 +106,52 @@ impl Btf {
         &rest[..rest.iter().position(|&c| c == 0).unwrap_or(rest.len())]
     }
 
+    /// The struct or union at byte offset `at` of the type section.
+    fn composite(&self, at: usize) -> Option<Composite> {
+        let t = &self.types;
+        let info = u32_at(t, at + 4)?;
+        let kind = (info >> 24) & 0x1f;
+        if kind != KIND_STRUCT && kind != KIND_UNION {
+            return None;
+        }
+        let members = (0..(info & 0xffff) as usize)
+            .map(|i| {
+                let m = at + 12 + 12 * i;
+                Some((u32_at(t, m)?, u32_at(t, m + 4)?, u32_at(t, m + 8)?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Composite { name_off: u32_at(t, at)?, kind, kind_flag: info >> 31 == 1, members })
+    }
+
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// structs and unions.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let ty = self
-            .types
+            .index
             .iter()
-            .find(|t| {
-                t.kind == KIND_STRUCT
-                    && self.name(t.name_off) == name.as_bytes()
-                    && !t.members.is_empty()
+            .filter_map(|&at| self.composite(at as usize))
+            .find(|c| {
+                c.kind == KIND_STRUCT
+                    && self.name(c.name_off) == name.as_bytes()
+                    && !c.members.is_empty()
             })
             .ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        self.find(ty, member.as_bytes(), 0)
+        self.find(&ty, member.as_bytes(), 0, 0)
             .map(|bits| bits / 8)
             .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
     }
 
-    fn find(&self, ty: &Type, member: &[u8], base_bits: u32) -> Option<u32> {
+    fn find(&self, ty: &Composite, member: &[u8], base_bits: u32, depth: u32) -> Option<u32> {
         for &(name_off, type_id, off) in &ty.members {
             // With kind_flag, the high 8 bits hold a bitfield size.
             let off_bits = base_bits + if ty.kind_flag { off & 0xff_ffff } else { off };
             if self.name(name_off) == member {
                 return Some(off_bits);
             }
-            if name_off == 0 {
-                let inner = self.types.get((type_id as usize).checked_sub(1)?)?;
-                if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
-                    && let Some(found) = self.find(inner, member, off_bits)
+            if name_off == 0 && depth < 8 {
+                let at = *self.index.get((type_id as usize).checked_sub(1)?)?;
+                if let Some(inner) = self.composite(at as usize)
+                    && let Some(found) = self.find(&inner, member, off_bits, depth + 1)
                 {
                     return Some(found);
                 }

@@ -8,15 +8,16 @@
 //!   received, in the process's context; they also give each socket its
 //!   owner and drive the request state machine.
 //! - `tcp:tcp_probe`: a segment arrived on an established socket; data
-//!   (`data_len > 0`) starts a server's request or ends a client's, and
-//!   `srtt` is the smoothed RTT.
+//!   (`data_len > 0`) starts a server's request, and its `srtt` is sampled
+//!   as the smoothed RTT.
 //! - `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`,
 //!   `tcp:tcp_destroy_sock`.
 //!
 //! Requests: on a server socket a request starts when data arrives while
 //! none is outstanding, and ends when the server next sends; a client's is
-//! the mirror image (send, then first data back). A reset or close while a
-//! request is outstanding counts as a failed request.
+//! the mirror image: it starts when the client sends and ends when it
+//! first reads the answer. A reset or close while a request is outstanding
+//! counts as a failed request.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -245,8 +246,23 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     }
     let Some((s, tgid)) = owned(&ctx) else { return 0 };
     stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
-    let now = unsafe { bpf_ktime_get_ns() };
-    data_in(s, now);
+    unsafe {
+        match (*s).role {
+            // Normally tcp_probe saw the data arrive first; this covers data
+            // that came with the handshake's last ACK (no tcp_probe then).
+            ROLE_SERVER if (*s).outstanding == 0 => {
+                (*s).outstanding = 1;
+                (*s).req_ns = bpf_ktime_get_ns();
+            }
+            // A client's request ends when it reads the answer.
+            ROLE_CLIENT if (*s).outstanding != 0 => {
+                (*s).outstanding = 0;
+                let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
+                request(&*s, bucket_of(ns) as u16, ns);
+            }
+            _ => {}
+        }
+    }
     0
 }
 
@@ -258,17 +274,17 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     }
     let Some((s, tgid)) = owned(&ctx) else { return 0 };
     stat(tgid, metric::BYTES_SENT, 0, ret as u64);
-    let now = unsafe { bpf_ktime_get_ns() };
     unsafe {
         match (*s).role {
+            // A server's request ends when it starts answering.
             ROLE_SERVER if (*s).outstanding != 0 => {
                 (*s).outstanding = 0;
-                let ns = now.saturating_sub((*s).req_ns);
+                let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
                 request(&*s, bucket_of(ns) as u16, ns);
             }
             ROLE_CLIENT if (*s).outstanding == 0 => {
                 (*s).outstanding = 1;
-                (*s).req_ns = now;
+                (*s).req_ns = bpf_ktime_get_ns();
             }
             _ => {}
         }
@@ -276,38 +292,26 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Data reached the socket (a segment arrived, or the process read it).
-#[inline(always)]
-fn data_in(s: *mut SockState, now: u64) {
-    unsafe {
-        match (*s).role {
-            ROLE_SERVER if (*s).outstanding == 0 => {
-                (*s).outstanding = 1;
-                (*s).req_ns = now;
-            }
-            ROLE_CLIENT if (*s).outstanding != 0 => {
-                (*s).outstanding = 0;
-                let ns = now.saturating_sub((*s).req_ns);
-                request(&*s, bucket_of(ns) as u16, ns);
-            }
-            _ => {}
-        }
-    }
-}
-
 #[tracepoint(category = "tcp", name = "tcp_probe")]
 pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     let sk: u64 = field(&ctx, 128);
-    let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
     let data_len: u16 = field(&ctx, 76);
+    if data_len == 0 {
+        // A pure ACK: no request starts, and RTT is sampled on data.
+        return 0;
+    }
+    let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
     let srtt_us: u32 = field(&ctx, 100);
-    let tgid = unsafe { (*s).tgid };
     if srtt_us != 0 {
         let ns = u64::from(srtt_us) * 1000;
-        stat(tgid, metric::RTT, bucket_of(ns) as u16, ns);
+        stat(unsafe { (*s).tgid }, metric::RTT, bucket_of(ns) as u16, ns);
     }
-    if data_len > 0 {
-        data_in(s, unsafe { bpf_ktime_get_ns() });
+    // A server's request starts when its first bytes arrive.
+    unsafe {
+        if (*s).role == ROLE_SERVER && (*s).outstanding == 0 {
+            (*s).outstanding = 1;
+            (*s).req_ns = bpf_ktime_get_ns();
+        }
     }
     0
 }

@@ -37,14 +37,14 @@ tracepoint:raw_syscalls:sys_exit /@start[tid]/ {
 }
 "#;
 
-struct Tracer {
+pub(crate) struct Tracer {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Tracer {
     /// Starts `cmd` and waits until a line of its stdout or stderr contains `ready`.
-    fn start(mut cmd: Command, ready: &str) -> Result<Self> {
+    pub(crate) fn start(mut cmd: Command, ready: &str) -> Result<Self> {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -77,6 +77,19 @@ impl Tracer {
         // Let attachment settle.
         std::thread::sleep(Duration::from_millis(300));
         Ok(t)
+    }
+
+    /// Stops it with SIGINT; returns every JSON record it wrote.
+    fn stop_all(mut self) -> Vec<Value> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                out.push(v);
+            }
+        }
+        out
     }
 
     /// Stops it with SIGINT; returns the last agent record seen, if any.
@@ -123,12 +136,12 @@ fn ns_per_round_trip(workload: &Path, count: u64) -> Result<f64> {
     v["ns_per_round_trip"].as_f64().context("no ns_per_round_trip")
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
+pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
@@ -276,11 +289,151 @@ pub fn run(root: &Path, rounds: usize, calls: u64) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    let nginx = server::run(root, &agent, rounds.min(5))?;
     let out = json!({"benchmark": "syscall overhead", "calls_per_sample": calls, "rounds": rounds,
-        "rows": rows, "context_switches": switches, "agent": agent_summary});
+        "rows": rows, "context_switches": switches, "agent": agent_summary, "nginx": nginx});
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("syscalls.json"), serde_json::to_string_pretty(&out)?)?;
     eprintln!("wrote {}", dir.join("syscalls.json").display());
     Ok(())
+}
+
+/// nginx and wrk on loopback, with and without the agent: requests per
+/// second lost, and the agent's request figures against wrk's own.
+pub mod server {
+    use std::{
+        path::Path,
+        process::{Child, Command, Stdio},
+        time::Duration,
+    };
+
+    use anyhow::{Context as _, Result, bail};
+    use serde_json::{Value, json};
+
+    use super::{Tracer, median};
+
+    const PORT: u16 = 18080;
+
+    struct Nginx(Child);
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start_nginx(dir: &Path) -> Result<Nginx> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let d = dir.display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px; fastcgi_temp_path {d}/fc;\n\
+               uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc; keepalive_requests 1000000;\n\
+               server {{ listen 127.0.0.1:{PORT}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("taskset")
+            .args(["-c", "0", "nginx", "-p"])
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting nginx (apt-get install nginx)")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Nginx(child))
+    }
+
+    /// (requests, seconds, requests/s, average latency ms) from wrk's output.
+    fn wrk(secs: u32) -> Result<(f64, f64, f64, f64)> {
+        let out = Command::new("taskset")
+            .args(["-c", "1", "wrk", "-t1", "-c16"])
+            .arg(format!("-d{secs}s"))
+            .arg(format!("http://127.0.0.1:{PORT}/"))
+            .output()
+            .context("running wrk (apt-get install wrk)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("wrk failed: {text}");
+        }
+        let mut reqs = None;
+        let mut rps = None;
+        let mut lat = None;
+        for line in text.lines().map(str::trim) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() == Some(&"Latency") {
+                let v = words.get(1).context("latency")?;
+                let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+                let ms = num.parse::<f64>()? * match unit { "us" => 1e-3, "ms" => 1.0, "s" => 1e3, _ => 1.0 };
+                lat = Some(ms);
+            } else if words.get(1) == Some(&"requests") && words.get(2) == Some(&"in") {
+                reqs = Some(words[0].parse::<f64>()?);
+                let secs = words[3].trim_end_matches(',').trim_end_matches('s').parse::<f64>()?;
+                rps = rps.or(Some(reqs.unwrap_or(0.0) / secs));
+            } else if words.first() == Some(&"Requests/sec:") {
+                rps = Some(words[1].parse::<f64>()?);
+            }
+        }
+        let reqs = reqs.context("no request count in wrk's output")?;
+        let rps = rps.context("no Requests/sec")?;
+        Ok((reqs, reqs / rps, rps, lat.context("no latency")?))
+    }
+
+    pub fn run(root: &Path, agent: &Path, rounds: usize) -> Result<Value> {
+        let dir = root.join("target/bench/nginx");
+        let _nginx = start_nginx(&dir)?;
+        wrk(1)?; // warm up
+        let (mut none, mut with) = (Vec::new(), Vec::new());
+        let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (_, _, rps0, lat0) = wrk(5)?;
+            none.push(rps0);
+            let mut c = Command::new(agent);
+            c.args(["run", "--interval", "60s", "--comm", "nginx", "--comm", "wrk"]);
+            let t = Tracer::start(c, "\"type\":\"status\"")?;
+            let (reqs, secs, rps1, lat1) = wrk(5)?;
+            with.push(rps1);
+            let records = t.stop_all();
+            let server = records.iter().find(|r| r["type"] == "endpoint" && r["role"] == "server" && r["port"] == PORT);
+            let client = records.iter().find(|r| r["type"] == "endpoint" && r["role"] == "client" && r["port"] == PORT);
+            if let (Some(s), Some(cl)) = (server, client) {
+                let answered = s["requests"]["count"].as_f64().unwrap_or(0.0) - s["requests"]["errors"].as_f64().unwrap_or(0.0);
+                let avg = s["requests"]["latency_ms"]["avg"].as_f64().unwrap_or(0.0);
+                let client_avg = cl["requests"]["latency_ms"]["avg"].as_f64().unwrap_or(0.0);
+                count_err.push((answered - reqs) / reqs * 100.0);
+                rate_err.push((answered / secs - rps1) / rps1 * 100.0);
+                lat_err.push((avg - lat1) / lat1 * 100.0);
+                client_lat_err.push((client_avg - lat1) / lat1 * 100.0);
+                eprintln!(
+                    "round {}/{rounds} nginx: none {rps0:.0} req/s ({lat0:.3} ms), agent {rps1:.0} req/s ({lat1:.3} ms); \
+                     agent saw {answered:.0} of wrk's {reqs:.0} requests, server avg {avg:.3} ms, client avg {client_avg:.3} ms",
+                    round + 1
+                );
+            } else {
+                bail!("the agent wrote no endpoint records for port {PORT}");
+            }
+        }
+        let (n, w) = (median(&mut none.clone()), median(&mut with.clone()));
+        let loss = (n - w) / n * 100.0;
+        let (ce, re, le, cle) =
+            (median(&mut count_err), median(&mut rate_err), median(&mut lat_err), median(&mut client_lat_err));
+        println!();
+        println!("| nginx + wrk (loopback, 16 connections, 5 s) | requests/s | lost |");
+        println!("|---|---:|---:|");
+        println!("| none | {n:.0} | |");
+        println!("| agent | {w:.0} | {loss:.1}% |");
+        println!();
+        println!("| agreement with wrk (median of {rounds}) | agent vs wrk |");
+        println!("|---|---:|");
+        println!("| requests answered (count) | {ce:+.2}% |");
+        println!("| requests/s | {re:+.2}% |");
+        println!("| average latency, server side (nginx's port) | {le:+.1}% |");
+        println!("| average latency, client side (wrk's connections) | {cle:+.1}% |");
+        Ok(json!({"rps_none": none, "rps_agent": with, "rps_lost_pct": loss,
+            "count_error_pct": ce, "rate_error_pct": re, "latency_error_pct": le, "client_latency_error_pct": cle}))
+    }
 }

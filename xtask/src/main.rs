@@ -25,6 +25,9 @@ enum Task {
         /// getppid calls per sample.
         #[arg(long, default_value_t = 5_000_000)]
         calls: u64,
+        /// Only the real-server part (nginx + wrk).
+        #[arg(long)]
+        server_only: bool,
     },
 }
 
@@ -32,6 +35,6 @@ fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     match Cli::parse().task {
         Task::GenNames => names::run(&root),
-        Task::Bench { rounds, calls } => bench::run(&root, rounds, calls),
+        Task::Bench { rounds, calls, server_only } => bench::run(&root, rounds, calls, server_only),
     }
 }

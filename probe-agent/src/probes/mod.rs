@@ -117,9 +117,16 @@ pub fn load() -> Result<Ebpf, ProbeError> {
             0
         }
     };
-    Ok(EbpfLoader::new()
+    // No kernel BTF for aya: the programs use no CO-RE relocations, and
+    // parsing vmlinux BTF would cost the agent tens of MiB.
+    let ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true)
-        .load(OBJECT)?)
+        .load(OBJECT)?;
+    // Give the pages of what loading parsed back to the system rather than
+    // let the allocator keep them for the agent's lifetime.
+    unsafe { libc::malloc_trim(0) };
+    Ok(ebpf)
 }
 
 /// Loads and attaches one raw-tracepoint program.
