@@ -367,8 +367,15 @@ pub mod server {
             let words: Vec<&str> = line.split_whitespace().collect();
             if words.first() == Some(&"Latency") {
                 let v = words.get(1).context("latency")?;
-                let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-                let ms = num.parse::<f64>()? * match unit { "us" => 1e-3, "ms" => 1.0, "s" => 1e3, _ => 1.0 };
+                let (num, unit) =
+                    v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+                let ms = num.parse::<f64>()?
+                    * match unit {
+                        "us" => 1e-3,
+                        "ms" => 1.0,
+                        "s" => 1e3,
+                        _ => 1.0,
+                    };
                 lat = Some(ms);
             } else if words.get(1) == Some(&"requests") && words.get(2) == Some(&"in") {
                 reqs = Some(words[0].parse::<f64>()?);
@@ -388,7 +395,8 @@ pub mod server {
         let _nginx = start_nginx(&dir)?;
         wrk(1)?; // warm up
         let (mut none, mut with) = (Vec::new(), Vec::new());
-        let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let (_, _, rps0, lat0) = wrk(5)?;
             none.push(rps0);
@@ -398,10 +406,15 @@ pub mod server {
             let (reqs, secs, rps1, lat1) = wrk(5)?;
             with.push(rps1);
             let records = t.stop_all();
-            let server = records.iter().find(|r| r["type"] == "endpoint" && r["role"] == "server" && r["port"] == PORT);
-            let client = records.iter().find(|r| r["type"] == "endpoint" && r["role"] == "client" && r["port"] == PORT);
+            let server = records
+                .iter()
+                .find(|r| r["type"] == "endpoint" && r["role"] == "server" && r["port"] == PORT);
+            let client = records
+                .iter()
+                .find(|r| r["type"] == "endpoint" && r["role"] == "client" && r["port"] == PORT);
             if let (Some(s), Some(cl)) = (server, client) {
-                let answered = s["requests"]["count"].as_f64().unwrap_or(0.0) - s["requests"]["errors"].as_f64().unwrap_or(0.0);
+                let answered = s["requests"]["count"].as_f64().unwrap_or(0.0)
+                    - s["requests"]["errors"].as_f64().unwrap_or(0.0);
                 let avg = s["requests"]["latency_ms"]["avg"].as_f64().unwrap_or(0.0);
                 let client_avg = cl["requests"]["latency_ms"]["avg"].as_f64().unwrap_or(0.0);
                 count_err.push((answered - reqs) / reqs * 100.0);
@@ -419,8 +432,12 @@ pub mod server {
         }
         let (n, w) = (median(&mut none.clone()), median(&mut with.clone()));
         let loss = (n - w) / n * 100.0;
-        let (ce, re, le, cle) =
-            (median(&mut count_err), median(&mut rate_err), median(&mut lat_err), median(&mut client_lat_err));
+        let (ce, re, le, cle) = (
+            median(&mut count_err),
+            median(&mut rate_err),
+            median(&mut lat_err),
+            median(&mut client_lat_err),
+        );
         println!();
         println!("| nginx + wrk (loopback, 16 connections, 5 s) | requests/s | lost |");
         println!("|---|---:|---:|");
