@@ -160,6 +160,12 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
             .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
             .status();
     }
+    if server_only {
+        let v = server::run(root, &agent, rounds)?;
+        std::fs::create_dir_all(root.join("target/bench"))?;
+        std::fs::write(root.join("target/bench/server.json"), serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
     let has_bpftrace =
         Command::new("bpftrace").arg("--version").output().is_ok_and(|o| o.status.success());
 
