@@ -25,17 +25,18 @@ use crate::{
     },
     cli::RunConfig,
     containers::{self, Cgroups, Container},
-    disk, names,
+    cost, disk, names,
     probes::{
         self as probe, MapFill, ProbeError, Probes, ProgramStats, cpu::CpuSnapshot,
         tcp::TcpSnapshot,
     },
     procfs,
     records::{
-        AgentRecord, ContainerMemory, ContainerRecord, EndpointRecord, Header, HostMemory,
-        HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory, ProcessRecord, ProgramRecord,
-        StatusRecord, SyscallRecord, VERSION, encode,
+        AgentRecord, ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord, Header,
+        HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory, ProcessRecord,
+        ProgramRecord, StatusRecord, SyscallRecord, VERSION, encode,
     },
+    rules::Engine,
     sink::{SinkError, write_stdout},
     timefmt::rfc3339_millis,
 };
@@ -70,6 +71,8 @@ struct Agent {
     prev_tcp_counters: [u64; TCP_COUNTERS as usize],
     cgroups: Cgroups,
     cpus: u32,
+    rules: Engine,
+    prev_rules_cut: u64,
     prev_cpu_ns: u64,
     /// The open BPF run-time statistics window, and the last closed one.
     stats_window: Option<StatsWindow>,
@@ -98,6 +101,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         prev_tcp: probes.tcp.read()?,
         prev_tcp_counters: probes.tcp.counters()?,
         cgroups: Cgroups::detect(),
+        rules: Engine::new(&cfg.config),
+        prev_rules_cut: 0,
         cpus: procfs::cpus(),
         stats_window: None,
         stats_sample: None,
@@ -328,6 +333,9 @@ impl Agent {
                 }
             },
         );
+        let host_cores = cpu.host_run_ns as f64 / (interval_s.max(1e-3) * 1e9);
+        let host_mem = memory.used_bytes as f64;
+        let host_cost = cost::host(&self.cfg.config.cost, host_cores, host_mem);
         let host = HostRecord {
             header: header.with("host"),
             syscalls: host_calls.group(interval_s),
@@ -337,11 +345,15 @@ impl Agent {
             disk: disk::disks(),
             tcp: host_tcp.group(),
             requests: host_requests.group(interval_s),
+            cost: host_cost,
         };
         encode(&mut buf, &host)?;
         for (id, c) in &containers {
             let (used, limit) =
                 self.cgroups.memory(&c.path).map_or((None, None), |(u, l)| (Some(u), l));
+            let cores = c.run_ns as f64 / (interval_s.max(1e-3) * 1e9);
+            let mem = used.unwrap_or(0) as f64;
+            let share = cost::container(&self.cfg.config.cost, cores, mem, host_cores, host_mem);
             let rec = ContainerRecord {
                 header: header.with("container"),
                 container_id: id,
@@ -357,6 +369,7 @@ impl Agent {
                 syscalls: c.calls.group(interval_s),
                 tcp: c.tcp.group(),
                 requests: c.requests.group(interval_s),
+                cost: ContainerCost { projected_usd_month: share },
             };
             encode(&mut buf, &rec)?;
         }
@@ -434,9 +447,21 @@ impl Agent {
         let mut fill = self.probes.syscalls.fill(cur.len());
         fill.extend(self.probes.cpu.fill(&cpu_cur));
         fill.extend(self.probes.tcp.fill(&tcp_cur));
+        // Rules run over this interval's records, as a replay would.
+        let records: Vec<serde_json::Value> =
+            buf[..].split(|&b| b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect();
+        let now_s = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for alert in self.rules.evaluate(&records, now_s) {
+            info!("alert: {}", alert["message"].as_str().unwrap_or(""));
+            encode(&mut buf, &alert)?;
+        }
         let counts = ProcessCounts { active, reported, cut_by_top: matching - reported };
         let mut lost = self.lost(&counters, &cpu_counters);
         lost.cgroup_walk_cut = self.cgroups.walk_cut as u64;
+        lost.alert_scopes_cut = self.rules.cut.saturating_sub(self.prev_rules_cut);
+        self.prev_rules_cut = self.rules.cut;
         let tcp_lost = |c: TcpCounter| {
             tcp_counters[c as usize].saturating_sub(self.prev_tcp_counters[c as usize])
         };
@@ -503,6 +528,7 @@ impl Agent {
             tcp_socks_full: 0,
             tcp_stats_full: 0,
             tcp_endpoints_full: 0,
+            alert_scopes_cut: 0,
         };
         if lost.syscall_stats_full
             + lost.syscall_start_full

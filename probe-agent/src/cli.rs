@@ -23,6 +23,22 @@ pub struct Cli {
 pub enum Command {
     /// Load the probes and write KPI records (the default).
     Run(RunArgs),
+    /// Print the configuration: `--default` for the commented defaults.
+    Config {
+        #[arg(long, required = true)]
+        default: bool,
+    },
+    /// Validate a configuration file without starting probes.
+    CheckConfig { file: std::path::PathBuf },
+    /// Run the rules over recorded KPI lines (a file, or - for stdin) and
+    /// print the alerts they would raise.
+    Replay {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Print the definition of every KPI the agent emits.
+    Kpis,
     /// Attach only empty programs to the system-call tracepoints, for the
     /// benchmark's floor measurement, and wait.
     #[command(hide = true)]
@@ -55,6 +71,10 @@ pub struct RunArgs {
     /// The `host` label of every record (default: the host name).
     #[arg(long)]
     pub host: Option<String>,
+    /// Configuration file (TOML): rules, alert lifecycle, prices. Default:
+    /// the built-in defaults (`probe-agent config --default`).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
     /// Percent of each interval during which the kernel's BPF run-time
     /// statistics are on, to measure the programs' own cost (0 = never).
     /// While on, every BPF program on the host pays two extra clock reads
@@ -72,6 +92,7 @@ pub struct RunConfig {
     pub comms: Vec<String>,
     pub top: usize,
     pub host: Option<String>,
+    pub config: crate::config::Config,
     /// Window of each interval with BPF run-time statistics on (zero: off).
     pub bpf_stats_window: Duration,
 }
@@ -121,6 +142,10 @@ impl RunArgs {
         if self.bpf_stats_pct > 100 {
             return bad(format!("--bpf-stats-pct must be 0 to 100, got {}", self.bpf_stats_pct));
         }
+        let config = match &self.config {
+            Some(path) => crate::config::load(path).map_err(|e| UsageError(e.to_string()))?,
+            None => crate::config::Config::default(),
+        };
         Ok(RunConfig {
             interval: self.interval,
             duration: self.duration,
@@ -128,6 +153,7 @@ impl RunArgs {
             comms,
             top: self.top,
             host: self.host,
+            config,
             bpf_stats_window: self.interval * u32::from(self.bpf_stats_pct) / 100,
         })
     }

@@ -5,12 +5,16 @@ mod agent;
 mod aggregate;
 mod btf;
 mod cli;
+mod commands;
+mod config;
 mod containers;
+mod cost;
 mod disk;
 mod names;
 mod probes;
 mod procfs;
 mod records;
+mod rules;
 mod sink;
 mod timefmt;
 
@@ -23,6 +27,24 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
+    let offline = match &cli.command {
+        Some(cli::Command::Config { .. }) => Some(commands::print_default_config()),
+        Some(cli::Command::CheckConfig { file }) => Some(commands::check_config(file)),
+        Some(cli::Command::Replay { file, config }) => {
+            Some(commands::replay(file, config.as_deref()))
+        }
+        Some(cli::Command::Kpis) => Some(commands::print_kpis()),
+        _ => None,
+    };
+    if let Some(result) = offline {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("probe-agent: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -36,6 +58,7 @@ fn main() -> ExitCode {
         }
         Some(cli::Command::Run(args)) => run(&runtime, args),
         None => run(&runtime, cli.run),
+        Some(_) => Ok(()), // offline commands ran above
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -117,6 +117,7 @@ pub struct ContainerRecord<'a> {
     pub syscalls: SyscallsGroup,
     pub tcp: TcpGroup,
     pub requests: RequestsGroup,
+    pub cost: ContainerCost,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +141,26 @@ pub struct HostRecord<'a> {
     pub disk: Vec<DiskRecord>,
     pub tcp: TcpGroup,
     pub requests: RequestsGroup,
+    pub cost: HostCost,
+}
+
+/// The host's cost against its budget (null figures when not configured).
+#[derive(Debug, Serialize)]
+pub struct HostCost {
+    /// The host's monthly price, or its measured use priced per core-hour
+    /// and GiB-hour, projected over a month (730 h).
+    pub projected_usd_month: Option<f64>,
+    pub budget_usd_month: Option<f64>,
+    /// (projected - budget) / budget x 100; negative when under budget.
+    pub over_budget_pct: Option<f64>,
+}
+
+/// A container's share of the cost.
+#[derive(Debug, Serialize)]
+pub struct ContainerCost {
+    /// Its measured CPU and memory priced per core-hour and GiB-hour, or
+    /// its share of the host's price (half by CPU, half by memory).
+    pub projected_usd_month: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -243,6 +264,8 @@ pub struct LostRecord {
     pub tcp_stats_full: u64,
     /// Requests not recorded because TCP_ENDPOINTS was full.
     pub tcp_endpoints_full: u64,
+    /// Rule evaluations skipped: too many (rule, scope) pairs tracked (100000).
+    pub alert_scopes_cut: u64,
 }
 
 /// Appends `record` as one line of JSON to `buf`.

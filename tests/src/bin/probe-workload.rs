@@ -32,7 +32,8 @@ fn main() -> Result<()> {
     }
     let pid = std::process::id();
     if mode == "tcp-server" {
-        return tcp_server(num("--delay-ms", 10)?, num("--response-bytes", 100)?);
+        let delay_file = opt("--delay-file").map(std::path::PathBuf::from);
+        return tcp_server(num("--delay-ms", 10)?, num("--response-bytes", 100)?, delay_file);
     }
     if mode != "loop" && mode != "pingpong" {
         println!("ready {pid}");
@@ -266,7 +267,9 @@ fn main() -> Result<()> {
 /// A line server on 127.0.0.1 (an ephemeral port): every request line is
 /// answered, after `delay_ms`, with `bytes` bytes ending in a newline.
 /// Prints `ready <pid> <port>` and serves until killed.
-fn tcp_server(delay_ms: u64, bytes: u64) -> Result<()> {
+/// With `delay_file`, the delay is read from that file (milliseconds) for
+/// every request, so a test can change it while the server runs.
+fn tcp_server(delay_ms: u64, bytes: u64, delay_file: Option<std::path::PathBuf>) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("ready {} {}", std::process::id(), listener.local_addr()?.port());
     std::io::stdout().flush()?;
@@ -275,6 +278,7 @@ fn tcp_server(delay_ms: u64, bytes: u64) -> Result<()> {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let response = response.clone();
+        let delay_file = delay_file.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(conn);
             loop {
@@ -283,7 +287,11 @@ fn tcp_server(delay_ms: u64, bytes: u64) -> Result<()> {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                let delay = delay_file
+                    .as_ref()
+                    .and_then(|f| std::fs::read_to_string(f).ok()?.trim().parse().ok())
+                    .unwrap_or(delay_ms);
+                std::thread::sleep(std::time::Duration::from_millis(delay));
                 if reader.get_mut().write_all(&response).is_err() {
                     break;
                 }
