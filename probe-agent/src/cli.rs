@@ -39,6 +39,15 @@ pub enum Command {
     },
     /// Print the definition of every KPI the agent emits.
     Kpis,
+    /// A Markdown report of recorded KPI lines: targets against actuals,
+    /// alerts and how long they lasted, top offenders.
+    Report {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// The change of each KPI between two recordings, in numbers and words.
+    Compare { baseline: std::path::PathBuf, current: std::path::PathBuf },
     /// Attach only empty programs to the system-call tracepoints, for the
     /// benchmark's floor measurement, and wait.
     #[command(hide = true)]

@@ -100,6 +100,22 @@ pub fn replay(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// `report FILE`.
+pub fn report(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
+    let cfg = match config {
+        Some(p) => config::load(p)?,
+        None => Config::default(),
+    };
+    print!("{}", crate::report::report(path, &cfg)?);
+    Ok(())
+}
+
+/// `compare BASELINE CURRENT`.
+pub fn compare(baseline: &Path, current: &Path) -> Result<(), CommandError> {
+    print!("{}", crate::report::compare(baseline, current)?);
+    Ok(())
+}
+
 /// `kpis`: every KPI the agent emits, as a Markdown table.
 pub fn print_kpis() -> Result<(), CommandError> {
     const ROWS: &[[&str; 6]] = &[

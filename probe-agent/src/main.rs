@@ -14,6 +14,7 @@ mod names;
 mod probes;
 mod procfs;
 mod records;
+mod report;
 mod rules;
 mod sink;
 mod timefmt;
@@ -34,6 +35,12 @@ fn main() -> ExitCode {
             Some(commands::replay(file, config.as_deref()))
         }
         Some(cli::Command::Kpis) => Some(commands::print_kpis()),
+        Some(cli::Command::Report { file, config }) => {
+            Some(commands::report(file, config.as_deref()))
+        }
+        Some(cli::Command::Compare { baseline, current }) => {
+            Some(commands::compare(baseline, current))
+        }
         _ => None,
     };
     if let Some(result) = offline {

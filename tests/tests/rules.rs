@@ -208,6 +208,20 @@ fn replay_raises_the_alerts_of_recorded_lines() {
         "average request latency 620 ms on port 8080 (api) is above 500 ms: investigate now"
     );
 
+    let report = Command::new(agent_bin()).arg("report").arg(&file).output().unwrap();
+    let md = String::from_utf8(report.stdout).unwrap();
+    assert!(
+        report.status.success()
+            && md.contains("# probe KPI report")
+            && md.contains("| investigate |"),
+        "{md}"
+    );
+    let cmp = Command::new(agent_bin()).arg("compare").arg(&file).arg(&file).output().unwrap();
+    let md = String::from_utf8(cmp.stdout).unwrap();
+    assert!(cmp.status.success() && md.contains("was unchanged (570 ms)"), "{md}");
+    let kpis = Command::new(agent_bin()).arg("kpis").output().unwrap();
+    assert!(String::from_utf8(kpis.stdout).unwrap().contains("`requests.latency_ms`"));
+
     std::fs::write(&file, "{not json\n").unwrap();
     let out = Command::new(agent_bin()).arg("replay").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
