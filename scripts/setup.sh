@@ -10,7 +10,7 @@ log() { echo "setup: $*" >&2; }
 # bpftrace: the benchmark's comparison tracer; nginx and wrk: its real
 # server and load generator. bpftool: inspection. util-linux: setpriv and
 # taskset for the tests and the benchmark.
-want_pkgs=(bpftrace bpftool stress-ng iproute2 procps util-linux curl pkg-config build-essential nginx wrk)
+want_pkgs=(bpftrace bpftool stress-ng iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -47,6 +47,11 @@ fi
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
   log "adding rust-src to nightly (needed for -Z build-std=core)"
   rustup component add rust-src --toolchain nightly
+fi
+
+if ! rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu'; then
+  log "adding the aarch64 target (arm64 cross-build and emulated tests)"
+  rustup target add aarch64-unknown-linux-gnu
 fi
 
 # --- bpf-linker, built against the nightly's own LLVM ----------------------

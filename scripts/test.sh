@@ -17,5 +17,12 @@ out=$(PROBE_EBPF_STUB=1 cargo run --quiet --target-dir target/stub -p probe-agen
   echo "the stub agent should refuse to run"; exit 1; }
 case "$out" in *"built without its eBPF object"*) ;; *) echo "unclear stub error: $out"; exit 1;; esac
 
+echo "== arm64: cross-build the agent, run the pure tests under qemu"
+cargo build --quiet --target aarch64-unknown-linux-gnu -p probe-agent
+cargo test --quiet --target aarch64-unknown-linux-gnu -p probe-common -p probe-agent
+
 echo "== all tests (integration tests load the real programs, one at a time)"
 cargo test -- --test-threads=1
+
+echo "== deployment files"
+bash scripts/check-packaging.sh

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::BytesMut;
-use log::{info, warn};
+use log::{debug, error, info, warn};
 use probe_common::{
     cpu::{COUNTERS as CPU_COUNTERS, Counter as CpuCounter},
     syscalls::{COUNTERS, Counter, SyscallKey},
@@ -23,6 +23,7 @@ use crate::{
         syscalls::{self, CallStats, ProcessCalls, Snapshot},
         tcp::{self, Endpoint, Requests, TcpStats},
     },
+    caps,
     cli::RunConfig,
     containers::{self, Cgroups, Container},
     cost, disk, names,
@@ -32,9 +33,9 @@ use crate::{
     },
     procfs,
     records::{
-        AgentRecord, ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord, Header,
-        HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory, ProcessRecord,
-        ProgramRecord, StatusRecord, SyscallRecord, VERSION, encode,
+        AgentRecord, ConfigState, ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord,
+        Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory,
+        ProcessRecord, ProgramRecord, StatusRecord, SyscallRecord, VERSION, encode,
     },
     rules::Engine,
     sink::{SinkError, write_stdout},
@@ -73,6 +74,8 @@ struct Agent {
     cpus: u32,
     rules: Engine,
     prev_rules_cut: u64,
+    caps_after_attach: u64,
+    config_state: ConfigState,
     prev_cpu_ns: u64,
     /// The open BPF run-time statistics window, and the last closed one.
     stats_window: Option<StatsWindow>,
@@ -91,7 +94,15 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
 
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let probes = Probes::start()?;
+    // Everything is loaded and attached: keep only what is still needed.
+    let keep = caps::needed_after_attach(!cfg.bpf_stats_window.is_zero());
+    let remaining = caps::drop_all_but(&keep).unwrap_or_else(|err| {
+        warn!("could not drop capabilities: {err}");
+        u64::MAX
+    });
+    debug!("capabilities after attach: {:?}", caps::names(remaining));
     let host = cfg.host.clone().unwrap_or_else(procfs::hostname);
     let start = Instant::now();
     let mut agent = Agent {
@@ -103,6 +114,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         cgroups: Cgroups::detect(),
         rules: Engine::new(&cfg.config),
         prev_rules_cut: 0,
+        caps_after_attach: remaining,
+        config_state: ConfigState {
+            path: cfg.config_path.as_ref().map(|p| p.display().to_string()),
+            ..ConfigState::default()
+        },
         cpus: procfs::cpus(),
         stats_window: None,
         stats_sample: None,
@@ -138,6 +154,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             }
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
+            _ = sighup.recv() => {
+                agent.reload();
+                continue;
+            }
         };
         match agent.interval() {
             Err(AgentError::Sink(SinkError::Closed)) => return Ok(()),
@@ -157,8 +177,29 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
 }
 
 impl Agent {
-    fn status(&self) -> Result<(), AgentError> {
-        let ts = rfc3339_millis(SystemTime::now());
+    /// SIGHUP: read the configuration file again; a bad one keeps the
+    /// current configuration running and says why.
+    fn reload(&mut self) {
+        let Some(path) = self.cfg.config_path.clone() else {
+            info!("SIGHUP: no --config file; the built-in defaults stay");
+            return;
+        };
+        match crate::config::load(&path) {
+            Ok(config) => {
+                self.rules = Engine::new(&config);
+                self.cfg.config = config;
+                self.config_state.reloads += 1;
+                self.config_state.last_error = None;
+                info!("configuration reloaded from {}", path.display());
+            }
+            Err(err) => {
+                error!("keeping the current configuration: {err}");
+                self.config_state.last_error = Some(err.to_string());
+            }
+        }
+    }
+
+    fn kpis(&self) -> BTreeMap<&'static str, KpiStatus> {
         let mut kpis = BTreeMap::new();
         for family in [probe::SYSCALLS, probe::CPU, probe::RUNQ, probe::TCP] {
             let reason = self.probes.unavailable(family).map(str::to_string);
@@ -168,6 +209,12 @@ impl Agent {
         let reason = (!memory).then(|| "/proc/meminfo unreadable".to_string());
         kpis.insert("memory", KpiStatus { available: memory, reason });
         kpis.insert("disk", KpiStatus { available: true, reason: None });
+        kpis
+    }
+
+    fn status(&self) -> Result<(), AgentError> {
+        let ts = rfc3339_millis(SystemTime::now());
+        let kpis = self.kpis();
         let rec = StatusRecord {
             header: Header {
                 v: VERSION,
@@ -180,6 +227,8 @@ impl Agent {
             pid: std::process::id(),
             kpis,
             programs: self.probes.attached().to_vec(),
+            capabilities: caps::names(self.caps_after_attach),
+            no_new_privs: procfs::no_new_privs(),
         };
         let mut buf = BytesMut::new();
         encode(&mut buf, &rec)?;
@@ -600,6 +649,8 @@ impl Agent {
             header,
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
+            kpis: self.kpis(),
+            config: self.config_state.clone(),
             cpu_pct,
             rss_bytes: procfs::self_rss_bytes(),
             bpf_stats_window_s: window_s,

@@ -102,6 +102,7 @@ pub struct RunConfig {
     pub top: usize,
     pub host: Option<String>,
     pub config: crate::config::Config,
+    pub config_path: Option<std::path::PathBuf>,
     /// Window of each interval with BPF run-time statistics on (zero: off).
     pub bpf_stats_window: Duration,
 }
@@ -163,6 +164,7 @@ impl RunArgs {
             top: self.top,
             host: self.host,
             config,
+            config_path: self.config,
             bpf_stats_window: self.interval * u32::from(self.bpf_stats_pct) / 100,
         })
     }

@@ -4,6 +4,7 @@
 mod agent;
 mod aggregate;
 mod btf;
+mod caps;
 mod cli;
 mod commands;
 mod config;

@@ -90,6 +90,13 @@ pub fn rss_bytes(tgid: u32) -> Option<u64> {
     Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * page)
 }
 
+/// Whether no_new_privs is set on this process.
+pub fn no_new_privs() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines().any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
+    })
+}
+
 /// Online CPUs.
 pub fn cpus() -> u32 {
     (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as u32

@@ -181,9 +181,13 @@ pub struct StatusRecord<'a> {
     /// Per KPI family: whether it runs, and why not.
     pub kpis: BTreeMap<&'static str, KpiStatus>,
     pub programs: Vec<&'static str>,
+    /// Effective capabilities left after attaching (all others dropped).
+    pub capabilities: Vec<String>,
+    /// Whether no_new_privs is set.
+    pub no_new_privs: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct KpiStatus {
     pub available: bool,
     pub reason: Option<String>,
@@ -196,6 +200,10 @@ pub struct AgentRecord<'a> {
     pub header: Header<'a>,
     pub version: &'static str,
     pub pid: u32,
+    /// Per KPI family: whether it runs, and why not (as in `status`).
+    pub kpis: BTreeMap<&'static str, KpiStatus>,
+    /// The configuration in force: its file, reloads (SIGHUP), last error.
+    pub config: ConfigState,
     /// The agent process's CPU (user + system) in percent of one core.
     pub cpu_pct: f64,
     pub rss_bytes: u64,
@@ -217,6 +225,16 @@ pub struct AgentRecord<'a> {
     pub processes_cut_by_top: u64,
     /// Map entries of exited processes freed this interval.
     pub entries_reclaimed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConfigState {
+    /// The file given with --config (null: the built-in defaults).
+    pub path: Option<String>,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Why the last reload was refused (the previous configuration stays).
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

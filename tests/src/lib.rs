@@ -150,6 +150,11 @@ impl Agent {
         }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGINT (the agent writes a final partial interval), waits for
     /// it to exit, and returns every record it wrote.
     pub fn stop(mut self) -> Result<Vec<Value>> {

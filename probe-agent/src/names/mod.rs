@@ -11,7 +11,9 @@ mod generated;
 pub fn syscall(nr: u16) -> Cow<'static, str> {
     #[cfg(target_arch = "x86_64")]
     let table: &[&str] = &generated::SYSCALLS_X86_64;
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    let table: &[&str] = &generated::SYSCALLS_AARCH64;
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let table: &[&str] = &[];
     match table.get(nr as usize) {
         Some(name) if !name.is_empty() => Cow::Borrowed(name),
@@ -52,6 +54,16 @@ mod tests {
         assert_eq!(syscall(257), "openat");
         assert_eq!(syscall(230), "clock_nanosleep");
         assert_eq!(syscall(1000), "syscall_1000");
+    }
+
+    #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn aarch64_numbers() {
+        assert_eq!(syscall(63), "read");
+        assert_eq!(syscall(56), "openat");
+        assert_eq!(syscall(173), "getppid");
+        assert_eq!(syscall(115), "clock_nanosleep");
+        assert_eq!(syscall(79), "newfstatat");
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! Least privilege: after the programs are loaded and attached, the agent
+//! drops every capability it no longer needs and sets no_new_privs. Reading
+//! maps needs only their file descriptors, which it already holds.
+
+use std::io;
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+#[repr(C)]
+struct Header {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const VERSION_3: u32 = 0x2008_0522; // _LINUX_CAPABILITY_VERSION_3
+
+fn get() -> io::Result<[Data; 2]> {
+    let mut h = Header { version: VERSION_3, pid: 0 };
+    let mut d = [Data::default(); 2];
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(d)
+}
+
+/// Whether capability `cap` is in the effective set.
+pub fn has(cap: u32) -> bool {
+    get().is_ok_and(|d| d[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+}
+
+/// Keeps only `keep` (those of it the process has), in the effective,
+/// permitted and inheritable sets, clears the ambient set and the bounding
+/// set as far as allowed, and sets no_new_privs. Returns the effective set
+/// that remains, as a 64-bit mask.
+pub fn drop_all_but(keep: &[u32]) -> io::Result<u64> {
+    let cur = get()?;
+    let mut mask = [0u32; 2];
+    for &c in keep {
+        mask[(c / 32) as usize] |= 1 << (c % 32);
+    }
+    let mut d = [Data::default(); 2];
+    for i in 0..2 {
+        let m = mask[i] & cur[i].permitted;
+        d[i] = Data { effective: m, permitted: m, inheritable: 0 };
+    }
+    unsafe {
+        // Ambient and bounding sets first (dropping the bounding set needs
+        // CAP_SETPCAP, which may already be gone: best effort).
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        for cap in 0..64u32 {
+            if !keep.contains(&cap) {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            }
+        }
+    }
+    let mut h = Header { version: VERSION_3, pid: 0 };
+    if unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(d[0].effective) | u64::from(d[1].effective) << 32)
+}
+
+/// What the agent keeps after attaching: nothing, or CAP_SYS_ADMIN when it
+/// has it and samples BPF run-time statistics (BPF_ENABLE_STATS requires it).
+pub fn needed_after_attach(bpf_stats: bool) -> Vec<u32> {
+    if bpf_stats && has(CAP_SYS_ADMIN) { vec![CAP_SYS_ADMIN] } else { Vec::new() }
+}
+
+/// Capability names of a mask, for the status record.
+pub fn names(mask: u64) -> Vec<String> {
+    const NAMES: [&str; 41] = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+    (0..64)
+        .filter(|b| mask & (1 << b) != 0)
+        .map(|b| NAMES.get(b).map_or(format!("cap_{b}"), |n| n.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_masks() {
+        assert_eq!(names(0), Vec::<String>::new());
+        assert_eq!(names(1 << 21 | 1 << 39), ["CAP_SYS_ADMIN", "CAP_BPF"]);
+    }
+}

@@ -1,0 +1,180 @@
+//! The agent's process lifecycle and privileges: it runs with only CAP_BPF
+//! and CAP_PERFMON, drops its capabilities after attaching, leaves nothing
+//! in the kernel after SIGTERM, and reloads its configuration on SIGHUP
+//! (keeping the old one when the new one is bad).
+
+use std::{
+    collections::HashSet,
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use probe_tests::{Agent, Workload, agent_bin, of, parse_record, require_bpf, syscall_total};
+use serde_json::Value;
+
+/// Our program names (bpftool shows the full names, from BTF).
+const PROGRAMS: [&str; 15] = [
+    "sys_enter",
+    "sys_exit",
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_process_exec",
+    "sched_process_exit",
+    "inet_sock_set_state",
+    "sock_send_length",
+    "sock_recv_length",
+    "tcp_probe",
+    "tcp_retransmit_skb",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "tcp_destroy_sock",
+];
+
+/// Ids of loaded BPF programs with one of our names.
+fn our_programs() -> HashSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| PROGRAMS.contains(&n)))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn sigterm_flushes_and_detaches_everything() {
+    require_bpf!();
+    let before = our_programs();
+    let mut w =
+        Workload::start(&["calls", "--name", "pw-term", "--ok", "300", "--fail", "30"]).unwrap();
+    let mut child = Command::new(agent_bin())
+        .args(["run", "--interval", "60s", "--pid", &w.pid.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let status = parse_record(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(status["type"], "status");
+    let loaded: HashSet<u64> = our_programs().difference(&before).copied().collect();
+    assert_eq!(loaded.len(), PROGRAMS.len(), "the agent's programs are loaded: {loaded:?}");
+    w.go().unwrap();
+    let truth = w.finish().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
+    assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
+    // The final, partial interval was written.
+    assert_eq!(
+        syscall_total(&records, w.pid, "openat", "count"),
+        truth["openat"].as_u64().unwrap()
+    );
+    assert!(records.iter().any(|r| r["type"] == "agent"));
+    std::thread::sleep(Duration::from_millis(300));
+    let left: HashSet<u64> = our_programs().intersection(&loaded).copied().collect();
+    assert!(left.is_empty(), "programs left in the kernel after SIGTERM: {left:?}");
+}
+
+#[test]
+fn runs_with_only_bpf_and_perfmon_and_drops_them_after_attach() {
+    require_bpf!();
+    // tracefs must already be mounted: without CAP_SYS_ADMIN the agent cannot mount it.
+    let _ =
+        Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).output();
+    let mut w =
+        Workload::start(&["calls", "--name", "pw-lp", "--ok", "200", "--fail", "20"]).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all,+bpf,+perfmon"])
+        .arg(agent_bin())
+        .args(["run", "--interval", "60s", "--pid", &w.pid.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let agent_pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let status = parse_record(&lines.next().expect("a status record").unwrap()).unwrap();
+    assert_eq!(status["type"], "status");
+    for kpi in ["syscalls", "cpu", "runq_latency", "tcp"] {
+        assert_eq!(status["kpis"][kpi]["available"], true, "{kpi}: {}", status["kpis"][kpi]);
+    }
+    // After attaching: no capability left, and no_new_privs.
+    assert_eq!(status["capabilities"], serde_json::json!([]), "{status}");
+    assert_eq!(status["no_new_privs"], true);
+    let proc_status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
+    let field = |k: &str| {
+        proc_status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    // ... and it keeps measuring with the file descriptors it holds.
+    w.go().unwrap();
+    let truth = w.finish().unwrap();
+    unsafe { libc::kill(agent_pid as i32, libc::SIGINT) };
+    let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        syscall_total(&records, w.pid, "openat", "count"),
+        truth["openat"].as_u64().unwrap()
+    );
+    assert_eq!(syscall_total(&records, w.pid, "openat", "errors"), 20);
+    assert!(of(&records, "process", w.pid).next().unwrap()["cpu"]["cores"].is_number());
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
+    require_bpf!();
+    let dir = std::env::temp_dir().join(format!("probe-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("probe.toml");
+    let default = String::from_utf8(
+        Command::new(agent_bin()).args(["config", "--default"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    std::fs::write(&path, &default).unwrap();
+    let mut agent =
+        Agent::start(&["--interval", "1s", "--config", path.to_str().unwrap(), "--top", "1"])
+            .unwrap();
+    let pid = agent.pid();
+
+    std::fs::write(&path, "profile = \"none\"\n[alerts\n").unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let rec = agent
+        .wait_for(
+            |r| r["type"] == "agent" && !r["config"]["last_error"].is_null(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(rec["config"]["reloads"], 0, "the bad file was refused");
+
+    // A host CPU rule that any activity crosses, firing at once.
+    let hot = default.replace("hold_intervals = 2", "hold_intervals = 1").replace(
+        "scopes = [\"host\", \"container\"]\ninvestigate = 80.0\nescalate = 95.0",
+        "scopes = [\"host\"]\ninvestigate = 0.0\nescalate = 1000.0",
+    );
+    assert_ne!(hot, default);
+    std::fs::write(&path, hot).unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let rec = agent
+        .wait_for(|r| r["type"] == "agent" && r["config"]["reloads"] == 1, Duration::from_secs(5))
+        .unwrap();
+    assert!(rec["config"]["last_error"].is_null());
+    // The new rule fires in the interval that reported the reload (alerts
+    // come before the agent record) or the next.
+    let fired =
+        |r: &Value| r["type"] == "alert" && r["rule"] == "cpu" && r["level"] == "investigate";
+    if !agent.records.iter().any(fired) {
+        agent.wait_for(fired, Duration::from_secs(5)).unwrap();
+    }
+    agent.stop().unwrap();
+}
