@@ -186,7 +186,7 @@ impl Agent {
         };
         match crate::config::load(&path) {
             Ok(config) => {
-                self.rules = Engine::new(&config);
+                self.rules.reconfigure(&config);
                 self.cfg.config = config;
                 self.config_state.reloads += 1;
                 self.config_state.last_error = None;
@@ -233,6 +233,10 @@ impl Agent {
         let mut buf = BytesMut::new();
         encode(&mut buf, &rec)?;
         write_stdout(&buf)?;
+        drop(buf);
+        // A busy interval (thousands of processes) allocates a lot for a
+        // moment; give it back rather than let the allocator keep the peak.
+        unsafe { libc::malloc_trim(0) };
         Ok(())
     }
 
@@ -294,6 +298,7 @@ impl Agent {
         let cpu_counters = self.probes.cpu.counters()?;
         let (host_calls, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
         let mut cpu = cpu::interval(&self.prev_cpu, &cpu_cur);
+        let span_ns = cpu.span_ns;
         let tcp_cur = self.probes.tcp.read()?;
         let tcp_counters = self.probes.tcp.counters()?;
         let tcp = tcp::interval(&self.prev_tcp, &tcp_cur);
@@ -382,14 +387,14 @@ impl Agent {
                 }
             },
         );
-        let host_cores = cpu.host_run_ns as f64 / (interval_s.max(1e-3) * 1e9);
+        let host_cores = cpu.host_run_ns as f64 / (span_ns.max(1) as f64);
         let host_mem = memory.used_bytes as f64;
         let host_cost = cost::host(&self.cfg.config.cost, host_cores, host_mem);
         let host = HostRecord {
             header: header.with("host"),
             syscalls: host_calls.group(interval_s),
             cpus,
-            cpu: CpuGroup::new(cpu.host_run_ns, &cpu.host_runq, interval_s, cpus),
+            cpu: CpuGroup::new(cpu.host_run_ns, &cpu.host_runq, span_ns, cpus),
             memory,
             disk: disk::disks(),
             tcp: host_tcp.group(),
@@ -400,7 +405,7 @@ impl Agent {
         for (id, c) in &containers {
             let (used, limit) =
                 self.cgroups.memory(&c.path).map_or((None, None), |(u, l)| (Some(u), l));
-            let cores = c.run_ns as f64 / (interval_s.max(1e-3) * 1e9);
+            let cores = c.run_ns as f64 / (span_ns.max(1) as f64);
             let mem = used.unwrap_or(0) as f64;
             let share = cost::container(&self.cfg.config.cost, cores, mem, host_cores, host_mem);
             let rec = ContainerRecord {
@@ -409,7 +414,7 @@ impl Agent {
                 runtime: c.container.runtime,
                 cgroup: &c.path,
                 pod_uid: c.container.pod_uid.as_deref(),
-                cpu: CpuGroup::new(c.run_ns, &c.runq, interval_s, cpus),
+                cpu: CpuGroup::new(c.run_ns, &c.runq, span_ns, cpus),
                 memory: ContainerMemory {
                     used_bytes: used,
                     limit_bytes: limit,
@@ -432,7 +437,7 @@ impl Agent {
                 cgroup_id: v.cgroup.as_ref().map(|c| c.0),
                 container_id,
                 syscalls: v.calls.total.group(interval_s),
-                cpu: CpuGroup::new(v.cpu.run_ns, &v.cpu.runq, interval_s, cpus),
+                cpu: CpuGroup::new(v.cpu.run_ns, &v.cpu.runq, span_ns, cpus),
                 memory: ProcessMemory { rss_bytes: procfs::rss_bytes(tgid) },
                 tcp: v.tcp.group(),
                 requests: v.requests.group(interval_s),
@@ -497,8 +502,12 @@ impl Agent {
         fill.extend(self.probes.cpu.fill(&cpu_cur));
         fill.extend(self.probes.tcp.fill(&tcp_cur));
         // Rules run over this interval's records, as a replay would.
-        let records: Vec<serde_json::Value> =
-            buf[..].split(|&b| b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect();
+        // Syscall records (the most numerous) carry no rule's KPI: skip them.
+        let records: Vec<serde_json::Value> = buf[..]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.starts_with(br#"{"v":1,"type":"syscall""#))
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
         let now_s = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -526,6 +535,10 @@ impl Agent {
         self.prev_tcp = tcp_cur;
         self.prev_tcp_counters = tcp_counters;
         write_stdout(&buf)?;
+        drop(buf);
+        // A busy interval (thousands of processes) allocates a lot for a
+        // moment; give it back rather than let the allocator keep the peak.
+        unsafe { libc::malloc_trim(0) };
         Ok(())
     }
 

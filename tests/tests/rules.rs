@@ -237,3 +237,276 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Alerts of `rule` in order, as (level, message).
+fn alerts_of(records: &[Value], rule: &str) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "alert" && r["rule"] == rule && r["repeat"] == false)
+        .map(|r| {
+            (r["level"].as_str().unwrap().to_string(), r["message"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// The rule fired (investigate or escalate) and later resolved (ok).
+fn fired_and_resolved(records: &[Value], rule: &str) -> (String, String) {
+    let a = alerts_of(records, rule);
+    let fired = a
+        .iter()
+        .position(|(l, _)| l != "ok")
+        .unwrap_or_else(|| panic!("{rule} never fired: {a:?}"));
+    let resolved = a
+        .iter()
+        .rposition(|(l, _)| l == "ok")
+        .unwrap_or_else(|| panic!("{rule} never resolved: {a:?}"));
+    assert!(fired < resolved, "{rule}: {a:?}");
+    eprintln!("{rule}: {} / {}", a[fired].1, a[resolved].1);
+    (a[fired].1.clone(), a[resolved].1.clone())
+}
+
+#[test]
+fn request_and_connect_errors_fire_and_resolve() {
+    require_bpf!();
+    let dir = tempdir();
+    let config = fast_config(&dir);
+    let server = Workload::start(&["tcp-server", "--name", "pw-shop", "--delay-ms", "30"]).unwrap();
+    let port = server.ready[0].clone();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut agent = Agent::start(&[
+        "--interval",
+        "1s",
+        "--config",
+        config.to_str().unwrap(),
+        "--pid",
+        &server.pid.to_string(),
+    ])
+    .unwrap();
+    let mut good =
+        Workload::start(&["tcp-client", "--port", &port, "--requests", "100000", "--keepalive"])
+            .unwrap();
+    good.go().unwrap();
+    // Four seconds of trouble: requests reset mid-way, connects refused.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        let mut rst = Workload::start(&["tcp-reset", "--port", &port, "--after-ms", "10"]).unwrap();
+        rst.go().unwrap();
+        rst.finish().unwrap();
+        let mut refused =
+            Workload::start(&["tcp-refused", "--port", &closed, "--count", "3"]).unwrap();
+        refused.go().unwrap();
+        refused.finish().unwrap();
+    }
+    // Then only good traffic, until both alerts resolve.
+    let resolved = |rule: &'static str| {
+        move |r: &Value| r["type"] == "alert" && r["rule"] == rule && r["level"] == "ok"
+    };
+    let _ = agent.wait_for(resolved("request-errors"), Duration::from_secs(15));
+    let _ = agent.wait_for(resolved("connect-errors"), Duration::from_secs(15));
+    drop(good);
+    let records = agent.stop().unwrap();
+    let (fired, _) = fired_and_resolved(&records, "request-errors");
+    assert!(
+        fired.starts_with("request error rate ")
+            && (fired.ends_with(": investigate") || fired.ends_with(": escalate")),
+        "{fired}"
+    );
+    let (fired, _) = fired_and_resolved(&records, "connect-errors");
+    assert!(fired.starts_with("connect error rate ") && fired.contains("on host"), "{fired}");
+}
+
+/// A container cgroup with a memory limit, in every hierarchy that can hold it.
+fn limited_container(rel: &str, limit: u64) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut dirs = Vec::new();
+    if root.join("cgroup.controllers").exists() {
+        let parent = root.join(rel).parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&parent).unwrap();
+        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
+        let d = root.join(rel);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("memory.max"), limit.to_string()).unwrap();
+        dirs.push(d);
+    } else {
+        let d = root.join("unified").join(rel);
+        std::fs::create_dir_all(&d).unwrap();
+        dirs.push(d);
+        let m = root.join("memory").join(rel);
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        dirs.push(m);
+    }
+    dirs
+}
+
+#[test]
+fn container_memory_near_its_limit_fires_and_resolves() {
+    require_bpf!();
+    let dir = tempdir();
+    let config = fast_config(&dir);
+    let id = "feedfacecafebeef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let rel = format!("probe-test-mem.slice/docker-{id}.scope");
+    let dirs = limited_container(&rel, 128 << 20);
+    let mut w = Workload::start(&[
+        "alloc",
+        "--name",
+        "pw-mem",
+        "--mib",
+        "112",
+        "--hold-ms",
+        "4000",
+        "--then-free-ms",
+        "5000",
+    ])
+    .unwrap();
+    for d in &dirs {
+        std::fs::write(d.join("cgroup.procs"), w.pid.to_string()).unwrap();
+    }
+    let mut agent = Agent::start(&[
+        "--interval",
+        "1s",
+        "--config",
+        config.to_str().unwrap(),
+        "--pid",
+        &w.pid.to_string(),
+    ])
+    .unwrap();
+    w.go().unwrap();
+    let _ = agent.wait_for(
+        |r| r["type"] == "alert" && r["rule"] == "memory" && r["level"] == "ok",
+        Duration::from_secs(15),
+    );
+    w.finish().unwrap();
+    let records = agent.stop().unwrap();
+    for d in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+        let _ = std::fs::remove_dir(d.parent().unwrap());
+    }
+    let (fired, resolved) = fired_and_resolved(&records, "memory");
+    assert!(
+        fired.starts_with("memory utilization ")
+            && fired.contains(&format!("in container {}", &id[..12])),
+        "{fired}"
+    );
+    assert!(fired.ends_with("optimize or scale") || fired.ends_with("escalate"), "{fired}");
+    assert!(resolved.ends_with("resolved"));
+    let c = records.iter().find(|r| r["type"] == "container" && r["container_id"] == id).unwrap();
+    assert_eq!(c["memory"]["limit_bytes"], 128u64 << 20);
+}
+
+#[test]
+fn a_filling_disk_fires_and_resolves() {
+    require_bpf!();
+    let dir = tempdir();
+    let config = fast_config(&dir);
+    let image = dir.join("disk.img");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("truncate").args(["-s", "64M"]).arg(&image));
+    ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+    ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mnt));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let mut agent =
+        Agent::start(&["--interval", "1s", "--config", config.to_str().unwrap(), "--top", "1"])
+            .unwrap();
+    // Fill it past 95%, hold, then empty it.
+    // Fill all but 256 KiB of what is available: above 95%.
+    let path = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    let avail = st.f_bavail as u64 * st.f_frsize as u64;
+    let fill = mnt.join("fill");
+    ok(Command::new("fallocate").args(["-l", &(avail - (256 << 10)).to_string()]).arg(&fill));
+    let mount = mnt.to_str().unwrap().to_string();
+    let m2 = mount.clone();
+    agent
+        .wait_for(
+            move |r| {
+                r["type"] == "alert"
+                    && r["rule"] == "disk"
+                    && r["mount"] == m2.as_str()
+                    && r["level"] != "ok"
+            },
+            Duration::from_secs(10),
+        )
+        .expect("the disk alert fires");
+    std::fs::remove_file(&fill).unwrap();
+    let m3 = mount.clone();
+    agent
+        .wait_for(
+            move |r| {
+                r["type"] == "alert"
+                    && r["rule"] == "disk"
+                    && r["mount"] == m3.as_str()
+                    && r["level"] == "ok"
+            },
+            Duration::from_secs(10),
+        )
+        .expect("the disk alert resolves");
+    let records = agent.stop().unwrap();
+    let (fired, _) = fired_and_resolved(&records, "disk");
+    assert!(
+        fired.starts_with("disk utilization ") && fired.contains(&format!("on {mount} of host")),
+        "{fired}"
+    );
+}
+
+#[test]
+fn cost_over_budget_fires_and_resolves_when_the_budget_grows() {
+    require_bpf!();
+    let dir = tempdir();
+    let config = fast_config(&dir);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("host_usd_month = 0.0", "host_usd_month = 150.0")
+            .replace("budget_usd_month = 0.0", "budget_usd_month = 100.0"),
+    )
+    .unwrap();
+    let mut agent =
+        Agent::start(&["--interval", "1s", "--config", config.to_str().unwrap(), "--top", "1"])
+            .unwrap();
+    let fired = agent
+        .wait_for(
+            |r| r["type"] == "alert" && r["rule"] == "cost" && r["level"] == "escalate",
+            Duration::from_secs(10),
+        )
+        .expect("50% over budget escalates");
+    let host = agent.records.iter().find(|r| r["type"] == "host").unwrap().clone();
+    assert_eq!(host["cost"]["projected_usd_month"], 150.0);
+    assert_eq!(host["cost"]["over_budget_pct"], 50.0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("budget_usd_month = 100.0", "budget_usd_month = 200.0"))
+        .unwrap();
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    // The rule keeps its level across the reload, so it resolves.
+    let resolved = agent
+        .wait_for(
+            |r| r["type"] == "alert" && r["rule"] == "cost" && r["level"] == "ok",
+            Duration::from_secs(10),
+        )
+        .expect("under budget resolves");
+    assert!(resolved["message"].as_str().unwrap().ends_with("resolved"));
+    let host = agent.records.iter().rev().find(|r| r["type"] == "host").unwrap();
+    assert_eq!(host["cost"]["budget_usd_month"], 200.0);
+    assert_eq!(host["cost"]["over_budget_pct"], -25.0);
+    agent.stop().unwrap();
+    let msg = fired["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("projected cost over budget 50.0% on host")
+            && msg.ends_with("escalate to management"),
+        "{msg}"
+    );
+}

@@ -23,6 +23,9 @@ pub struct ProcCpu {
 /// One interval of CPU use.
 #[derive(Clone, Debug, Default)]
 pub struct CpuInterval {
+    /// Time between the two reads, on the clock the kernel used (ns): the
+    /// denominator of every CPU figure, so busy time and span agree.
+    pub span_ns: u64,
     pub procs: HashMap<u32, ProcCpu>,
     pub host_run_ns: u64,
     pub host_runq: Latency,
@@ -63,7 +66,8 @@ pub fn interval(prev: &CpuSnapshot, cur: &CpuSnapshot) -> CpuInterval {
         *run.entry(tgid).or_default() -= i128::from(ns);
     }
 
-    let mut out = CpuInterval::default();
+    let mut out =
+        CpuInterval { span_ns: cur.at_ns.saturating_sub(prev.at_ns), ..CpuInterval::default() };
     for (tgid, ns) in run {
         let ns = ns.max(0) as u64;
         out.host_run_ns += ns;
@@ -98,8 +102,11 @@ pub struct CpuGroup {
 }
 
 impl CpuGroup {
-    pub fn new(run_ns: u64, runq: &Latency, interval_s: f64, cpus: u32) -> Self {
-        let cores = if interval_s > 0.0 { run_ns as f64 / (interval_s * 1e9) } else { 0.0 };
+    /// `run_ns` of CPU time over `span_ns`; at most `cpus` cores (a read
+    /// racing a switch can count a few microseconds twice).
+    pub fn new(run_ns: u64, runq: &Latency, span_ns: u64, cpus: u32) -> Self {
+        let cores = if span_ns > 0 { run_ns as f64 / span_ns as f64 } else { 0.0 };
+        let cores = cores.min(f64::from(cpus.max(1)));
         CpuGroup {
             cores: round(cores, 3),
             utilization_pct: round(cores * 100.0 / f64::from(cpus.max(1)), 2),
@@ -172,7 +179,7 @@ mod tests {
         );
         let d = interval(&s0, &s1);
         assert_eq!(d.procs[&3].runq.count, 3);
-        let g = CpuGroup::new(d.procs[&3].run_ns, &d.procs[&3].runq, 1.0, 2);
+        let g = CpuGroup::new(d.procs[&3].run_ns, &d.procs[&3].runq, d.span_ns, 2);
         assert_eq!((g.cores, g.utilization_pct), (0.5, 25.0));
         assert_eq!(g.runq_latency_ms.unwrap().avg, 2.0);
     }

@@ -23,7 +23,8 @@ const MAX_STATES: usize = 100_000;
 pub struct Engine {
     rules: Vec<Rule>,
     settings: AlertSettings,
-    states: HashMap<(usize, String), Lifecycle>,
+    /// (rule name, scope) -> its lifecycle.
+    states: HashMap<(String, String), Lifecycle>,
     /// Evaluations skipped because `MAX_STATES` was reached (cumulative).
     pub cut: u64,
 }
@@ -46,18 +47,28 @@ impl Engine {
         }
     }
 
+    /// A new configuration (SIGHUP): rules that stay keep their levels, so
+    /// a raised alert is resolved (or repeated) under the new thresholds
+    /// rather than forgotten.
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        let fresh = Engine::new(cfg);
+        self.states.retain(|(rule, _), _| fresh.rules.iter().any(|r| &r.name == rule));
+        self.rules = fresh.rules;
+        self.settings = fresh.settings;
+    }
+
     /// Evaluates one interval's records (observed at `now_s`, seconds since
     /// the epoch); returns the alert records to write.
     pub fn evaluate(&mut self, records: &[Value], now_s: f64) -> Vec<Value> {
         let mut alerts = Vec::new();
-        for (ri, rule) in self.rules.iter().enumerate() {
+        for rule in &self.rules {
             for rec in records {
                 let Some(kind) = rec["type"].as_str() else { continue };
                 if !rule.scopes.iter().any(|s| s == kind) {
                     continue;
                 }
                 for obs in observations(rec, kind, &rule.kpi) {
-                    let state_key = (ri, format!("{}/{}", obs.scope, obs.key));
+                    let state_key = (rule.name.clone(), format!("{}/{}", obs.scope, obs.key));
                     if !self.states.contains_key(&state_key) && self.states.len() >= MAX_STATES {
                         self.cut += 1;
                         continue;

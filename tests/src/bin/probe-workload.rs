@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         let delay_file = opt("--delay-file").map(std::path::PathBuf::from);
         return tcp_server(num("--delay-ms", 10)?, num("--response-bytes", 100)?, delay_file);
     }
-    if mode != "loop" && mode != "pingpong" {
+    if !["loop", "pingpong", "storm"].contains(&mode.as_str()) {
         println!("ready {pid}");
         std::io::stdout().flush()?;
         let mut line = String::new();
@@ -163,9 +163,22 @@ fn main() -> Result<()> {
             std::hint::black_box(&v);
             println!("{}", serde_json::json!({"pid": pid, "touched_bytes": v.len()}));
             std::io::stdout().flush()?;
-            std::thread::sleep(std::time::Duration::from_millis(hold));
+            // Hold it, waking every 100 ms so the process stays active.
+            let t0 = Instant::now();
+            while t0.elapsed().as_millis() < u128::from(hold) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             std::hint::black_box(&v);
-            serde_json::json!({"pid": pid, "held_bytes": v.len()})
+            let held = v.len();
+            // --then-free-ms F: free it and stay around F ms, making a
+            // system call every 100 ms so the process stays active.
+            let after = num("--then-free-ms", 0)?;
+            drop(v);
+            let t0 = Instant::now();
+            while t0.elapsed().as_millis() < u128::from(after) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            serde_json::json!({"pid": pid, "held_bytes": held})
         }
         // --count N: two threads pass a byte back and forth over pipes N
         // times (pin the process to one CPU: then every hop is a context
@@ -257,6 +270,51 @@ fn main() -> Result<()> {
             }
             drop(s);
             serde_json::json!({"pid": pid, "reset": 1})
+        }
+        // --procs N --threads T: forks N short-lived children one after the
+        // other, each making 3 getppid calls and exiting, and starts T
+        // short-lived threads doing the same. Reports how many ran.
+        "churn" => {
+            let (procs, threads) = (num("--procs", 1000)?, num("--threads", 0)?);
+            for _ in 0..procs {
+                match unsafe { libc::fork() } {
+                    0 => unsafe {
+                        for _ in 0..3 {
+                            libc::syscall(libc::SYS_getppid);
+                        }
+                        libc::_exit(0);
+                    },
+                    -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
+                    child => unsafe {
+                        let mut status = 0;
+                        libc::waitpid(child, &mut status, 0);
+                    },
+                }
+            }
+            for _ in 0..threads {
+                std::thread::spawn(|| unsafe {
+                    for _ in 0..3 {
+                        libc::syscall(libc::SYS_getppid);
+                    }
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("thread panicked"))?;
+            }
+            serde_json::json!({"pid": pid, "procs": procs, "threads": threads})
+        }
+        // --seconds S: calls getppid as fast as it can for S seconds (a
+        // syscall storm); starts at once and reports the count.
+        "storm" => {
+            let secs = num("--seconds", 5)?;
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed().as_secs() < secs {
+                for _ in 0..1000 {
+                    unsafe { libc::syscall(libc::SYS_getppid) };
+                }
+                n += 1000;
+            }
+            serde_json::json!({"pid": pid, "calls": n})
         }
         other => bail!("unknown mode {other}"),
     };
