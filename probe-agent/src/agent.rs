@@ -35,9 +35,10 @@ use crate::{
     records::{
         AgentRecord, ConfigState, ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord,
         Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory,
-        ProcessRecord, ProgramRecord, StatusRecord, SyscallRecord, VERSION, encode,
+        ProcessRecord, ProgramRecord, Shedding, StatusRecord, SyscallRecord, VERSION, encode,
     },
     rules::Engine,
+    shed::Shedder,
     sink::{SinkError, write_stdout},
     timefmt::rfc3339_millis,
 };
@@ -76,6 +77,8 @@ struct Agent {
     prev_rules_cut: u64,
     caps_after_attach: u64,
     config_state: ConfigState,
+    shedder: Shedder,
+    shed_alert: Option<serde_json::Value>,
     prev_cpu_ns: u64,
     /// The open BPF run-time statistics window, and the last closed one.
     stats_window: Option<StatsWindow>,
@@ -115,6 +118,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         rules: Engine::new(&cfg.config),
         prev_rules_cut: 0,
         caps_after_attach: remaining,
+        shedder: Shedder::new(cfg.overhead_budget_pct),
+        shed_alert: None,
         config_state: ConfigState {
             path: cfg.config_path.as_ref().map(|p| p.display().to_string()),
             ..ConfigState::default()
@@ -297,6 +302,7 @@ impl Agent {
         let cpu_cur = self.probes.cpu.read()?;
         let cpu_counters = self.probes.cpu.counters()?;
         let (host_calls, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
+        let host_calls_n = host_calls.count();
         let mut cpu = cpu::interval(&self.prev_cpu, &cpu_cur);
         let span_ns = cpu.span_ns;
         let tcp_cur = self.probes.tcp.read()?;
@@ -526,8 +532,13 @@ impl Agent {
         lost.tcp_socks_full = tcp_lost(TcpCounter::SocksFull);
         lost.tcp_stats_full = tcp_lost(TcpCounter::StatsFull);
         lost.tcp_endpoints_full = tcp_lost(TcpCounter::EndpointsFull);
-        let agent = self.agent_record(header.with("agent"), fill, lost, counts, reclaimed);
+        let host_calls = host_calls_n;
+        let agent =
+            self.agent_record(header.with("agent"), fill, lost, counts, reclaimed, host_calls);
         encode(&mut buf, &agent)?;
+        if let Some(alert) = self.shed_alert.take() {
+            encode(&mut buf, &alert)?;
+        }
         self.prev = cur;
         self.prev_counters = counters;
         self.prev_cpu = cpu_cur;
@@ -620,6 +631,7 @@ impl Agent {
         lost: LostRecord,
         procs: ProcessCounts,
         reclaimed: u64,
+        host_calls: u64,
     ) -> AgentRecord<'a> {
         let interval_s = header.interval_s;
         let cpu_ns = procfs::self_cpu_ns();
@@ -658,7 +670,35 @@ impl Agent {
                 fill_pct: pct(m.entries, m.max_entries),
             })
             .collect();
+        // The overhead budget: the agent's own CPU plus its programs'.
+        let prog_cores = match programs_cpu_pct {
+            Some(p) => p / 100.0,
+            None => {
+                let ns_per_call = if self.shedder.every() == 1 { 180.0 } else { 80.0 };
+                host_calls as f64 * ns_per_call / (interval_s.max(1e-3) * 1e9)
+            }
+        };
+        let cost_pct =
+            round((cpu_pct / 100.0 + prog_cores) * 100.0 / f64::from(self.cpus.max(1)), 3);
+        let before = self.shedder.every();
+        // A short final interval (SIGINT) says little about the load.
+        let whole = interval_s >= self.cfg.interval.as_secs_f64() / 2.0;
+        if let Some(every) = whole.then(|| self.shedder.observe(cost_pct)).flatten() {
+            match self.probes.syscalls.set_sample_mask(self.shedder.mask()) {
+                Ok(()) => {
+                    self.shed_alert =
+                        Some(shed_alert(&header, cost_pct, self.shedder.budget_pct, before, every))
+                }
+                Err(err) => warn!("could not change the latency sampling: {err}"),
+            }
+        }
+        let shedding = Shedding {
+            budget_pct: self.shedder.budget_pct,
+            cost_pct,
+            latency_sample_every: self.shedder.every(),
+        };
         AgentRecord {
+            shedding,
             header,
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
@@ -716,6 +756,42 @@ struct ContainerAgg {
     runq: Latency,
     tcp: TcpStats,
     requests: Requests,
+}
+
+/// The alert said when the agent starts or stops shedding load.
+fn shed_alert(
+    header: &Header<'_>,
+    cost_pct: f64,
+    budget: f64,
+    before: u32,
+    every: u32,
+) -> serde_json::Value {
+    let (level, message) = if every > 1 {
+        (
+            "investigate",
+            format!(
+                "probe-agent overhead {cost_pct:.2}% of host CPU against its {budget:.2}% budget: \
+                 timing 1 in {every} system calls for latency (all still counted)"
+            ),
+        )
+    } else {
+        (
+            "ok",
+            format!(
+                "probe-agent overhead {cost_pct:.2}% of host CPU is back under its {budget:.2}% \
+                 budget: timing every system call again"
+            ),
+        )
+    };
+    warn!("{message}");
+    serde_json::json!({
+        "v": VERSION, "type": "alert", "ts": header.ts, "host": header.host,
+        "interval_s": header.interval_s, "rule": "overhead-budget", "kpi": "shedding.cost_pct",
+        "level": level, "previous_level": if before > 1 { "investigate" } else { "ok" },
+        "repeat": false, "value": cost_pct, "threshold": budget, "scope": "agent",
+        "pid": std::process::id(), "since": header.ts, "message": message,
+        "latency_sample_every": every,
+    })
 }
 
 /// How many processes were active, reported, and cut by `--top`.

@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// per run, so they are sampled rather than left on.
     #[arg(long, default_value_t = 10, value_name = "PCT")]
     pub bpf_stats_pct: u8,
+    /// The agent's overhead budget, in percent of the host's CPU capacity
+    /// (its process plus its kernel programs). Above it, the agent times
+    /// fewer system calls (counting all of them); 0 disables shedding.
+    #[arg(long, default_value_t = 1.0, value_name = "PCT")]
+    pub overhead_budget_pct: f64,
 }
 
 /// The validated runtime configuration of `run`.
@@ -105,6 +110,7 @@ pub struct RunConfig {
     pub config_path: Option<std::path::PathBuf>,
     /// Window of each interval with BPF run-time statistics on (zero: off).
     pub bpf_stats_window: Duration,
+    pub overhead_budget_pct: f64,
 }
 
 /// A usage error: the agent exits with status 2.
@@ -149,6 +155,14 @@ impl RunArgs {
         if self.host.as_deref().is_some_and(|h| h.is_empty() || h.len() > 253) {
             return bad("--host must be 1 to 253 bytes".into());
         }
+        if !self.overhead_budget_pct.is_finite()
+            || !(0.0..=100.0).contains(&self.overhead_budget_pct)
+        {
+            return bad(format!(
+                "--overhead-budget-pct must be 0 to 100, got {}",
+                self.overhead_budget_pct
+            ));
+        }
         if self.bpf_stats_pct > 100 {
             return bad(format!("--bpf-stats-pct must be 0 to 100, got {}", self.bpf_stats_pct));
         }
@@ -166,6 +180,7 @@ impl RunArgs {
             config,
             config_path: self.config,
             bpf_stats_window: self.interval * u32::from(self.bpf_stats_pct) / 100,
+            overhead_budget_pct: self.overhead_budget_pct,
         })
     }
 }

@@ -17,6 +17,7 @@ mod procfs;
 mod records;
 mod report;
 mod rules;
+mod shed;
 mod sink;
 mod timefmt;
 

@@ -217,6 +217,8 @@ pub struct AgentRecord<'a> {
     pub maps: Vec<MapRecord>,
     /// Events the kernel side could not record, this interval.
     pub lost: LostRecord,
+    /// The overhead budget and what is shed to keep to it.
+    pub shedding: Shedding,
     /// Processes with system-call activity this interval.
     pub processes_active: u64,
     /// Processes reported (after --pid/--comm filters and --top).
@@ -235,6 +237,19 @@ pub struct ConfigState {
     pub reloads: u64,
     /// Why the last reload was refused (the previous configuration stays).
     pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Shedding {
+    /// The budget, percent of the host's CPU capacity (0: no shedding).
+    pub budget_pct: f64,
+    /// This interval's cost: the agent process plus its kernel programs
+    /// (measured when BPF run-time statistics were sampled, else estimated
+    /// at 180 ns per timed and 80 ns per untimed system call).
+    pub cost_pct: f64,
+    /// 1 in this many system calls is timed for latency (1: all); every
+    /// call is counted either way.
+    pub latency_sample_every: u32,
 }
 
 #[derive(Debug, Serialize)]

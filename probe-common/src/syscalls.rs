@@ -17,6 +17,16 @@ pub const CURRENT_MAP: &str = "SYSCALL_CUR";
 /// Name of the hash of thread id -> [`SyscallStart`]: calls whose thread
 /// was switched out while in the kernel.
 pub const START_MAP: &str = "SYSCALL_START";
+/// Name of the array (one slot) holding the latency sampling mask: a call
+/// is timed when `(per-CPU call sequence & mask) == 0`; 0 times every call.
+/// The agent raises it to shed load when over its overhead budget; every
+/// call is still counted.
+pub const CONTROL_MAP: &str = "SYSCALL_CTL";
+/// `start_ns` of a call counted but not timed (sampled out).
+pub const UNTIMED: u64 = 1;
+/// Slot counting calls (and their errors) that were not timed.
+pub const SLOT_UNTIMED: u16 = 0x7ffe;
+
 /// Name of the hash of tgid -> [`crate::Comm`].
 pub const COMM_MAP: &str = "PROC_COMM";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].
@@ -75,7 +85,11 @@ pub struct SyscallValue {
 pub struct SyscallCurrent {
     pub tid: u32,
     pub nr: u32,
+    /// Entry time, or [`UNTIMED`].
     pub start_ns: u64,
+    /// Calls entered on this CPU (wraps), for sampling.
+    pub seq: u32,
+    pub _pad: u32,
 }
 
 /// Value of [`START_MAP`]: when the thread's current call entered, and which.
@@ -123,4 +137,5 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SyscallKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SyscallValue>() == 32);
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
-const _: () = assert!(core::mem::size_of::<SyscallCurrent>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallCurrent>() == 24);
+const _: () = assert!((SLOT_UNTIMED as u32) > hist::BUCKETS && SLOT_UNTIMED < SLOT_ERRNO);

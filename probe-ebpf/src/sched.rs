@@ -44,7 +44,8 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 /// in its own context.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
-    syscalls::on_thread_exit(bpf_get_current_pid_tgid() as u32);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    syscalls::on_thread_exit(pid_tgid as u32, (pid_tgid >> 32) as u32);
     cpu::on_thread_exit();
     0
 }

@@ -14,15 +14,16 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 use probe_common::{
     Comm,
     hist::bucket_of,
     syscalls::{
-        COMM_MAX_ENTRIES, COUNTERS, Counter, MAX_ERRNO, MAX_NR, SLOT_ERRNO, START_MAX_ENTRIES,
-        STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey, SyscallStart, SyscallValue,
+        COMM_MAX_ENTRIES, COUNTERS, Counter, MAX_ERRNO, MAX_NR, SLOT_ERRNO, SLOT_UNTIMED,
+        START_MAX_ENTRIES, STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey, SyscallStart,
+        SyscallValue, UNTIMED,
     },
 };
 
@@ -34,6 +35,9 @@ static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallValue> =
 
 #[map(name = "SYSCALL_CUR")]
 static SYSCALL_CUR: PerCpuArray<SyscallCurrent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SYSCALL_CTL")]
+static SYSCALL_CTL: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "SYSCALL_START")]
 static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(START_MAX_ENTRIES, 0);
@@ -68,10 +72,18 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
     }
     let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) else { return };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let start_ns = unsafe { bpf_ktime_get_ns() };
+    // Load shedding: time only calls whose sequence matches the mask the
+    // agent set (0: all); the others are still counted, untimed.
+    let mask = SYSCALL_CTL.get(0).copied().unwrap_or(0);
     // Per-CPU slot: only this CPU writes it, and no program of ours runs
     // nested inside another on one CPU.
-    unsafe { *cur = SyscallCurrent { tid, nr: id as u32, start_ns } };
+    unsafe {
+        let seq = (*cur).seq.wrapping_add(1);
+        (*cur).seq = seq;
+        (*cur).start_ns = if seq & mask == 0 { bpf_ktime_get_ns() } else { UNTIMED };
+        (*cur).nr = id as u32;
+        (*cur).tid = tid;
+    }
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -86,7 +98,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
-    let now = unsafe { bpf_ktime_get_ns() };
 
     let Some((start_ns, nr)) = take_start(tid) else {
         // Entered before the agent attached, the start map was full, or
@@ -98,9 +109,14 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
         bump(Counter::BadNr);
         return;
     }
-    let delta = now.saturating_sub(start_ns);
     let failed = ret < 0 && ret.unsigned_abs() <= MAX_ERRNO;
-    let key = SyscallKey { tgid, nr: nr as u16, slot: bucket_of(delta) as u16 };
+    let (delta, slot) = if start_ns == UNTIMED {
+        (0, SLOT_UNTIMED)
+    } else {
+        let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
+        (delta, bucket_of(delta) as u16)
+    };
+    let key = SyscallKey { tgid, nr: nr as u16, slot };
     add(&key, delta, failed as u64);
     if failed {
         let key = SyscallKey { slot: SLOT_ERRNO | ret.unsigned_abs() as u16, ..key };
@@ -205,9 +221,17 @@ pub fn on_exec(tgid: u32) {
 }
 
 /// Called from `sched_process_exit`: a thread that dies inside a call
-/// (`exit_group` never returns) leaves nothing behind.
+/// (`exit_group` never returns) leaves nothing behind; a process's main
+/// thread leaves its final name (it may have renamed itself since its
+/// first call), which the agent reports once /proc no longer has it.
 #[inline(always)]
-pub fn on_thread_exit(tid: u32) {
+pub fn on_thread_exit(tid: u32, tgid: u32) {
+    if tid == tgid
+        && let Ok(bytes) = bpf_get_current_comm()
+        && PROC_COMM.insert(tgid, Comm { bytes }, BPF_ANY as u64).is_err()
+    {
+        bump(Counter::CommFull);
+    }
     if let Some(cur) = SYSCALL_CUR.get_ptr_mut(0)
         && unsafe { (*cur).tid } == tid
     {

@@ -133,3 +133,66 @@ fn churn_is_reclaimed_reported_and_bounded() {
     eprintln!("agent RSS peak {} MiB over the churn", peak_rss >> 20);
     assert!(peak_rss < 48 << 20, "agent RSS stays under 48 MiB: {peak_rss}");
 }
+
+#[test]
+fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
+    require_bpf!();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    // Started (and named) before the agent, so that only the calls it makes
+    // on the go signal are counted.
+    let mut reference =
+        Workload::start(&["calls", "--name", "pw-shed", "--ok", "5000", "--fail", "1000"]).unwrap();
+    let mut agent =
+        Agent::start(&["--interval", "1s", "--overhead-budget-pct", "2", "--comm", "pw-shed"])
+            .unwrap();
+    let storms: Vec<_> = (0..cpus)
+        .map(|_| {
+            std::thread::spawn(|| {
+                Command::new(workload_bin()).args(["storm", "--seconds", "5"]).output().unwrap()
+            })
+        })
+        .collect();
+    let shed = agent
+        .wait_for(
+            |r| {
+                r["type"] == "alert"
+                    && r["rule"] == "overhead-budget"
+                    && r["level"] == "investigate"
+            },
+            Duration::from_secs(5),
+        )
+        .expect("a syscall storm puts the agent over a 2% budget");
+    eprintln!("{}", shed["message"]);
+    // While shedding, a reference process's calls are still counted exactly.
+    reference.go().unwrap();
+    let truth = reference.finish().unwrap();
+    for s in storms {
+        s.join().unwrap();
+    }
+    let restored = agent
+        .wait_for(
+            |r| r["type"] == "alert" && r["rule"] == "overhead-budget" && r["level"] == "ok",
+            Duration::from_secs(20),
+        )
+        .expect("full timing comes back when the storm is over");
+    eprintln!("{}", restored["message"]);
+    let records = agent.stop().unwrap();
+    let agents: Vec<&Value> = records.iter().filter(|r| r["type"] == "agent").collect();
+    let max_every = agents
+        .iter()
+        .map(|a| a["shedding"]["latency_sample_every"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(max_every >= 4, "the agent record says it sheds: {max_every}");
+    assert_eq!(agents.last().unwrap()["shedding"]["latency_sample_every"], 1);
+    let pid = reference.pid;
+    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
+    assert_eq!(
+        syscall_total(&records, pid, "openat", "errors"),
+        truth["openat_errors"].as_u64().unwrap()
+    );
+    assert_eq!(
+        syscall_total(&records, pid, "getppid", "count"),
+        truth["getppid"].as_u64().unwrap()
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use probe_common::syscalls::{SLOT_ERRNO, SyscallKey, SyscallValue};
+use probe_common::syscalls::{SLOT_ERRNO, SLOT_UNTIMED, SyscallKey, SyscallValue};
 use serde::Serialize;
 
 use super::{
@@ -18,6 +18,9 @@ pub type Snapshot = HashMap<SyscallKey, SyscallValue>;
 /// errors and errors by errno.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CallStats {
+    /// Calls, timed or not.
+    pub calls: u64,
+    /// Latency of the timed calls (all of them unless load is shed).
     pub latency: Latency,
     pub errors: u64,
     pub errnos: BTreeMap<u16, u64>,
@@ -25,10 +28,11 @@ pub struct CallStats {
 
 impl CallStats {
     pub fn count(&self) -> u64 {
-        self.latency.count
+        self.calls
     }
 
     pub fn merge(&mut self, other: &CallStats) {
+        self.calls += other.calls;
         self.latency.merge(&other.latency);
         self.errors += other.errors;
         for (&e, &n) in &other.errnos {
@@ -79,7 +83,11 @@ pub fn interval(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<(u32, u16), CallSta
         let stats = out.entry((key.tgid, key.nr)).or_default();
         if key.slot & SLOT_ERRNO != 0 {
             *stats.errnos.entry(key.slot & !SLOT_ERRNO).or_default() += count;
+        } else if key.slot == SLOT_UNTIMED {
+            stats.calls += count;
+            stats.errors += now.errors.saturating_sub(before.errors);
         } else {
+            stats.calls += count;
             // Errors live in the latency slot with the calls they belong to,
             // so a record never shows more errors than calls.
             stats.errors += now.errors.saturating_sub(before.errors);
@@ -152,6 +160,20 @@ mod tests {
         assert_eq!(d[&(8, 1)].count(), 3);
         // Nothing new: nothing reported.
         assert!(interval(&cur, &cur).is_empty());
+    }
+
+    #[test]
+    fn untimed_calls_count_without_latency() {
+        let b = bucket_of(1000) as u16;
+        let mut cur = Snapshot::new();
+        cur.insert(key(3, 0, b), failed(4, 1, 4000, 1000));
+        cur.insert(key(3, 0, SLOT_UNTIMED), failed(60, 15, 0, 0));
+        cur.insert(key(3, 0, SLOT_ERRNO | 2), val(16, 0, 0));
+        let d = interval(&Snapshot::new(), &cur);
+        let g = d[&(3, 0)].group(1.0);
+        assert_eq!((g.count, g.errors, g.error_rate_pct), (64, 16, 25.0));
+        assert_eq!(d[&(3, 0)].latency.count, 4, "latency from the timed calls only");
+        assert_eq!(g.latency_ms.unwrap().avg, 0.001);
     }
 
     #[test]

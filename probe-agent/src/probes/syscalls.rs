@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use probe_common::{
     Comm,
     syscalls::{
-        COMM_MAP, COUNTER_MAP, COUNTERS, START_MAP, STATS_MAP, SyscallKey, SyscallStart,
-        SyscallValue,
+        COMM_MAP, CONTROL_MAP, COUNTER_MAP, COUNTERS, START_MAP, STATS_MAP, SyscallKey,
+        SyscallStart, SyscallValue,
     },
 };
 
@@ -22,6 +22,7 @@ pub struct SyscallMaps {
     start: BpfHashMap<MapData, u32, SyscallStart>,
     comm: BpfHashMap<MapData, u32, Comm>,
     counters: PerCpuArray<MapData, u64>,
+    control: Array<MapData, u32>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
@@ -35,7 +36,13 @@ impl SyscallMaps {
             start: take(ebpf, START_MAP)?.try_into().map_err(map_err(START_MAP))?,
             comm: take(ebpf, COMM_MAP)?.try_into().map_err(map_err(COMM_MAP))?,
             counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
+            control: take(ebpf, CONTROL_MAP)?.try_into().map_err(map_err(CONTROL_MAP))?,
         })
+    }
+
+    /// Sets the latency sampling mask (0: time every call).
+    pub fn set_sample_mask(&mut self, mask: u32) -> Result<(), ProbeError> {
+        self.control.set(0, mask, 0).map_err(map_err(CONTROL_MAP))
     }
 
     /// Every stats slot, summed over CPUs (max: the largest of any CPU).
