@@ -68,6 +68,8 @@ struct Agent {
     prev: Snapshot,
     prev_counters: [u64; COUNTERS as usize],
     prev_cpu: CpuSnapshot,
+    /// CPU time counted early, to take back next interval (see aggregate::cpu).
+    cpu_carry: std::collections::HashMap<u32, i128>,
     prev_cpu_counters: [u64; CPU_COUNTERS as usize],
     prev_tcp: TcpSnapshot,
     prev_tcp_counters: [u64; TCP_COUNTERS as usize],
@@ -111,6 +113,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let mut agent = Agent {
         prev_counters: probes.syscalls.counters()?,
         prev_cpu: probes.cpu.read()?,
+        cpu_carry: std::collections::HashMap::new(),
         prev_cpu_counters: probes.cpu.counters()?,
         prev_tcp: probes.tcp.read()?,
         prev_tcp_counters: probes.tcp.counters()?,
@@ -297,13 +300,14 @@ impl Agent {
         let header = Header { v: VERSION, kind: "host", ts: &ts, host: &host_name, interval_s };
         let cpus = self.cpus;
 
+        self.cgroups.next_interval();
         let cur = self.probes.syscalls.read()?;
         let counters = self.probes.syscalls.counters()?;
         let cpu_cur = self.probes.cpu.read()?;
         let cpu_counters = self.probes.cpu.counters()?;
         let (host_calls, procs) = syscalls::by_process(syscalls::interval(&self.prev, &cur));
         let host_calls_n = host_calls.count();
-        let mut cpu = cpu::interval(&self.prev_cpu, &cpu_cur);
+        let mut cpu = cpu::interval(&self.prev_cpu, &cpu_cur, &mut self.cpu_carry);
         let span_ns = cpu.span_ns;
         let tcp_cur = self.probes.tcp.read()?;
         let tcp_counters = self.probes.tcp.counters()?;
@@ -502,6 +506,7 @@ impl Agent {
             .chain(tcp_cur.endpoints.keys().map(|k| k.tgid))
             .filter(|&t| t != 0)
             .collect();
+        reclaimed += self.probes.syscalls.sweep_comm(&tgids) as u64;
         self.gone = tgids.into_iter().filter(|&t| !procfs::alive(t)).collect();
 
         let mut fill = self.probes.syscalls.fill(cur.len());

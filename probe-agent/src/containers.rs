@@ -91,6 +91,7 @@ pub struct Cgroups {
     pub walked: usize,
     /// Directories the last walk could not visit because of the bound.
     pub walk_cut: usize,
+    walked_this_interval: bool,
 }
 
 /// Most cgroup directories walked to map ids to paths.
@@ -112,16 +113,31 @@ impl Cgroups {
         };
         let v1_memory =
             Some(root.join("memory")).filter(|p| p.join("memory.usage_in_bytes").exists());
-        Cgroups { v2, v1_memory, paths: HashMap::new(), walked: 0, walk_cut: 0 }
+        Cgroups {
+            v2,
+            v1_memory,
+            paths: HashMap::new(),
+            walked: 0,
+            walk_cut: 0,
+            walked_this_interval: false,
+        }
     }
 
     /// The path (from the v2 root, starting with `/`) of cgroup `id`. An
     /// unknown id walks the hierarchy again (new cgroups appear all the time).
     pub fn path(&mut self, id: u64) -> Option<&str> {
-        if !self.paths.contains_key(&id) {
+        if !self.paths.contains_key(&id) && !self.walked_this_interval {
             self.walk();
+            self.walked_this_interval = true;
         }
         self.paths.get(&id).map(String::as_str)
+    }
+
+    /// Allows one more walk (called once per interval): an id unknown now
+    /// (a cgroup created since, or one that is gone) costs at most one walk
+    /// per interval, not one per process.
+    pub fn next_interval(&mut self) {
+        self.walked_this_interval = false;
     }
 
     /// The id (inode) of the cgroup at `path` in the v2 hierarchy.

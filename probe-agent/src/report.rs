@@ -51,7 +51,7 @@ fn label(r: &Value) -> String {
         "host" => format!("host {}", r["host"].as_str().unwrap_or("?")),
         "container" => {
             let id = r["container_id"].as_str().unwrap_or("?");
-            format!("container {}", &id[..id.len().min(12)])
+            format!("container {}", id.chars().take(12).collect::<String>())
         }
         "process" => format!("{} (pid {})", r["comm"].as_str().unwrap_or("?"), r["pid"]),
         "endpoint" if r["role"] == "server" => {

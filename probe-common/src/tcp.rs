@@ -154,6 +154,7 @@ pub const FIELDS: &[(&str, &str, &str, u32, u32)] = &[
     ("sock", "sock_recv_length", "family", 16, 2),
     ("sock", "sock_recv_length", "protocol", 18, 2),
     ("sock", "sock_recv_length", "ret", 20, 4),
+    ("sock", "sock_recv_length", "flags", 24, 4),
     ("tcp", "tcp_probe", "data_len", 76, 2),
     ("tcp", "tcp_probe", "srtt", 100, 4),
     ("tcp", "tcp_probe", "skaddr", 128, 8),

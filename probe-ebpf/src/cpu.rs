@@ -27,6 +27,8 @@ use probe_common::{
 const EEXIST: i64 = 17;
 /// `TASK_RUNNING` (include/linux/sched.h): `prev_state` of a preempted task.
 const TASK_RUNNING: u32 = 0;
+/// `TASK_DEAD`: `prev_state` of an exiting task's final switch.
+const TASK_DEAD: u32 = 0x80;
 
 /// `offsetof(struct task_struct, tgid)`, from the kernel's BTF, set by the
 /// loader (0 when unknown: the running process is then not identified).
@@ -80,9 +82,14 @@ pub fn on_switch(ctx: &RawTracePointContext, pid_tgid: u64) {
                 unsafe { *wake = 0 };
             }
         }
-        let prev_state: u64 = ctx.arg(3);
-        if prev_state as u32 == TASK_RUNNING {
-            // Preempted: still runnable, so it waits on the run queue from now.
+        let preempt: u64 = ctx.arg(0);
+        let prev_state = ctx.arg::<u64>(3) as u32;
+        if prev_state & TASK_DEAD != 0 {
+            // Its last switch: nothing will wake it again.
+            let _ = RUNQ_WAKE.remove(task);
+        } else if preempt & 1 != 0 || prev_state == TASK_RUNNING {
+            // Preempted (even between set_current_state() and sleeping): it
+            // is still on the run queue, waiting from now.
             set_wake(task, now);
         }
     }

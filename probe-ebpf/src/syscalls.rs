@@ -12,7 +12,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
+    },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
@@ -75,12 +77,13 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
     // Load shedding: time only calls whose sequence matches the mask the
     // agent set (0: all); the others are still counted, untimed.
     let mask = SYSCALL_CTL.get(0).copied().unwrap_or(0);
+    // Random, not every n-th: a periodic pattern of calls could otherwise
+    // line up with the sampling and never be timed.
+    let timed = mask == 0 || unsafe { bpf_get_prandom_u32() } & mask == 0;
     // Per-CPU slot: only this CPU writes it, and no program of ours runs
     // nested inside another on one CPU.
     unsafe {
-        let seq = (*cur).seq.wrapping_add(1);
-        (*cur).seq = seq;
-        (*cur).start_ns = if seq & mask == 0 { bpf_ktime_get_ns() } else { UNTIMED };
+        (*cur).start_ns = if timed { bpf_ktime_get_ns() } else { UNTIMED };
         (*cur).nr = id as u32;
         (*cur).tid = tid;
     }
@@ -109,7 +112,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
         bump(Counter::BadNr);
         return;
     }
-    let failed = ret < 0 && ret.unsigned_abs() <= MAX_ERRNO;
+    // -ERESTARTSYS..-ERESTART_RESTARTBLOCK (512..=516, include/linux/errno.h)
+    // mean "interrupted, the kernel restarts the call": not a failure the
+    // program sees. They still show in the errno breakdown.
+    let errno = ret.unsigned_abs();
+    let restarted = (512..=516).contains(&errno);
+    let failed = ret < 0 && errno <= MAX_ERRNO && !restarted;
     let (delta, slot) = if start_ns == UNTIMED {
         (0, SLOT_UNTIMED)
     } else {
@@ -118,8 +126,8 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
     };
     let key = SyscallKey { tgid, nr: nr as u16, slot };
     add(&key, delta, failed as u64);
-    if failed {
-        let key = SyscallKey { slot: SLOT_ERRNO | ret.unsigned_abs() as u16, ..key };
+    if ret < 0 && errno <= MAX_ERRNO {
+        let key = SyscallKey { slot: SLOT_ERRNO | errno as u16, ..key };
         add(&key, 0, 0);
     }
 }
@@ -227,10 +235,10 @@ pub fn on_exec(tgid: u32) {
 #[inline(always)]
 pub fn on_thread_exit(tid: u32, tgid: u32) {
     if tid == tgid
+        && let Some(comm) = PROC_COMM.get_ptr_mut(tgid)
         && let Ok(bytes) = bpf_get_current_comm()
-        && PROC_COMM.insert(tgid, Comm { bytes }, BPF_ANY as u64).is_err()
     {
-        bump(Counter::CommFull);
+        unsafe { (*comm).bytes = bytes };
     }
     if let Some(cur) = SYSCALL_CUR.get_ptr_mut(0)
         && unsafe { (*cur).tid } == tid

@@ -40,11 +40,18 @@ const EEXIST: i64 = 17;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: i32 = 2;
+/// A close this soon after a request's first bytes is a goodbye (a TLS
+/// close_notify, a protocol's QUIT) sent with the FIN, not an abandoned
+/// request.
+const GOODBYE_NS: u64 = 1_000_000;
 // include/net/tcp_states.h
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
 
 #[map(name = "TCP_SOCKS")]
 static TCP_SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(SOCK_MAX_ENTRIES, 0);
@@ -128,6 +135,18 @@ fn fail_outstanding(s: *mut SockState) {
     }
 }
 
+/// A close with a request outstanding fails it, unless the request's bytes
+/// came just before the close (see [`GOODBYE_NS`]).
+#[inline(always)]
+fn fail_outstanding_unless_goodbye(s: *mut SockState, now: u64) {
+    unsafe {
+        if (*s).outstanding != 0 && now.saturating_sub((*s).req_ns) < GOODBYE_NS {
+            (*s).outstanding = 0;
+        }
+    }
+    fail_outstanding(s);
+}
+
 /// The remote address as IPv6 (IPv4 mapped to ::ffff:a.b.c.d).
 #[inline(always)]
 fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
@@ -197,8 +216,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         stat(tgid, metric::CONNECT_ERRORS, 0, 0);
     }
     if new == TCP_CLOSE {
-        fail_outstanding(s);
+        fail_outstanding_unless_goodbye(s, now);
         let _ = TCP_SOCKS.remove(sk);
+    } else if new == TCP_CLOSE_WAIT || new == TCP_FIN_WAIT1 {
+        // The peer, or this side, closed with a request outstanding.
+        fail_outstanding_unless_goodbye(s, now);
     }
     0
 }
@@ -219,7 +241,9 @@ fn owned(ctx: &TracePointContext) -> Option<(*mut SockState, u32)> {
         None => {
             // Connected before the agent started: bytes only, role unknown.
             let fresh = SockState { tgid, ..SockState::default() };
-            if TCP_SOCKS.insert(sk, fresh, BPF_NOEXIST as u64).is_err() {
+            if let Err(err) = TCP_SOCKS.insert(sk, fresh, BPF_NOEXIST as u64)
+                && err as i64 != -EEXIST
+            {
                 bump(Counter::SocksFull);
                 return None;
             }
@@ -241,7 +265,10 @@ fn owned(ctx: &TracePointContext) -> Option<(*mut SockState, u32)> {
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     let ret: i32 = field(&ctx, 20);
-    if ret <= 0 {
+    let flags: i32 = field(&ctx, 24);
+    // MSG_PEEK (include/linux/socket.h) leaves the data queued: it will be
+    // read (and counted) again.
+    if ret <= 0 || flags & MSG_PEEK != 0 {
         return 0;
     }
     let Some((s, tgid)) = owned(&ctx) else { return 0 };

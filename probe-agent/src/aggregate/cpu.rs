@@ -46,7 +46,16 @@ fn pending(s: &CpuSnapshot) -> impl Iterator<Item = (u32, u64)> + '_ {
 /// read, when the kernel has either added them in full or they are still
 /// going. So a process that never leaves its CPU is counted every interval,
 /// and nothing is counted twice.
-pub fn interval(prev: &CpuSnapshot, cur: &CpuSnapshot) -> CpuInterval {
+///
+/// The two reads of a snapshot (ended runs, then running ones) are not one
+/// instant, so a figure can come out a little low in one interval and high
+/// by as much in the next. A negative result is carried in `carry` to the
+/// next interval rather than dropped, so totals are exact over time.
+pub fn interval(
+    prev: &CpuSnapshot,
+    cur: &CpuSnapshot,
+    carry: &mut HashMap<u32, i128>,
+) -> CpuInterval {
     let mut run: HashMap<u32, i128> = HashMap::new();
     // (tgid -> (cgroup, ns)) of the cgroup it ran most in.
     let mut top_cgroup: HashMap<u32, (u64, u64)> = HashMap::new();
@@ -68,7 +77,13 @@ pub fn interval(prev: &CpuSnapshot, cur: &CpuSnapshot) -> CpuInterval {
 
     let mut out =
         CpuInterval { span_ns: cur.at_ns.saturating_sub(prev.at_ns), ..CpuInterval::default() };
+    for (tgid, c) in carry.drain() {
+        *run.entry(tgid).or_default() += c;
+    }
     for (tgid, ns) in run {
+        if ns < 0 {
+            carry.insert(tgid, ns);
+        }
         let ns = ns.max(0) as u64;
         out.host_run_ns += ns;
         let p = out.procs.entry(tgid).or_default();
@@ -148,8 +163,9 @@ mod tests {
         let s0 = snap(1_000, &[], &[(100, 7), (0, 0)]);
         let s1 = snap(2_001_000, &[], &[(100, 7), (0, 0)]);
         let s2 = snap(4_001_000, &[], &[(100, 7), (0, 0)]);
-        assert_eq!(interval(&s0, &s1).procs[&7].run_ns, 2_000_000);
-        assert_eq!(interval(&s1, &s2).procs[&7].run_ns, 2_000_000);
+        let mut carry = HashMap::new();
+        assert_eq!(interval(&s0, &s1, &mut carry).procs[&7].run_ns, 2_000_000);
+        assert_eq!(interval(&s1, &s2, &mut carry).procs[&7].run_ns, 2_000_000);
     }
 
     #[test]
@@ -157,11 +173,26 @@ mod tests {
         // Pending 900 at the first read; the run ends at 1500 (kernel adds 1400).
         let s0 = snap(1_000, &[(7, 1, 0)], &[(100, 7)]);
         let s1 = snap(2_000, &[(7, 1, 1_400)], &[(1_500, 9)]);
-        let d = interval(&s0, &s1);
+        let d = interval(&s0, &s1, &mut HashMap::new());
         assert_eq!(d.procs[&7].run_ns, 500); // 1000..1500
         assert_eq!(d.procs[&9].run_ns, 500); // 1500..2000, still running
         assert_eq!(d.host_run_ns, 1_000);
         assert_eq!(d.procs[&7].cgroup, Some(1));
+    }
+
+    #[test]
+    fn a_run_ending_during_a_read_is_counted_late_not_lost() {
+        // Read at 1000: running since 100 (pending 900). At the next read the
+        // run (ended at 1500, 1400 in all) was missed by the map walk and
+        // the slot shows another task: 0 now, the rest the interval after.
+        let mut carry = HashMap::new();
+        let s0 = snap(1_000, &[(7, 1, 0)], &[(100, 7)]);
+        let s1 = snap(2_000, &[(7, 1, 0)], &[(1_500, 9)]);
+        let s2 = snap(3_000, &[(7, 1, 1_400)], &[(1_500, 9)]);
+        let a = interval(&s0, &s1, &mut carry).procs[&7].run_ns;
+        let b = interval(&s1, &s2, &mut carry).procs[&7].run_ns;
+        assert_eq!((a, b), (0, 500), "900 counted before, 1400 in all");
+        assert!(carry.is_empty());
     }
 
     #[test]
@@ -177,7 +208,7 @@ mod tests {
             RunqKey { tgid: 3, bucket: b },
             RunqValue { count: 4, sum_ns: 8_000_000, max_ns: 2_000_000 },
         );
-        let d = interval(&s0, &s1);
+        let d = interval(&s0, &s1, &mut HashMap::new());
         assert_eq!(d.procs[&3].runq.count, 3);
         let g = CpuGroup::new(d.procs[&3].run_ns, &d.procs[&3].runq, d.span_ns, 2);
         assert_eq!((g.cores, g.utilization_pct), (0.5, 25.0));

@@ -52,9 +52,9 @@ impl CpuMaps {
         })
     }
 
+    /// Reads ended runs first, then what runs now: a run that ends between
+    /// the two reads is then counted late (next interval), never twice.
     pub fn read(&self) -> Result<CpuSnapshot, ProbeError> {
-        let current = self.current.get(&0, 0).map_err(map_err(CURRENT_MAP))?.to_vec();
-        let at_ns = monotonic_ns();
         let mut time = HashMap::new();
         for item in self.time.iter() {
             let (key, per_cpu) = match item {
@@ -69,6 +69,8 @@ impl CpuMaps {
             }
             time.insert(key, sum);
         }
+        let current = self.current.get(&0, 0).map_err(map_err(CURRENT_MAP))?.to_vec();
+        let at_ns = monotonic_ns();
         let mut runq = HashMap::new();
         for item in self.runq.iter() {
             let (key, per_cpu) = match item {

@@ -104,6 +104,19 @@ impl SyscallMaps {
         freed
     }
 
+    /// Frees the names of processes that are gone and have no stats slot
+    /// (a process that only exec'd or exited, or whose slots are already
+    /// reclaimed); those with slots are freed by [`Self::reclaim`].
+    pub fn sweep_comm(&mut self, with_slots: &std::collections::HashSet<u32>) -> usize {
+        let dead: Vec<u32> = self
+            .comm
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !with_slots.contains(t) && !crate::procfs::alive(*t))
+            .collect();
+        dead.iter().filter(|t| self.comm.remove(t).is_ok()).count()
+    }
+
     /// Live entries of each map against its bound. `stats_entries` is the
     /// size of the last [`Self::read`], which already walked that map.
     pub fn fill(&self, stats_entries: usize) -> Vec<MapFill> {

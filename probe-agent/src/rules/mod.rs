@@ -24,7 +24,9 @@ pub struct Engine {
     rules: Vec<Rule>,
     settings: AlertSettings,
     /// (rule name, scope) -> its lifecycle.
-    states: HashMap<(String, String), Lifecycle>,
+    states: HashMap<(String, String), Tracked>,
+    /// Evaluations so far.
+    evals: u64,
     /// Evaluations skipped because `MAX_STATES` was reached (cumulative).
     pub cut: u64,
 }
@@ -43,6 +45,7 @@ impl Engine {
             rules: cfg.rules.iter().filter(|r| r.enabled).cloned().collect(),
             settings: cfg.alert_settings(),
             states: HashMap::new(),
+            evals: 0,
             cut: 0,
         }
     }
@@ -60,6 +63,7 @@ impl Engine {
     /// Evaluates one interval's records (observed at `now_s`, seconds since
     /// the epoch); returns the alert records to write.
     pub fn evaluate(&mut self, records: &[Value], now_s: f64) -> Vec<Value> {
+        self.evals += 1;
         let mut alerts = Vec::new();
         for rule in &self.rules {
             for rec in records {
@@ -73,8 +77,13 @@ impl Engine {
                         self.cut += 1;
                         continue;
                     }
-                    let state = self.states.entry(state_key).or_default();
-                    let Some(t) = state.observe(
+                    let tracked = self.states.entry(state_key).or_insert_with(|| Tracked {
+                        lifecycle: Lifecycle::default(),
+                        last_seen: 0,
+                        last_alert: None,
+                    });
+                    tracked.last_seen = self.evals;
+                    let Some(t) = tracked.lifecycle.observe(
                         obs.value,
                         now_s,
                         rule.investigate,
@@ -83,12 +92,49 @@ impl Engine {
                     ) else {
                         continue;
                     };
-                    alerts.push(alert(rec, rule, &obs, t));
+                    let a = alert(rec, rule, &obs, t);
+                    tracked.last_alert = Some(a.clone());
+                    alerts.push(a);
                 }
             }
         }
+        // Scopes that stopped reporting (an exited process, an idle port)
+        // are forgotten after a while; a raised alert is resolved first.
+        let evals = self.evals;
+        self.states.retain(|_, t| {
+            if evals - t.last_seen < STALE_EVALUATIONS {
+                return true;
+            }
+            if let Some(mut a) = t.last_alert.take().filter(|a| a["level"] != "ok") {
+                a["previous_level"] = a["level"].clone();
+                a["level"] = Value::from("ok");
+                a["repeat"] = Value::from(false);
+                a["ts"] = Value::from(rfc3339_from_secs(now_s));
+                let msg = a["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split(" is ")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                a["message"] = Value::from(format!("{msg} is no longer reported: resolved"));
+                alerts.push(a);
+            }
+            false
+        });
         alerts
     }
+}
+
+/// Evaluations a scope may go unseen before its state is dropped.
+const STALE_EVALUATIONS: u64 = 30;
+
+/// One (rule, scope) with its lifecycle and when it was last seen.
+struct Tracked {
+    lifecycle: Lifecycle,
+    last_seen: u64,
+    /// The last alert said, to resolve it if the scope goes away.
+    last_alert: Option<Value>,
 }
 
 /// The values of `kpi` in a record: one, or one per element when the path
@@ -210,7 +256,7 @@ fn place(rec: &Value, obs: &Observation) -> String {
         },
         "container" => {
             let id = rec["container_id"].as_str().unwrap_or("?");
-            format!("in container {}", &id[..id.len().min(12)])
+            format!("in container {}", id.chars().take(12).collect::<String>())
         }
         "process" => format!("in {comm} (pid {})", rec["pid"]),
         _ if rec["role"] == "client" => {
@@ -324,6 +370,25 @@ mod tests {
             a[0]["message"],
             "disk utilization 97.0% on / of host h is above 95.0%: escalate"
         );
+    }
+
+    #[test]
+    fn a_scope_that_goes_away_is_resolved_and_forgotten() {
+        let mut cfg = Config::default();
+        cfg.alerts.hold_intervals = 1;
+        let mut e = Engine::new(&cfg);
+        assert_eq!(e.evaluate(&[endpoint(700.0)], 0.0).len(), 1);
+        let mut resolved = Vec::new();
+        for i in 1..=STALE_EVALUATIONS {
+            resolved.extend(e.evaluate(&[], i as f64));
+        }
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0]["level"], "ok");
+        assert_eq!(
+            resolved[0]["message"],
+            "average request latency 700 ms on port 8080 (nginx) is no longer reported: resolved"
+        );
+        assert!(e.states.is_empty());
     }
 
     #[test]
