@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod names;
+mod soak;
 
 #[derive(Parser)]
 struct Cli {
@@ -29,6 +30,14 @@ enum Task {
         #[arg(long)]
         server_only: bool,
     },
+    /// The agent under a mixed load for a while; prints the trend of its
+    /// CPU, RSS, map fill and losses.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -36,5 +45,6 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::GenNames => names::run(&root),
         Task::Bench { rounds, calls, server_only } => bench::run(&root, rounds, calls, server_only),
+        Task::Soak { minutes, interval } => soak::run(&root, minutes, interval),
     }
 }

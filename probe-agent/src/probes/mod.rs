@@ -119,14 +119,31 @@ pub fn load() -> Result<Ebpf, ProbeError> {
     };
     // No kernel BTF for aya: the programs use no CO-RE relocations, and
     // parsing vmlinux BTF would cost the agent tens of MiB.
+    let stats_entries = stats_max_entries(aya::util::nr_cpus().unwrap_or(1));
+    debug!("{} holds {stats_entries} entries", probe_common::syscalls::STATS_MAP);
     let ebpf = EbpfLoader::new()
         .btf(None)
+        .map_max_entries(probe_common::syscalls::STATS_MAP, stats_entries)
         .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true)
         .load(OBJECT)?;
     // Give the pages of what loading parsed back to the system rather than
     // let the allocator keep them for the agent's lifetime.
     unsafe { libc::malloc_trim(0) };
     Ok(ebpf)
+}
+
+/// Kernel memory the per-CPU syscall map may take (a per-CPU value is
+/// stored once per possible CPU).
+const STATS_MEMORY_BYTES: usize = 64 << 20;
+
+/// Entries of `SYSCALL_STATS` for this many CPUs: as many as fit in
+/// [`STATS_MEMORY_BYTES`], at least the compiled-in default and at most
+/// 512 Ki. A host with thousands of short-lived processes per interval
+/// needs many (each uses a few dozen (syscall, bucket) slots).
+pub fn stats_max_entries(cpus: usize) -> u32 {
+    let per_entry = std::mem::size_of::<probe_common::syscalls::SyscallValue>() * cpus.max(1) + 96;
+    let n = STATS_MEMORY_BYTES / per_entry;
+    (n as u32).clamp(probe_common::syscalls::STATS_MAX_ENTRIES, 512 * 1024)
 }
 
 /// Loads and attaches one raw-tracepoint program.
@@ -253,5 +270,18 @@ impl Probes {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_map_scales_with_cpus_within_its_memory() {
+        assert_eq!(stats_max_entries(2), 419_430);
+        assert_eq!(stats_max_entries(1), 512 * 1024);
+        assert!(stats_max_entries(64) >= 32_768 && stats_max_entries(64) <= 32_768 * 2);
+        assert_eq!(stats_max_entries(4096), 32_768, "never below the default");
     }
 }
