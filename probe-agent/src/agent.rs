@@ -34,12 +34,13 @@ use crate::{
     procfs,
     records::{
         AgentRecord, ConfigState, ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord,
-        Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, ProcessMemory,
-        ProcessRecord, ProgramRecord, Shedding, StatusRecord, SyscallRecord, VERSION, encode,
+        Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, OutputState,
+        ProcessMemory, ProcessRecord, ProgramRecord, Shedding, StatusRecord, SyscallRecord,
+        VERSION, encode,
     },
     rules::Engine,
     shed::Shedder,
-    sink::{SinkError, write_stdout},
+    sink::{SinkError, Stdout},
     timefmt::rfc3339_millis,
 };
 
@@ -81,6 +82,8 @@ struct Agent {
     config_state: ConfigState,
     shedder: Shedder,
     shed_alert: Option<serde_json::Value>,
+    out: Stdout,
+    prev_out_dropped: u64,
     prev_cpu_ns: u64,
     /// The open BPF run-time statistics window, and the last closed one.
     stats_window: Option<StatsWindow>,
@@ -123,6 +126,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         caps_after_attach: remaining,
         shedder: Shedder::new(cfg.overhead_budget_pct),
         shed_alert: None,
+        out: Stdout::start(),
+        prev_out_dropped: 0,
         config_state: ConfigState {
             path: cfg.config_path.as_ref().map(|p| p.display().to_string()),
             ..ConfigState::default()
@@ -172,6 +177,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             other => other?,
         }
         if last {
+            // Let the final interval reach stdout, unless it is stuck.
+            agent.out.drain(Duration::from_secs(2));
             return Ok(());
         }
         next += agent.cfg.interval;
@@ -240,8 +247,7 @@ impl Agent {
         };
         let mut buf = BytesMut::new();
         encode(&mut buf, &rec)?;
-        write_stdout(&buf)?;
-        drop(buf);
+        self.out.send(buf.freeze())?;
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         unsafe { libc::malloc_trim(0) };
@@ -550,8 +556,7 @@ impl Agent {
         self.prev_cpu_counters = cpu_counters;
         self.prev_tcp = tcp_cur;
         self.prev_tcp_counters = tcp_counters;
-        write_stdout(&buf)?;
-        drop(buf);
+        self.out.send(buf.freeze())?;
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         unsafe { libc::malloc_trim(0) };
@@ -702,7 +707,15 @@ impl Agent {
             cost_pct,
             latency_sample_every: self.shedder.every(),
         };
+        let dropped = self.out.dropped();
+        let output = OutputState {
+            dropped_intervals: dropped - self.prev_out_dropped,
+            queued_bytes: self.out.queued_bytes() as u64,
+            failing: self.out.failing(),
+        };
+        self.prev_out_dropped = dropped;
         AgentRecord {
+            output,
             shedding,
             header,
             version: env!("CARGO_PKG_VERSION"),

@@ -219,6 +219,8 @@ pub struct AgentRecord<'a> {
     pub lost: LostRecord,
     /// The overhead budget and what is shed to keep to it.
     pub shedding: Shedding,
+    /// Stdout: what waits, and what a reader that does not keep up cost.
+    pub output: OutputState,
     /// Processes with system-call activity this interval.
     pub processes_active: u64,
     /// Processes reported (after --pid/--comm filters and --top).
@@ -237,6 +239,17 @@ pub struct ConfigState {
     pub reloads: u64,
     /// Why the last reload was refused (the previous configuration stays).
     pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputState {
+    /// Intervals dropped since the last agent record because stdout did
+    /// not keep up (the queue holds at most 256 intervals and 16 MiB).
+    pub dropped_intervals: u64,
+    /// Bytes waiting to be written.
+    pub queued_bytes: u64,
+    /// Whether writes to stdout are failing.
+    pub failing: bool,
 }
 
 #[derive(Debug, Serialize)]

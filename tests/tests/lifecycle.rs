@@ -178,3 +178,39 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     }
     agent.stop().unwrap();
 }
+
+#[test]
+fn a_stalled_reader_neither_stops_measuring_nor_blocks_sigterm() {
+    require_bpf!();
+    // Nobody reads the agent's stdout: the pipe fills within a second or two.
+    let mut child = Command::new(agent_bin())
+        .args(["run", "--interval", "100ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(!status.contains("State:\tZ"), "still running");
+    let t0 = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "{s}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "SIGTERM must end the agent even with stdout stuck"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then a reader catches up on what was written and queued: whole lines.
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() > 10, "{} lines", lines.len());
+    for l in &lines {
+        parse_record(l).unwrap();
+    }
+}
