@@ -23,15 +23,8 @@ fn mean(v: &[f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 
-fn num(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
-}
+/// Numbers as the alert messages show them.
+use crate::rules::number as num;
 
 fn unit(kpi: &str) -> &'static str {
     if kpi.ends_with("_pct") {

@@ -236,7 +236,8 @@ fn action(kpi: &str, level: Level) -> &'static str {
     }
 }
 
-fn number(v: f64) -> String {
+/// A value for people: no decimals from 100, one from 1, three below.
+pub fn number(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
