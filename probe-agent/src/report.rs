@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{
     commands::{CommandError, read_intervals},
     config::Config,
-    rules::Engine,
+    rules::{Engine, number as num},
     timefmt::rfc3339_from_secs,
 };
 
@@ -22,9 +22,6 @@ fn get(v: &Value, path: &str) -> Option<f64> {
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
-
-/// Numbers as the alert messages show them.
-use crate::rules::number as num;
 
 fn unit(kpi: &str) -> &'static str {
     if kpi.ends_with("_pct") {
