@@ -4,7 +4,7 @@
 //! grows its memory past the bound; what the bound cuts is counted.
 
 use std::{
-    io::{self, Write as _},
+    io,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -112,9 +112,9 @@ impl Stdout {
     }
 }
 
-/// Room left in a pipe on stdout, or None when stdout is not a pipe (a
-/// file or terminal takes whole writes).
-fn pipe_room() -> Option<usize> {
+/// The capacity of a pipe on stdout and the bytes waiting in it, or None
+/// when stdout is not a pipe (a file or terminal takes whole writes).
+fn pipe_state() -> Option<(usize, usize)> {
     let cap = unsafe { libc::fcntl(1, libc::F_GETPIPE_SZ) };
     if cap <= 0 {
         return None;
@@ -123,41 +123,64 @@ fn pipe_room() -> Option<usize> {
     if unsafe { libc::ioctl(1, libc::FIONREAD, &mut used) } != 0 {
         return None;
     }
-    Some((cap - used).max(0) as usize)
+    Some((cap as usize, used.max(0) as usize))
 }
 
-/// Writes one line, waiting (without blocking in write) until a pipe has
-/// room for all of it, so that stopping never leaves half a line behind.
-/// Returns false if asked to stop first.
-fn write_line(out: &mut io::Stdout, line: &[u8], s: &Shared) -> io::Result<bool> {
-    loop {
-        if s.stop.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        match pipe_room() {
-            // A line longer than the whole pipe cannot wait for room.
-            Some(room) if room < line.len() && line.len() <= 64 << 10 => {
-                std::thread::sleep(Duration::from_millis(5));
+/// Bytes a pipe writes all at once or not at all (POSIX PIPE_BUF).
+const PIPE_BUF: usize = 4096;
+
+/// write(2) on stdout, all of `buf`.
+fn write_fd(buf: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            _ => break,
+            return Err(e);
+        }
+        off += n as usize;
+    }
+    Ok(())
+}
+
+/// Writes one line so that stopping never leaves half of it behind: a line
+/// of at most PIPE_BUF bytes goes to a pipe whole or not at all, even when
+/// the write blocks; a longer one waits (without blocking in write) until
+/// the pipe has room for all of it. Returns false if asked to stop first.
+fn write_line(line: &[u8], s: &Shared) -> io::Result<bool> {
+    if line.len() > PIPE_BUF {
+        // The free room of a pipe cannot be known exactly (a write does
+        // not share a page it does not fit in), so a long line waits until
+        // the pipe is empty.
+        loop {
+            if s.stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            match pipe_state() {
+                Some((cap, used)) if used > 0 && line.len() <= cap => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => break,
+            }
         }
     }
-    out.write_all(line)?;
-    out.flush()?;
+    write_fd(line)?;
     Ok(true)
 }
 
 fn writer(rx: Receiver<Bytes>, s: Arc<Shared>) {
-    let mut out = io::stdout();
     for lines in rx {
         let mut result = Ok(true);
-        // Usually it all fits (or stdout is a file): one write. Otherwise a
-        // line at a time, each only once there is room for all of it.
-        let whole = pipe_room().is_none_or(|room| room >= lines.len());
-        let parts: Vec<&[u8]> =
-            if whole { vec![&lines[..]] } else { lines.split_inclusive(|&b| b == b'\n').collect() };
-        for line in parts {
-            result = write_line(&mut out, line, &s);
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            if s.stop.load(Ordering::Relaxed) {
+                result = Ok(false);
+                break;
+            }
+            result = write_line(line, &s);
             if !matches!(result, Ok(true)) {
                 break;
             }
