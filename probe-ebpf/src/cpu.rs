@@ -131,20 +131,15 @@ fn set_wake(task: u64, now: u64) {
 #[inline(always)]
 fn add_time(key: &CpuKey, ns: u64) {
     if let Some(v) = CPU_TIME.get_ptr_mut(key) {
-        unsafe {
-            (*v).run_ns += ns;
-            (*v).runs += 1;
-        }
+        unsafe { update_time(v, ns) };
         return;
     }
     match CPU_TIME.insert(key, CpuValue { run_ns: ns, runs: 1 }, BPF_NOEXIST as u64) {
         Ok(()) => {}
+        // Another CPU created it first; this CPU's copy exists, zeroed.
         Err(err) if err as i64 == -EEXIST => {
             if let Some(v) = CPU_TIME.get_ptr_mut(key) {
-                unsafe {
-                    (*v).run_ns += ns;
-                    (*v).runs += 1;
-                }
+                unsafe { update_time(v, ns) };
             }
         }
         Err(_) => bump(Counter::TimeFull),
@@ -152,16 +147,18 @@ fn add_time(key: &CpuKey, ns: u64) {
 }
 
 #[inline(always)]
+unsafe fn update_time(v: *mut CpuValue, ns: u64) {
+    unsafe {
+        (*v).run_ns += ns;
+        (*v).runs += 1;
+    }
+}
+
+#[inline(always)]
 fn add_runq(tgid: u32, ns: u64) {
     let key = RunqKey { tgid, bucket: bucket_of(ns) };
     if let Some(v) = RUNQ_LAT.get_ptr_mut(key) {
-        unsafe {
-            (*v).count += 1;
-            (*v).sum_ns += ns;
-            if ns > (*v).max_ns {
-                (*v).max_ns = ns;
-            }
-        }
+        unsafe { update_runq(v, ns) };
         return;
     }
     let first = RunqValue { count: 1, sum_ns: ns, max_ns: ns };
@@ -169,15 +166,20 @@ fn add_runq(tgid: u32, ns: u64) {
         Ok(()) => {}
         Err(err) if err as i64 == -EEXIST => {
             if let Some(v) = RUNQ_LAT.get_ptr_mut(key) {
-                unsafe {
-                    (*v).count += 1;
-                    (*v).sum_ns += ns;
-                    if ns > (*v).max_ns {
-                        (*v).max_ns = ns;
-                    }
-                }
+                unsafe { update_runq(v, ns) };
             }
         }
         Err(_) => bump(Counter::RunqFull),
+    }
+}
+
+#[inline(always)]
+unsafe fn update_runq(v: *mut RunqValue, ns: u64) {
+    unsafe {
+        (*v).count += 1;
+        (*v).sum_ns += ns;
+        if ns > (*v).max_ns {
+            (*v).max_ns = ns;
+        }
     }
 }

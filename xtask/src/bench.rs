@@ -141,9 +141,11 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<()> {
+/// Checks for root and builds the release agent and workload; returns
+/// their paths.
+pub(crate) fn build_release(root: &Path, what: &str) -> Result<(PathBuf, PathBuf)> {
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run it as root");
+        bail!("the {what} loads eBPF programs: run it as root");
     }
     let status = Command::new("cargo")
         .current_dir(root)
@@ -153,7 +155,11 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
         bail!("build failed");
     }
     let bin = |name: &str| -> PathBuf { root.join("target/release").join(name) };
-    let (agent, workload) = (bin("probe-agent"), bin("probe-workload"));
+    Ok((bin("probe-agent"), bin("probe-workload")))
+}
+
+pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<()> {
+    let (agent, workload) = build_release(root, "benchmark")?;
     if !Path::new("/sys/kernel/tracing/events").exists() {
         // bpftrace attaches classic tracepoints, whose ids live in tracefs.
         let _ = Command::new("mount")

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 /// Least-squares slope of `ys` over `xs`.
@@ -29,18 +29,7 @@ fn slope(xs: &[f64], ys: &[f64]) -> f64 {
 }
 
 pub fn run(root: &Path, minutes: f64, interval_s: u64) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the soak loads eBPF programs: run it as root");
-    }
-    let status = Command::new("cargo")
-        .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "probe-agent", "-p", "probe-tests"])
-        .status()?;
-    if !status.success() {
-        bail!("build failed");
-    }
-    let bin = |n: &str| root.join("target/release").join(n);
-    let (agent_bin, workload) = (bin("probe-agent"), bin("probe-workload"));
+    let (agent_bin, workload) = crate::bench::build_release(root, "soak")?;
     let mut agent = Command::new(&agent_bin)
         .args(["run", "--interval", &format!("{interval_s}s"), "--top", "20"])
         .stdout(Stdio::piped())
