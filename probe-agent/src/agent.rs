@@ -6,7 +6,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bytes::BytesMut;
 use log::{debug, error, info, warn};
 use probe_common::{
     cpu::{COUNTERS as CPU_COUNTERS, Counter as CpuCounter},
@@ -33,14 +32,14 @@ use crate::{
     },
     procfs,
     records::{
-        AgentRecord, ConfigState, ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord,
-        Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord, OutputState,
-        ProcessMemory, ProcessRecord, ProgramRecord, Shedding, StatusRecord, SyscallRecord,
-        VERSION, encode,
+        AgentRecord, ConfigState, ContainerCost, ContainerMemory, ContainerRecord, Encoder,
+        EndpointRecord, Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord,
+        OutputState, ProcessMemory, ProcessRecord, ProgramRecord, Shedding, StatusRecord,
+        SyscallRecord, VERSION,
     },
     rules::Engine,
     shed::Shedder,
-    sink::{SinkError, Stdout},
+    sink::{SinkError, Sinks},
     timefmt::rfc3339_millis,
 };
 
@@ -59,6 +58,10 @@ pub enum AgentError {
     Encode(#[from] serde_json::Error),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("starting the outputs: {0}")]
+    Output(std::io::Error),
+    #[error("--metrics-addr {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 /// State carried from one interval to the next.
@@ -82,8 +85,11 @@ struct Agent {
     config_state: ConfigState,
     shedder: Shedder,
     shed_alert: Option<serde_json::Value>,
-    out: Stdout,
-    prev_out_dropped: u64,
+    out: Sinks,
+    /// The Prometheus endpoint, when on.
+    metrics: Option<crate::metrics::Metrics>,
+    /// The next record's `seq`.
+    seq: u64,
     prev_cpu_ns: u64,
     /// The open BPF run-time statistics window, and the last closed one.
     stats_window: Option<StatsWindow>,
@@ -103,6 +109,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
 
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+    crate::aggregate::latency::keep_buckets(cfg.histograms || cfg.metrics_addr.is_some());
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            Some(crate::metrics::Metrics::start(addr).map_err(|e| AgentError::Metrics(addr, e))?)
+        }
+        None => None,
+    };
+    let out = Sinks::start(&cfg.outputs).map_err(AgentError::Output)?;
     let probes = Probes::start()?;
     // Everything is loaded and attached: keep only what is still needed.
     let keep = caps::needed_after_attach(!cfg.bpf_stats_window.is_zero());
@@ -126,8 +140,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         caps_after_attach: remaining,
         shedder: Shedder::new(cfg.overhead_budget_pct),
         shed_alert: None,
-        out: Stdout::start(),
-        prev_out_dropped: 0,
+        out,
+        metrics,
+        seq: 0,
         config_state: ConfigState {
             path: cfg.config_path.as_ref().map(|p| p.display().to_string()),
             ..ConfigState::default()
@@ -227,7 +242,7 @@ impl Agent {
         kpis
     }
 
-    fn status(&self) -> Result<(), AgentError> {
+    fn status(&mut self) -> Result<(), AgentError> {
         let ts = rfc3339_millis(SystemTime::now());
         let kpis = self.kpis();
         let rec = StatusRecord {
@@ -245,12 +260,24 @@ impl Agent {
             capabilities: caps::names(self.caps_after_attach),
             no_new_privs: procfs::no_new_privs(),
         };
-        let mut buf = BytesMut::new();
-        encode(&mut buf, &rec)?;
-        self.out.send(buf.freeze())?;
+        let mut enc = Encoder::new(self.seq, self.cfg.histograms, self.metrics.is_some());
+        enc.put(&rec)?;
+        self.emit(enc)?;
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         unsafe { libc::malloc_trim(0) };
+        Ok(())
+    }
+
+    /// Hands encoded records to the metrics endpoint and the sinks. A sink
+    /// with the `block` policy may hold this up to one interval.
+    fn emit(&mut self, enc: Encoder) -> Result<(), AgentError> {
+        self.seq = enc.seq;
+        let lines = enc.lines.freeze();
+        if let Some(m) = &mut self.metrics {
+            m.update(enc.with_buckets.as_deref().unwrap_or(&lines));
+        }
+        self.out.send(&lines, Instant::now() + self.cfg.interval)?;
         Ok(())
     }
 
@@ -391,7 +418,7 @@ impl Agent {
         chosen.truncate(self.cfg.top);
         let reported = chosen.len() as u64;
 
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut enc = Encoder::new(self.seq, self.cfg.histograms, self.metrics.is_some());
         let memory = procfs::meminfo().map_or(
             HostMemory { used_bytes: 0, total_bytes: 0, utilization_pct: 0.0 },
             |(total, avail)| {
@@ -417,7 +444,7 @@ impl Agent {
             requests: host_requests.group(interval_s),
             cost: host_cost,
         };
-        encode(&mut buf, &host)?;
+        enc.put(&host)?;
         for (id, c) in &containers {
             let (used, limit) =
                 self.cgroups.memory(&c.path).map_or((None, None), |(u, l)| (Some(u), l));
@@ -441,7 +468,7 @@ impl Agent {
                 requests: c.requests.group(interval_s),
                 cost: ContainerCost { projected_usd_month: share },
             };
-            encode(&mut buf, &rec)?;
+            enc.put(&rec)?;
         }
         for v in &chosen {
             let tgid = v.calls.tgid;
@@ -458,7 +485,7 @@ impl Agent {
                 tcp: v.tcp.group(),
                 requests: v.requests.group(interval_s),
             };
-            encode(&mut buf, &rec)?;
+            enc.put(&rec)?;
             for (e, r) in tcp.endpoints.range(Endpoint { tgid, role: 0, port: 0, peer: [0; 16] }..)
             {
                 if e.tgid != tgid {
@@ -474,12 +501,12 @@ impl Agent {
                     peer: e.peer_addr(),
                     requests: r.group(interval_s),
                 };
-                encode(&mut buf, &rec)?;
+                enc.put(&rec)?;
             }
             for (nr, stats) in &v.calls.calls {
                 let rec =
                     syscall_record(header.with("syscall"), tgid, &v.comm, container_id, *nr, stats);
-                encode(&mut buf, &rec)?;
+                enc.put(&rec)?;
             }
         }
         drop(chosen);
@@ -520,7 +547,7 @@ impl Agent {
         fill.extend(self.probes.tcp.fill(&tcp_cur));
         // Rules run over this interval's records, as a replay would.
         // Syscall records (the most numerous) carry no rule's KPI: skip them.
-        let records: Vec<serde_json::Value> = buf[..]
+        let records: Vec<serde_json::Value> = enc.lines[..]
             .split(|&b| b == b'\n')
             .filter(|l| !l.starts_with(br#"{"v":1,"type":"syscall""#))
             .filter_map(|l| serde_json::from_slice(l).ok())
@@ -530,7 +557,7 @@ impl Agent {
             .map_or(0.0, |d| d.as_secs_f64());
         for alert in self.rules.evaluate(&records, now_s) {
             info!("alert: {}", alert["message"].as_str().unwrap_or(""));
-            encode(&mut buf, &alert)?;
+            enc.put(&alert)?;
         }
         let counts = ProcessCounts { active, reported, cut_by_top: matching - reported };
         let mut lost = self.lost(&counters, &cpu_counters);
@@ -546,9 +573,9 @@ impl Agent {
         let host_calls = host_calls_n;
         let agent =
             self.agent_record(header.with("agent"), fill, lost, counts, reclaimed, host_calls);
-        encode(&mut buf, &agent)?;
+        enc.put(&agent)?;
         if let Some(alert) = self.shed_alert.take() {
-            encode(&mut buf, &alert)?;
+            enc.put(&alert)?;
         }
         self.prev = cur;
         self.prev_counters = counters;
@@ -556,7 +583,7 @@ impl Agent {
         self.prev_cpu_counters = cpu_counters;
         self.prev_tcp = tcp_cur;
         self.prev_tcp_counters = tcp_counters;
-        self.out.send(buf.freeze())?;
+        self.emit(enc)?;
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         unsafe { libc::malloc_trim(0) };
@@ -707,13 +734,24 @@ impl Agent {
             cost_pct,
             latency_sample_every: self.shedder.every(),
         };
-        let dropped = self.out.dropped();
+        let (dropped_intervals, sinks) = self.out.report();
+        for s in sinks.iter().filter(|s| s.failing || s.dropped_records.total() > 0) {
+            // Once per interval, however many records the fault cost.
+            warn!(
+                "output {}: {} records dropped this interval ({:?}), {} queued{}",
+                s.name,
+                s.dropped_records.total(),
+                s.dropped_records,
+                s.queued_records,
+                s.last_error.as_deref().map(|e| format!("; failing: {e}")).unwrap_or_default()
+            );
+        }
         let output = OutputState {
-            dropped_intervals: dropped - self.prev_out_dropped,
-            queued_bytes: self.out.queued_bytes() as u64,
-            failing: self.out.failing(),
+            dropped_intervals,
+            queued_bytes: sinks.iter().map(|s| s.queued_bytes).sum(),
+            failing: sinks.iter().any(|s| s.failing),
+            sinks,
         };
-        self.prev_out_dropped = dropped;
         AgentRecord {
             output,
             shedding,

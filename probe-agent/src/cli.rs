@@ -46,6 +46,12 @@ pub enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    /// Fleet-wide latency percentiles: adds up the histogram buckets of
+    /// recordings made with --histograms (many hosts' files, or - for stdin).
+    Merge {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// The change of each KPI between two recordings, in numbers and words.
     Compare { baseline: std::path::PathBuf, current: std::path::PathBuf },
     /// Attach only empty programs to the system-call tracepoints, for the
@@ -95,6 +101,20 @@ pub struct RunArgs {
     /// fewer system calls (counting all of them); 0 disables shedding.
     #[arg(long, default_value_t = 1.0, value_name = "PCT")]
     pub overhead_budget_pct: f64,
+    /// Where records go (repeatable; default stdout): stdout, file:PATH,
+    /// tcp://HOST:PORT, unix:PATH, http://HOST:PORT/PATH, with options
+    /// after `?`: policy=block|drop_oldest, queue_bytes=8M, for files
+    /// rotate_bytes=100M and keep=5, for HTTP gzip=true.
+    #[arg(long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Every latency summary also carries its non-empty histogram buckets,
+    /// so many hosts' records can be merged (`probe-agent merge`).
+    #[arg(long)]
+    pub histograms: bool,
+    /// Serve the KPIs in Prometheus' text format at http://ADDR/metrics
+    /// (a bare port binds 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 /// The validated runtime configuration of `run`.
@@ -111,6 +131,17 @@ pub struct RunConfig {
     /// Window of each interval with BPF run-time statistics on (zero: off).
     pub bpf_stats_window: Duration,
     pub overhead_budget_pct: f64,
+    pub outputs: Vec<crate::sink::OutputSpec>,
+    pub histograms: bool,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// `PORT` (on 127.0.0.1) or `IP:PORT`.
+fn parse_listen_addr(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().ok()
 }
 
 /// A usage error: the agent exits with status 2.
@@ -170,7 +201,29 @@ impl RunArgs {
             Some(path) => crate::config::load(path).map_err(|e| UsageError(e.to_string()))?,
             None => crate::config::Config::default(),
         };
+        let outputs = if !self.outputs.is_empty() {
+            &self.outputs
+        } else if !config.outputs.is_empty() {
+            &config.outputs
+        } else {
+            &vec!["stdout".to_string()]
+        };
+        let outputs = outputs
+            .iter()
+            .map(|o| o.parse::<crate::sink::OutputSpec>().map_err(UsageError))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics_addr = match self.metrics_addr.as_deref() {
+            None => None,
+            Some(a) => Some(parse_listen_addr(a).ok_or_else(|| {
+                UsageError(format!(
+                    "--metrics-addr must be PORT or IP:PORT (e.g. 127.0.0.1:9464), got {a:?}"
+                ))
+            })?),
+        };
         Ok(RunConfig {
+            outputs,
+            histograms: self.histograms,
+            metrics_addr,
             interval: self.interval,
             duration: self.duration,
             pids: self.pids,
@@ -258,6 +311,10 @@ mod tests {
             &["--comm", ""],
             &["--bpf-stats-pct", "101"],
             &["--bogus"],
+            &["--output", "ftp://x"],
+            &["--output", "tcp://nohost"],
+            &["--metrics-addr", "localhost"],
+            &["--metrics-addr", "99999"],
         ] {
             assert!(args(bad).is_err(), "{bad:?} accepted");
         }

@@ -32,6 +32,10 @@ pub struct Config {
     /// An industry profile applied over the rules: "none", "ecommerce", "fintech".
     #[serde(default = "none")]
     pub profile: String,
+    /// Where records go (optional; `--output` replaces it): the same
+    /// specs as `--output`. Read at start; SIGHUP does not change sinks.
+    #[serde(default)]
+    pub outputs: Vec<String>,
     pub alerts: Alerts,
     pub cost: Cost,
     #[serde(default, rename = "rule")]
@@ -121,6 +125,9 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
     let mut cfg: Config = toml::from_str(text)
         .map_err(|e| ConfigError::Parse { path: path.into(), message: describe(text, &e) })?;
     let bad = |message: String| ConfigError::Invalid { path: path.into(), message };
+    for o in &cfg.outputs {
+        o.parse::<crate::sink::OutputSpec>().map_err(|e| bad(format!("outputs: {e}")))?;
+    }
     match cfg.profile.as_str() {
         "none" => {}
         "ecommerce" | "fintech" => cfg.rules = apply_profile(&cfg.profile, cfg.rules),

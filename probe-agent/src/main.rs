@@ -11,6 +11,8 @@ mod config;
 mod containers;
 mod cost;
 mod disk;
+mod merge;
+mod metrics;
 mod names;
 mod probes;
 mod procfs;
@@ -37,6 +39,9 @@ fn main() -> ExitCode {
             Some(commands::replay(file, config.as_deref()))
         }
         Some(cli::Command::Kpis) => Some(commands::print_kpis()),
+        Some(cli::Command::Merge { files }) => {
+            Some(merge::check_files(files).and_then(|()| merge::merge(files)))
+        }
         Some(cli::Command::Report { file, config }) => {
             Some(commands::report(file, config.as_deref()))
         }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{
     aggregate::{
         cpu::CpuGroup,
-        latency::LatencyMs,
+        latency::{LatencyMs, with_buckets},
         syscalls::SyscallsGroup,
         tcp::{RequestsGroup, TcpGroup},
     },
@@ -243,13 +243,16 @@ pub struct ConfigState {
 
 #[derive(Debug, Serialize)]
 pub struct OutputState {
-    /// Intervals dropped since the last agent record because stdout did
-    /// not keep up (the queue holds at most 256 intervals and 16 MiB).
+    /// Intervals, since the last agent record, of which some records were
+    /// dropped at some sink because it did not keep up (details in `sinks`).
     pub dropped_intervals: u64,
-    /// Bytes waiting to be written.
+    /// Bytes waiting to be written, over all sinks.
     pub queued_bytes: u64,
-    /// Whether writes to stdout are failing.
+    /// Whether delivery to some sink is failing.
     pub failing: bool,
+    /// Each sink: delivered and dropped records (by reason) since the last
+    /// agent record, its queue, and its fault while failing.
+    pub sinks: Vec<crate::sink::SinkState>,
 }
 
 #[derive(Debug, Serialize)]
@@ -312,6 +315,48 @@ pub struct LostRecord {
     pub tcp_endpoints_full: u64,
     /// Rule evaluations skipped: too many (rule, scope) pairs tracked (100000).
     pub alert_scopes_cut: u64,
+}
+
+/// Encodes one run's records as lines, numbering them: `seq` counts the
+/// records of a run from 0 (the `status` record), so a reader sees a gap
+/// wherever a sink dropped records (the `agent` record counts them).
+pub struct Encoder {
+    /// The next record's number.
+    pub seq: u64,
+    /// Whether lines carry their histogram buckets (`--histograms`).
+    histograms: bool,
+    pub lines: bytes::BytesMut,
+    /// The same records with their buckets, when the lines do not carry
+    /// them and the metrics endpoint needs them.
+    pub with_buckets: Option<bytes::BytesMut>,
+}
+
+#[derive(Serialize)]
+struct Numbered<'a, T> {
+    #[serde(flatten)]
+    rec: &'a T,
+    seq: u64,
+}
+
+impl Encoder {
+    pub fn new(seq: u64, histograms: bool, metrics: bool) -> Self {
+        Encoder {
+            seq,
+            histograms,
+            lines: bytes::BytesMut::with_capacity(64 * 1024),
+            with_buckets: (metrics && !histograms).then(bytes::BytesMut::new),
+        }
+    }
+
+    pub fn put<T: Serialize>(&mut self, rec: &T) -> Result<(), serde_json::Error> {
+        let rec = Numbered { rec, seq: self.seq };
+        with_buckets(self.histograms, || encode(&mut self.lines, &rec))?;
+        if let Some(buf) = &mut self.with_buckets {
+            with_buckets(true, || encode(buf, &rec))?;
+        }
+        self.seq += 1;
+        Ok(())
+    }
 }
 
 /// Appends `record` as one line of JSON to `buf`.

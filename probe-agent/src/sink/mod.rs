@@ -1,0 +1,773 @@
+//! Sinks: where the JSON lines go. One or several at once (`--output`):
+//! stdout, a rotated file, TCP, a Unix stream socket, HTTP POST.
+//!
+//! Each sink has its own bounded queue and writer thread, so a sink that
+//! hangs, resets or fills its disk never stalls the measuring, never grows
+//! the agent's memory past the bound, and never holds up the other sinks.
+//! The queue holds whole lines: a record is written whole or not at all,
+//! lines keep their order, and a line leaves the queue only once delivered
+//! (a sink that comes back gets what is still queued, once). What a full
+//! queue or a refusing sink costs is counted by reason and reported in the
+//! `agent` record.
+
+mod file;
+mod http;
+mod stdout;
+mod stream;
+
+use std::{
+    collections::VecDeque,
+    io,
+    path::PathBuf,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Errors of the sink stage.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Every sink's reader went away (stdout closed): a normal end.
+    #[error("every output closed")]
+    Closed,
+}
+
+/// What to do with a new record when a sink's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Wait for room, at most one interval, then drop the new records.
+    Block,
+    /// Drop the oldest queued records to make room.
+    DropOldest,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Block => "block",
+            Policy::DropOldest => "drop_oldest",
+        }
+    }
+}
+
+/// Where a sink writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Stdout,
+    /// Appended; rotated to `PATH.1` .. `PATH.keep` past `rotate_bytes`.
+    File {
+        path: PathBuf,
+        rotate_bytes: u64,
+        keep: u32,
+    },
+    /// Newline-delimited JSON over TCP (`host:port`).
+    Tcp(String),
+    /// Newline-delimited JSON over a Unix stream socket.
+    Unix(PathBuf),
+    /// NDJSON batches POSTed to `http://host:port/path`.
+    Http {
+        authority: String,
+        path: String,
+        gzip: bool,
+    },
+}
+
+/// One `--output`: a target and its queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputSpec {
+    /// The spec as given, which names the sink in the `agent` record.
+    pub name: String,
+    pub target: Target,
+    pub policy: Policy,
+    /// Most bytes queued for this sink (lines waiting and being written).
+    pub queue_bytes: usize,
+}
+
+/// Default bound of each sink's queue.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+
+/// Parses a size: bytes, or with a K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, mult) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1u64 << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl std::str::FromStr for OutputSpec {
+    type Err = String;
+
+    /// `stdout`, `file:PATH`, `tcp://HOST:PORT`, `unix:PATH` or
+    /// `http://HOST:PORT/PATH`, optionally followed by `?key=value&...`
+    /// with `policy` (block, drop_oldest), `queue_bytes`, and for files
+    /// `rotate_bytes` and `keep`, for HTTP `gzip` (true, false).
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let bad = |why: String| Err(format!("--output {spec:?}: {why}"));
+        let (base, query) = spec.split_once('?').unwrap_or((spec, ""));
+        let mut policy = Policy::DropOldest;
+        let mut queue_bytes = DEFAULT_QUEUE_BYTES as u64;
+        let mut rotate_bytes = 100u64 << 20;
+        let mut keep = 5u32;
+        let mut gzip = false;
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let Some((k, v)) = kv.split_once('=') else {
+                return bad(format!("option {kv:?} is not key=value"));
+            };
+            let size = |min: u64, max: u64| match parse_size(v) {
+                Some(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "--output {spec:?}: {k} must be a size from {min} to {max} bytes (e.g. 8M), got {v:?}"
+                )),
+            };
+            match k {
+                "policy" => {
+                    policy = match v {
+                        "block" => Policy::Block,
+                        "drop_oldest" => Policy::DropOldest,
+                        _ => return bad(format!("policy must be block or drop_oldest, got {v:?}")),
+                    }
+                }
+                "queue_bytes" => queue_bytes = size(64 << 10, 1 << 30)?,
+                "rotate_bytes" => rotate_bytes = size(4 << 10, 1 << 40)?,
+                "keep" => match v.parse() {
+                    Ok(n) if (1..=1000).contains(&n) => keep = n,
+                    _ => return bad(format!("keep must be 1 to 1000, got {v:?}")),
+                },
+                "gzip" => match v {
+                    "true" => gzip = true,
+                    "false" => gzip = false,
+                    _ => return bad(format!("gzip must be true or false, got {v:?}")),
+                },
+                _ => return bad(format!("unknown option {k:?}")),
+            }
+        }
+        let target = if base == "stdout" || base == "-" {
+            Target::Stdout
+        } else if let Some(path) = base.strip_prefix("file:") {
+            if path.is_empty() {
+                return bad("no file path".into());
+            }
+            Target::File { path: path.into(), rotate_bytes, keep }
+        } else if let Some(addr) = base.strip_prefix("tcp://") {
+            match addr.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => return bad("expected tcp://HOST:PORT".into()),
+            }
+            Target::Tcp(addr.into())
+        } else if let Some(path) = base.strip_prefix("unix:") {
+            if path.is_empty() {
+                return bad("no socket path".into());
+            }
+            Target::Unix(path.into())
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                None if !authority.is_empty() => {}
+                _ => return bad("expected http://HOST[:PORT]/PATH".into()),
+            }
+            let authority =
+                if authority.contains(':') { authority.into() } else { format!("{authority}:80") };
+            let path = if path.is_empty() { "/".into() } else { path.into() };
+            Target::Http { authority, path, gzip }
+        } else {
+            return bad("expected stdout, file:PATH, tcp://HOST:PORT, unix:PATH or http://HOST:PORT/PATH (https is not supported; use a local shipper)".into());
+        };
+        Ok(OutputSpec { name: spec.into(), target, policy, queue_bytes: queue_bytes as usize })
+    }
+}
+
+/// Why records were dropped, cumulative per sink.
+#[derive(Default)]
+pub struct Counters {
+    /// Lines delivered.
+    pub sent: AtomicU64,
+    /// Lines dropped because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Lines longer than the whole queue.
+    pub too_large: AtomicU64,
+    /// Lines the sink refused for good (HTTP 4xx).
+    pub rejected: AtomicU64,
+    /// Lines written to a connection that failed before the peer
+    /// acknowledged them: they may or may not have arrived.
+    pub unconfirmed: AtomicU64,
+    /// Lines queued when the sink closed for good (stdout's reader left).
+    pub closed: AtomicU64,
+    /// Connections or files opened again after a failure.
+    pub reconnects: AtomicU64,
+    /// Failed attempts to deliver (each retried after a back-off).
+    pub errors: AtomicU64,
+}
+
+/// A way of delivering lines.
+pub(crate) trait Transport: Send {
+    /// Delivers lines from the front of `pending`, removing each one (and
+    /// counting it in `c.sent`) once it is delivered. On an error the rest
+    /// stays in `pending` for a retry after a back-off.
+    fn deliver(
+        &mut self,
+        pending: &mut VecDeque<Bytes>,
+        c: &Counters,
+        stop: &AtomicBool,
+    ) -> io::Result<()>;
+
+    /// Whether `e` means nothing will ever be delivered again (stdout's
+    /// reader left), rather than a fault to retry.
+    fn closed_for_good(&self, _e: &io::Error) -> bool {
+        false
+    }
+}
+
+/// Most bytes a writer takes from its queue at once.
+const BATCH_BYTES: usize = 1 << 20;
+/// Back-off after a failure: doubles from the first to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+struct Queue {
+    lines: VecDeque<Bytes>,
+    /// Bytes in `lines` plus those the writer holds.
+    bytes: usize,
+    /// Lines the writer holds (taken, not yet delivered).
+    held: usize,
+}
+
+struct Shared {
+    q: Mutex<Queue>,
+    /// Signalled when lines are queued.
+    data: Condvar,
+    /// Signalled when the writer takes lines (room in the queue).
+    room: Condvar,
+    c: Counters,
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    closed: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// One sink: its queue and writer thread.
+struct Sink {
+    spec: OutputSpec,
+    shared: Arc<Shared>,
+    /// Counters at the previous report, for per-interval figures.
+    reported: Reported,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Reported {
+    sent: u64,
+    queue_full: u64,
+    too_large: u64,
+    rejected: u64,
+    unconfirmed: u64,
+    closed: u64,
+    reconnects: u64,
+    errors: u64,
+}
+
+/// One sink's state for the `agent` record: figures since the previous one.
+#[derive(Debug, Serialize)]
+pub struct SinkState {
+    pub name: String,
+    pub kind: &'static str,
+    pub policy: &'static str,
+    pub sent_records: u64,
+    /// Records dropped, by reason: `queue_full`, `too_large`, `rejected`
+    /// (the sink refused them: HTTP 4xx), `unconfirmed` (written to a TCP
+    /// connection that failed before the peer acknowledged them: perhaps
+    /// delivered, never sent twice), `closed` (the reader left).
+    pub dropped_records: DroppedRecords,
+    pub queued_records: u64,
+    pub queued_bytes: u64,
+    pub queue_max_bytes: u64,
+    /// Whether the last attempt to deliver failed.
+    pub failing: bool,
+    /// Failed attempts this interval (each retried after a back-off).
+    pub errors: u64,
+    pub reconnects: u64,
+    /// The last failure, while failing.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DroppedRecords {
+    pub queue_full: u64,
+    pub too_large: u64,
+    pub rejected: u64,
+    pub unconfirmed: u64,
+    pub closed: u64,
+}
+
+impl DroppedRecords {
+    pub fn total(&self) -> u64 {
+        self.queue_full + self.too_large + self.rejected + self.unconfirmed + self.closed
+    }
+}
+
+/// All the sinks of a run.
+pub struct Sinks {
+    sinks: Vec<Sink>,
+    /// Intervals of which some sink dropped records, since the last report.
+    intervals_hit: u64,
+}
+
+impl Sinks {
+    /// Starts a writer thread per sink. Files are opened and addresses
+    /// checked lazily: a sink that cannot deliver yet retries and counts.
+    pub fn start(specs: &[OutputSpec]) -> io::Result<Self> {
+        let mut sinks = Vec::new();
+        for spec in specs {
+            let transport: Box<dyn Transport> = match &spec.target {
+                Target::Stdout => Box::new(stdout::Stdout),
+                Target::File { path, rotate_bytes, keep } => {
+                    Box::new(file::File::new(path.clone(), *rotate_bytes, *keep))
+                }
+                Target::Tcp(addr) => Box::new(stream::Stream::tcp(addr.clone())),
+                Target::Unix(path) => Box::new(stream::Stream::unix(path.clone())),
+                Target::Http { authority, path, gzip } => {
+                    Box::new(http::Http::new(authority.clone(), path.clone(), *gzip))
+                }
+            };
+            let shared = Arc::new(Shared {
+                q: Mutex::new(Queue { lines: VecDeque::new(), bytes: 0, held: 0 }),
+                data: Condvar::new(),
+                room: Condvar::new(),
+                c: Counters::default(),
+                failing: AtomicBool::new(false),
+                last_error: Mutex::new(None),
+                closed: AtomicBool::new(false),
+                stop: AtomicBool::new(false),
+            });
+            let s = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sink {}", sinks.len()))
+                .spawn(move || writer(transport, s))?;
+            sinks.push(Sink {
+                spec: spec.clone(),
+                shared,
+                reported: Reported::default(),
+                thread: Some(thread),
+            });
+        }
+        Ok(Sinks { sinks, intervals_hit: 0 })
+    }
+
+    /// Queues one interval's lines on every sink. A `block` sink waits for
+    /// room until `deadline`; what does not fit is dropped and counted.
+    /// Fails only when every sink has closed for good.
+    pub fn send(&mut self, lines: &Bytes, deadline: Instant) -> Result<(), SinkError> {
+        let dropped = |s: &Sinks| -> u64 {
+            s.sinks
+                .iter()
+                .map(|k| {
+                    k.shared.c.queue_full.load(Ordering::Relaxed)
+                        + k.shared.c.too_large.load(Ordering::Relaxed)
+                        + k.shared.c.closed.load(Ordering::Relaxed)
+                })
+                .sum()
+        };
+        let before = dropped(self);
+        let result = self.send_all(lines, deadline);
+        if dropped(self) > before {
+            self.intervals_hit += 1;
+        }
+        result
+    }
+
+    fn send_all(&self, lines: &Bytes, deadline: Instant) -> Result<(), SinkError> {
+        let mut open = 0;
+        for sink in &self.sinks {
+            if sink.shared.closed.load(Ordering::Relaxed) {
+                let n = lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+                sink.shared.c.closed.fetch_add(n as u64, Ordering::Relaxed);
+                continue;
+            }
+            open += 1;
+            sink.push(lines, deadline);
+        }
+        if open == 0 { Err(SinkError::Closed) } else { Ok(()) }
+    }
+
+    /// Each sink's figures since the previous call.
+    /// Intervals of which records were dropped, and each sink's figures,
+    /// since the previous call.
+    pub fn report(&mut self) -> (u64, Vec<SinkState>) {
+        (std::mem::take(&mut self.intervals_hit), self.sinks.iter_mut().map(Sink::report).collect())
+    }
+
+    /// Waits up to `timeout` for the queues to empty (at exit), then has
+    /// the writers stop at a line boundary.
+    pub fn drain(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for sink in &self.sinks {
+            let mut q = sink.shared.q.lock().unwrap_or_else(|e| e.into_inner());
+            while q.bytes > 0 && !sink.shared.closed.load(Ordering::Relaxed) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = sink
+                    .shared
+                    .room
+                    .wait_timeout(q, left.min(Duration::from_millis(20)))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        for sink in &mut self.sinks {
+            sink.shared.stop.store(true, Ordering::Relaxed);
+            sink.shared.data.notify_all();
+        }
+        // A writer blocked in a write to a stuck reader is left behind: the
+        // process is exiting. The others finish their line.
+        let until = Instant::now() + Duration::from_millis(200);
+        for sink in &mut self.sinks {
+            while sink.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if sink.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let _ = sink.thread.take().map(|t| t.join());
+            }
+        }
+    }
+}
+
+impl Sink {
+    fn push(&self, lines: &Bytes, deadline: Instant) {
+        let s = &self.shared;
+        let max = self.spec.queue_bytes;
+        let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+        let mut start = 0;
+        while start < lines.len() {
+            let end = lines[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(lines.len(), |i| start + i + 1);
+            let line = lines.slice(start..end);
+            start = end;
+            if line.len() > max {
+                s.c.too_large.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            while q.bytes + line.len() > max {
+                match self.spec.policy {
+                    Policy::DropOldest => match q.lines.pop_front() {
+                        Some(old) => {
+                            q.bytes -= old.len();
+                            s.c.queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Only what the writer holds is left: it cannot be
+                        // taken back, so the new line goes instead.
+                        None => break,
+                    },
+                    Policy::Block => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        q = s.room.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
+                    }
+                }
+            }
+            if q.bytes + line.len() > max {
+                s.c.queue_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            q.bytes += line.len();
+            q.lines.push_back(line);
+        }
+        drop(q);
+        s.data.notify_one();
+    }
+
+    fn report(&mut self) -> SinkState {
+        let c = &self.shared.c;
+        let now = Reported {
+            sent: c.sent.load(Ordering::Relaxed),
+            queue_full: c.queue_full.load(Ordering::Relaxed),
+            too_large: c.too_large.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            unconfirmed: c.unconfirmed.load(Ordering::Relaxed),
+            closed: c.closed.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        };
+        let was = std::mem::replace(&mut self.reported, now);
+        let (queued_records, queued_bytes) = {
+            let q = self.shared.q.lock().unwrap_or_else(|e| e.into_inner());
+            ((q.lines.len() + q.held) as u64, q.bytes as u64)
+        };
+        let failing = self.shared.failing.load(Ordering::Relaxed);
+        SinkState {
+            name: self.spec.name.clone(),
+            kind: match self.spec.target {
+                Target::Stdout => "stdout",
+                Target::File { .. } => "file",
+                Target::Tcp(_) => "tcp",
+                Target::Unix(_) => "unix",
+                Target::Http { .. } => "http",
+            },
+            policy: self.spec.policy.name(),
+            sent_records: now.sent - was.sent,
+            dropped_records: DroppedRecords {
+                queue_full: now.queue_full - was.queue_full,
+                too_large: now.too_large - was.too_large,
+                rejected: now.rejected - was.rejected,
+                unconfirmed: now.unconfirmed - was.unconfirmed,
+                closed: now.closed - was.closed,
+            },
+            queued_records,
+            queued_bytes,
+            queue_max_bytes: self.spec.queue_bytes as u64,
+            failing,
+            errors: now.errors - was.errors,
+            reconnects: now.reconnects - was.reconnects,
+            last_error: if failing {
+                self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// Sleeps `d`, waking early when asked to stop.
+fn nap(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+fn writer(mut t: Box<dyn Transport>, s: Arc<Shared>) {
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        if pending.is_empty() {
+            let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+            while q.lines.is_empty() {
+                if s.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                q = s
+                    .data
+                    .wait_timeout(q, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            let mut took = 0;
+            while took < BATCH_BYTES
+                && let Some(line) = q.lines.pop_front()
+            {
+                took += line.len();
+                pending.push_back(line);
+            }
+            q.held = pending.len();
+        }
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let before: usize = pending.iter().map(Bytes::len).sum();
+        let result = t.deliver(&mut pending, &s.c, &s.stop);
+        let after: usize = pending.iter().map(Bytes::len).sum();
+        {
+            let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+            // A transport may put back lines it could not confirm (TCP).
+            q.bytes = (q.bytes + after).saturating_sub(before);
+            q.held = pending.len();
+        }
+        s.room.notify_all();
+        match result {
+            Ok(()) => {
+                s.failing.store(false, Ordering::Relaxed);
+                backoff = BACKOFF_FIRST;
+            }
+            Err(e) if t.closed_for_good(&e) => {
+                // stdout's reader left: nothing will ever read again.
+                let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+                let n = q.lines.len() + pending.len();
+                s.c.closed.fetch_add(n as u64, Ordering::Relaxed);
+                q.lines.clear();
+                q.bytes = 0;
+                q.held = 0;
+                s.closed.store(true, Ordering::Relaxed);
+                s.room.notify_all();
+                return;
+            }
+            Err(e) => {
+                s.c.errors.fetch_add(1, Ordering::Relaxed);
+                s.failing.store(true, Ordering::Relaxed);
+                *s.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                nap(backoff, &s.stop);
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let s: OutputSpec =
+            "file:/var/log/p.jsonl?rotate_bytes=10M&keep=3&policy=block".parse().unwrap();
+        assert_eq!(
+            s.target,
+            Target::File { path: "/var/log/p.jsonl".into(), rotate_bytes: 10 << 20, keep: 3 }
+        );
+        assert_eq!(s.policy, Policy::Block);
+        let s: OutputSpec =
+            "http://collector:8080/ingest?gzip=true&queue_bytes=64M".parse().unwrap();
+        assert_eq!(
+            s.target,
+            Target::Http { authority: "collector:8080".into(), path: "/ingest".into(), gzip: true }
+        );
+        assert_eq!(s.queue_bytes, 64 << 20);
+        let s: OutputSpec = "http://collector".parse().unwrap();
+        assert_eq!(
+            s.target,
+            Target::Http { authority: "collector:80".into(), path: "/".into(), gzip: false }
+        );
+        assert_eq!(
+            "tcp://127.0.0.1:5140".parse::<OutputSpec>().unwrap().target,
+            Target::Tcp("127.0.0.1:5140".into())
+        );
+        assert_eq!(
+            "unix:/run/vector.sock".parse::<OutputSpec>().unwrap().target,
+            Target::Unix("/run/vector.sock".into())
+        );
+        assert_eq!("-".parse::<OutputSpec>().unwrap().target, Target::Stdout);
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        for (spec, why) in [
+            ("https://x/y", "https is not supported"),
+            ("tcp://host", "tcp://HOST:PORT"),
+            ("tcp://host:0", "tcp://HOST:PORT"),
+            ("file:", "no file path"),
+            ("stdout?policy=wait", "policy must be"),
+            ("stdout?queue_bytes=1", "queue_bytes must be"),
+            ("stdout?queue_bytes=99999999999999999999G", "queue_bytes must be"),
+            ("file:/x?keep=0", "keep must be"),
+            ("stdout?color=red", "unknown option"),
+            ("stdout?policy", "not key=value"),
+        ] {
+            let err = spec.parse::<OutputSpec>().unwrap_err();
+            assert!(err.contains(why), "{spec}: {err}");
+        }
+    }
+
+    /// Collects delivered lines; fails while `fail` is set.
+    struct Mem(Arc<Mutex<Vec<Bytes>>>, Arc<AtomicBool>);
+
+    impl Transport for Mem {
+        fn deliver(
+            &mut self,
+            pending: &mut VecDeque<Bytes>,
+            c: &Counters,
+            _: &AtomicBool,
+        ) -> io::Result<()> {
+            if self.1.load(Ordering::Relaxed) {
+                return Err(io::Error::other("down"));
+            }
+            while let Some(l) = pending.pop_front() {
+                self.0.lock().unwrap().push(l);
+                c.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    }
+
+    fn mem_sink(
+        policy: Policy,
+        queue_bytes: usize,
+    ) -> (Sink, Arc<Mutex<Vec<Bytes>>>, Arc<AtomicBool>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let fail = Arc::new(AtomicBool::new(true));
+        let shared = Arc::new(Shared {
+            q: Mutex::new(Queue { lines: VecDeque::new(), bytes: 0, held: 0 }),
+            data: Condvar::new(),
+            room: Condvar::new(),
+            c: Counters::default(),
+            failing: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let t = Box::new(Mem(got.clone(), fail.clone()));
+        let thread = std::thread::spawn(move || writer(t, s));
+        let spec = OutputSpec { name: "mem".into(), target: Target::Stdout, policy, queue_bytes };
+        (Sink { spec, shared, reported: Reported::default(), thread: Some(thread) }, got, fail)
+    }
+
+    /// A sink that is down keeps the newest lines that fit, counts every
+    /// line it dropped, and once back delivers the rest in order, once.
+    #[test]
+    fn drop_oldest_counts_and_delivers_in_order() {
+        let (mut sink, got, fail) = mem_sink(Policy::DropOldest, 100);
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut all = Vec::new();
+        for i in 0..50 {
+            let line = format!("{{\"i\":{i:02}}}\n"); // 9 bytes
+            all.push(line.clone());
+            sink.push(&Bytes::from(line), far);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        fail.store(false, Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(5);
+        while sink.shared.q.lock().unwrap().bytes > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let state = sink.report();
+        let got: Vec<String> =
+            got.lock().unwrap().iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect();
+        assert_eq!(got.len() as u64 + state.dropped_records.queue_full, 50);
+        assert_eq!(state.sent_records, got.len() as u64);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "order kept: {got:?}");
+        assert_eq!(got.last(), all.last(), "the newest line is kept");
+        assert!(state.dropped_records.queue_full > 0);
+        sink.shared.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// `block` waits for room until the deadline, then drops the new line.
+    #[test]
+    fn block_waits_until_the_deadline() {
+        let (mut sink, _got, _fail) = mem_sink(Policy::Block, 20);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_millis(300);
+        sink.push(&Bytes::from_static(b"0123456789\n0123456789\n0123456789\n"), deadline);
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(290), "{waited:?}");
+        let state = sink.report();
+        assert!(state.dropped_records.queue_full >= 1);
+        assert!(state.queued_bytes <= 20);
+        sink.shared.stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_queue_is_dropped_as_too_large() {
+        let (mut sink, _got, _fail) = mem_sink(Policy::DropOldest, 10);
+        sink.push(&Bytes::from_static(b"0123456789abcdef\n"), Instant::now());
+        assert_eq!(sink.report().dropped_records.too_large, 1);
+        sink.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
