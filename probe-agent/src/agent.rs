@@ -111,9 +111,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     crate::aggregate::latency::keep_buckets(cfg.histograms || cfg.metrics_addr.is_some());
     let metrics = match cfg.metrics_addr {
-        Some(addr) => {
-            Some(crate::metrics::Metrics::start(addr).map_err(|e| AgentError::Metrics(addr, e))?)
-        }
+        Some(addr) => Some(
+            crate::metrics::Metrics::start(addr, cfg.interval)
+                .map_err(|e| AgentError::Metrics(addr, e))?,
+        ),
         None => None,
     };
     let out = Sinks::start(&cfg.outputs).map_err(AgentError::Output)?;
@@ -737,13 +738,18 @@ impl Agent {
         let (dropped_intervals, sinks) = self.out.report();
         for s in sinks.iter().filter(|s| s.failing || s.dropped_records.total() > 0) {
             // Once per interval, however many records the fault cost.
+            let d = &s.dropped_records;
             warn!(
-                "output {}: {} records dropped this interval ({:?}), {} queued{}",
+                "output {}: {}{} records dropped this interval (queue full {}, too large {}, \
+                 rejected {}, unconfirmed {}), {} queued",
                 s.name,
-                s.dropped_records.total(),
-                s.dropped_records,
+                s.last_error.as_deref().map(|e| format!("failing ({e}); ")).unwrap_or_default(),
+                d.total(),
+                d.queue_full,
+                d.too_large,
+                d.rejected,
+                d.unconfirmed,
                 s.queued_records,
-                s.last_error.as_deref().map(|e| format!("; failing: {e}")).unwrap_or_default()
             );
         }
         let output = OutputState {

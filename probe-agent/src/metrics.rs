@@ -7,7 +7,8 @@
 //! latencies become histograms in Prometheus' cumulative form, in seconds,
 //! over fixed bounds that each hold whole buckets of the agent's finer
 //! layout (so every count is in the right `le`). A series not seen for
-//! five intervals (an exited process) is dropped; at most
+//! five minutes (and five intervals), such as an exited process's, is
+//! dropped; at most
 //! [`MAX_SERIES`] are kept, and what that bound cuts is itself a counter.
 
 use std::{
@@ -23,8 +24,9 @@ use serde_json::Value;
 
 /// Most series kept.
 pub const MAX_SERIES: usize = 20_000;
-/// Intervals a series may go unseen before it is dropped.
-const STALE_AFTER: u64 = 5;
+/// How long a series may go unseen before it is dropped: long enough for
+/// a scraper to see the last of a quiet server or an exited process.
+const STALE_AFTER: Duration = Duration::from_secs(300);
 /// Histogram bounds, in seconds.
 const LE_S: [f64; 19] = [
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -63,6 +65,8 @@ struct Family {
 pub struct Metrics {
     families: BTreeMap<&'static str, Family>,
     interval: u64,
+    /// Intervals a series may go unseen before it is dropped.
+    stale_after: u64,
     series: usize,
     cut: u64,
     text: Arc<Mutex<Arc<str>>>,
@@ -92,12 +96,24 @@ fn text(v: &Value) -> String {
 
 impl Metrics {
     /// Binds `addr` and serves from a thread of its own.
-    pub fn start(addr: SocketAddr) -> io::Result<Self> {
+    pub fn start(addr: SocketAddr, interval: Duration) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let text: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from("")));
         let t = text.clone();
         std::thread::Builder::new().name("metrics".into()).spawn(move || serve(listener, t))?;
-        Ok(Metrics { families: BTreeMap::new(), interval: 0, series: 0, cut: 0, text })
+        Ok(Metrics::new(interval, text))
+    }
+
+    fn new(interval: Duration, text: Arc<Mutex<Arc<str>>>) -> Self {
+        let stale_after = (STALE_AFTER.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+        Metrics {
+            families: BTreeMap::new(),
+            interval: 0,
+            stale_after: stale_after.max(5),
+            series: 0,
+            cut: 0,
+            text,
+        }
     }
 
     fn series(
@@ -390,7 +406,7 @@ impl Metrics {
         let now = self.interval;
         for fam in self.families.values_mut() {
             let before = fam.series.len();
-            fam.series.retain(|_, s| now - s.seen < STALE_AFTER);
+            fam.series.retain(|_, s| now - s.seen < self.stale_after);
             self.series -= before - fam.series.len();
         }
         let text = self.render();
@@ -474,13 +490,7 @@ mod tests {
     use super::*;
 
     fn metrics() -> Metrics {
-        Metrics {
-            families: BTreeMap::new(),
-            interval: 0,
-            series: 0,
-            cut: 0,
-            text: Arc::new(Mutex::new(Arc::from(""))),
-        }
+        Metrics::new(Duration::from_secs(60), Arc::new(Mutex::new(Arc::from(""))))
     }
 
     /// Counters add up over intervals; histogram buckets are cumulative
@@ -517,7 +527,7 @@ mod tests {
     fn quiet_series_are_dropped() {
         let mut m = metrics();
         m.update(br#"{"type":"process","host":"h","pid":7,"syscalls":{"count":1}}"#);
-        for _ in 0..STALE_AFTER {
+        for _ in 0..5 {
             m.update(b"");
         }
         assert!(!m.render().contains("pid=\"7\""));

@@ -166,6 +166,7 @@ impl Agent {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.records.push(parse_record(&line)?);
         }
+        validate(&self.records)?;
         Ok(std::mem::take(&mut self.records))
     }
 }
@@ -270,4 +271,36 @@ pub fn syscall_total(records: &[Value], pid: u32, name: &str, field: &str) -> u6
 /// `|got - want| / want`.
 pub fn rel_err(got: f64, want: f64) -> f64 {
     (got - want).abs() / want
+}
+
+/// Checks records against the published schema (`schema/probe-v1.schema.json`)
+/// with an independent validator (python3-jsonschema): every record any
+/// integration test sees from the agent goes through here.
+pub fn validate(records: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    validate_lines(&text)
+}
+
+/// As [`validate`], for raw lines.
+pub fn validate_lines(text: &str) -> Result<()> {
+    let mut child = Command::new("python3")
+        .arg(workspace().join("scripts/validate-records.py"))
+        .arg(workspace().join("schema/probe-v1.schema.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("running scripts/validate-records.py (python3 with python3-jsonschema)")?;
+    let mut stdin = child.stdin.take().context("validator stdin")?;
+    let text = text.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    let said = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "records do not match the schema:\n{said}");
+    Ok(())
 }
