@@ -243,7 +243,7 @@ fn every_sink_gets_every_record() {
 
 /// A syslog-ng config: a TCP input taking one JSON record per line, and a
 /// file output writing each message exactly as received.
-fn syslog_ng(dir: &Path, port: u16) -> Child {
+fn syslog_ng(dir: &Path, port: u16) -> Consumer {
     let conf = dir.join("syslog-ng.conf");
     std::fs::write(
         &conf,
@@ -257,16 +257,18 @@ fn syslog_ng(dir: &Path, port: u16) -> Child {
         ),
     )
     .unwrap();
-    let child = Command::new("syslog-ng")
-        .arg("--foreground")
-        .arg(format!("--cfgfile={}", conf.display()))
-        .arg(format!("--persist-file={}", dir.join("persist").display()))
-        .arg(format!("--pidfile={}", dir.join("pid").display()))
-        .arg(format!("--control={}", dir.join("ctl").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("syslog-ng (installed by scripts/setup.sh)");
+    let child = Consumer(
+        Command::new("syslog-ng")
+            .arg("--foreground")
+            .arg(format!("--cfgfile={}", conf.display()))
+            .arg(format!("--persist-file={}", dir.join("persist").display()))
+            .arg(format!("--pidfile={}", dir.join("pid").display()))
+            .arg(format!("--control={}", dir.join("ctl").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("syslog-ng (installed by scripts/setup.sh)"),
+    );
     let until = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < until, "syslog-ng did not listen on {port}");
@@ -275,9 +277,19 @@ fn syslog_ng(dir: &Path, port: u16) -> Child {
     child
 }
 
-fn stop(mut child: Child) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+/// A consumer process, stopped (SIGTERM, then waited for) however the test
+/// ends, so a failing test leaves nothing running to disturb the next.
+struct Consumer(Child);
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn stop(c: Consumer) {
+    drop(c);
 }
 
 /// A real syslog-ng receives the stream: every record whole and valid. It
@@ -442,14 +454,16 @@ fn prometheus_scrapes_the_endpoint() {
         format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: probe\n    static_configs:\n      - targets: ['{maddr}']\n"),
     )
     .unwrap();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (installed by scripts/setup.sh)");
+    let prom = Consumer(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by scripts/setup.sh)"),
+    );
     let query = format!(
         "/api/v1/query?query=probe_requests_total%7Bport%3D%22{port}%22%2Cscope%3D%22endpoint%22%7D"
     );
@@ -464,8 +478,7 @@ fn prometheus_scrapes_the_endpoint() {
         assert!(Instant::now() < until, "Prometheus never scraped the endpoint");
         std::thread::sleep(Duration::from_millis(500));
     };
-    let _ = prom.kill();
-    let _ = prom.wait();
+    stop(prom);
     assert_eq!(value, "40", "Prometheus reads the exact request count");
     let records = agent.stop().unwrap();
     assert!(

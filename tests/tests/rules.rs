@@ -166,7 +166,8 @@ fn default_config_round_trips_and_bad_config_exits_2() {
     let check = Command::new(agent_bin()).arg("check-config").arg(&bad).output().unwrap();
     let err = String::from_utf8_lossy(&check.stderr);
     assert_eq!(check.status.code(), Some(2), "{err}");
-    assert!(err.contains("hold_intervalz") && err.contains("line 12"), "{err}");
+    let line = text.lines().position(|l| l.starts_with("hold_intervals")).unwrap() + 2;
+    assert!(err.contains("hold_intervalz") && err.contains(&format!("line {line}:")), "{err}");
     // The same file refused by run, with exit 2, before any probe loads.
     let run = Command::new(agent_bin())
         .args(["--duration", "1s", "--config"])
