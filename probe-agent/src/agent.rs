@@ -84,6 +84,8 @@ struct Agent {
     caps_after_attach: u64,
     config_state: ConfigState,
     shedder: Shedder,
+    /// Optional probes switched off by the overhead budget, in order.
+    probes_off: Vec<&'static str>,
     shed_alert: Option<serde_json::Value>,
     out: Sinks,
     /// The Prometheus endpoint, when on.
@@ -139,7 +141,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         rules: Engine::new(&cfg.config),
         prev_rules_cut: 0,
         caps_after_attach: remaining,
-        shedder: Shedder::new(cfg.overhead_budget_pct),
+        shedder: Shedder::new(cfg.overhead_budget_pct, OPTIONAL.len() as u32),
+        probes_off: Vec::new(),
         shed_alert: None,
         out,
         metrics,
@@ -233,7 +236,11 @@ impl Agent {
     fn kpis(&self) -> BTreeMap<&'static str, KpiStatus> {
         let mut kpis = BTreeMap::new();
         for family in [probe::SYSCALLS, probe::CPU, probe::RUNQ, probe::TCP] {
-            let reason = self.probes.unavailable(family).map(str::to_string);
+            let reason = self.probes.unavailable(family).map(str::to_string).or_else(|| {
+                self.probes_off
+                    .contains(&family)
+                    .then(|| "switched off by the overhead budget (--overhead-budget-pct)".into())
+            });
             kpis.insert(family, KpiStatus { available: reason.is_none(), reason });
         }
         let memory = procfs::meminfo().is_some();
@@ -718,22 +725,22 @@ impl Agent {
         };
         let cost_pct =
             round((cpu_pct / 100.0 + prog_cores) * 100.0 / f64::from(self.cpus.max(1)), 3);
-        let before = self.shedder.every();
+        let before = self.shedder.step();
         // A short final interval (SIGINT) says little about the load.
         let whole = interval_s >= self.cfg.interval.as_secs_f64() / 2.0;
-        if let Some(every) = whole.then(|| self.shedder.observe(cost_pct)).flatten() {
-            match self.probes.syscalls.set_sample_mask(self.shedder.mask()) {
-                Ok(()) => {
-                    self.shed_alert =
-                        Some(shed_alert(&header, cost_pct, self.shedder.budget_pct, before, every))
-                }
-                Err(err) => warn!("could not change the latency sampling: {err}"),
+        if whole && self.shedder.observe(cost_pct) {
+            if let Err(err) = self.probes.syscalls.set_sample_mask(self.shedder.mask()) {
+                warn!("could not change the latency sampling: {err}");
             }
+            self.switch_optional_probes(sample.as_ref());
+            self.shed_alert =
+                Some(shed_alert(&header, cost_pct, &self.shedder, before, &self.probes_off));
         }
         let shedding = Shedding {
             budget_pct: self.shedder.budget_pct,
             cost_pct,
             latency_sample_every: self.shedder.every(),
+            probes_off: self.probes_off.clone(),
         };
         let (dropped_intervals, sinks) = self.out.report();
         for s in sinks.iter().filter(|s| s.failing || s.dropped_records.total() > 0) {
@@ -781,6 +788,69 @@ impl Agent {
     }
 }
 
+/// Optional probes the overhead budget may switch off, with the programs
+/// whose run time is theirs alone.
+const OPTIONAL: [(&str, &[&str]); 2] = [
+    (
+        probe::TCP,
+        &[
+            "inet_sock_set_state",
+            "sock_send_length",
+            "sock_recv_length",
+            "tcp_probe",
+            "tcp_retransmit_skb",
+            "tcp_send_reset",
+            "tcp_receive_reset",
+        ],
+    ),
+    (probe::RUNQ, &["sched_wakeup", "sched_wakeup_new"]),
+];
+
+impl Agent {
+    /// Switches optional probes off or on to match the shedding step: off,
+    /// the costliest of those still on (by the last sampled run time;
+    /// TCP first without a sample); on, the last switched off.
+    fn switch_optional_probes(&mut self, sample: Option<&StatsSample>) {
+        let want = self.shedder.probes_off() as usize;
+        while self.probes_off.len() < want {
+            let cost = |programs: &[&str]| -> u64 {
+                sample.map_or(0, |s| {
+                    s.programs.iter().filter(|p| programs.contains(&p.0)).map(|p| p.2).sum()
+                })
+            };
+            let Some(&(family, _)) = OPTIONAL
+                .iter()
+                .filter(|(f, _)| !self.probes_off.contains(f))
+                .filter(|(f, _)| self.probes.unavailable(f).is_none())
+                .max_by_key(|(f, programs)| (cost(programs), *f == probe::TCP))
+            else {
+                break;
+            };
+            match self.set_optional(family, false) {
+                Ok(()) => self.probes_off.push(family),
+                Err(err) => {
+                    warn!("could not switch {family} off: {err}");
+                    break;
+                }
+            }
+        }
+        while self.probes_off.len() > want {
+            let family = self.probes_off.pop().expect("not empty");
+            if let Err(err) = self.set_optional(family, true) {
+                warn!("could not switch {family} back on: {err}");
+            }
+        }
+    }
+
+    fn set_optional(&mut self, family: &str, on: bool) -> Result<(), ProbeError> {
+        if family == probe::TCP {
+            self.probes.tcp.set_on(on)
+        } else {
+            self.probes.cpu.set_runq_on(on)
+        }
+    }
+}
+
 /// BPF run-time statistics at the opening of a sampled window.
 struct StatsWindow {
     opened: Instant,
@@ -820,39 +890,43 @@ struct ContainerAgg {
     requests: Requests,
 }
 
-/// The alert said when the agent starts or stops shedding load.
+/// The alert said when the agent sheds more or less load.
 fn shed_alert(
     header: &Header<'_>,
     cost_pct: f64,
-    budget: f64,
+    shedder: &Shedder,
     before: u32,
-    every: u32,
+    probes_off: &[&str],
 ) -> serde_json::Value {
-    let (level, message) = if every > 1 {
-        (
-            "investigate",
-            format!(
-                "probe-agent overhead {cost_pct:.2}% of host CPU against its {budget:.2}% budget: \
-                 timing 1 in {every} system calls for latency (all still counted)"
-            ),
+    let budget = shedder.budget_pct;
+    let every = shedder.every();
+    let state = match (every, probes_off) {
+        (1, _) => "timing every system call again".to_string(),
+        (_, []) => format!("timing 1 in {every} system calls for latency (all still counted)"),
+        (_, off) => format!(
+            "{} switched off; timing 1 in {every} system calls for latency (all still counted)",
+            off.join(" and ")
+        ),
+    };
+    let message = if shedder.step() > before {
+        format!(
+            "probe-agent overhead {cost_pct:.2}% of host CPU against its {budget:.2}% budget: {state}"
         )
     } else {
-        (
-            "ok",
-            format!(
-                "probe-agent overhead {cost_pct:.2}% of host CPU is back under its {budget:.2}% \
-                 budget: timing every system call again"
-            ),
+        format!(
+            "probe-agent overhead {cost_pct:.2}% of host CPU is back under its {budget:.2}% \
+             budget: {state}"
         )
     };
     warn!("{message}");
+    let level = |step: u32| if step > 0 { "investigate" } else { "ok" };
     serde_json::json!({
         "v": VERSION, "type": "alert", "ts": header.ts, "host": header.host,
         "interval_s": header.interval_s, "rule": "overhead-budget", "kpi": "shedding.cost_pct",
-        "level": level, "previous_level": if before > 1 { "investigate" } else { "ok" },
+        "level": level(shedder.step()), "previous_level": level(before),
         "repeat": false, "value": cost_pct, "threshold": budget, "scope": "agent",
         "pid": std::process::id(), "since": header.ts, "message": message,
-        "latency_sample_every": every,
+        "latency_sample_every": every, "probes_off": probes_off,
     })
 }
 

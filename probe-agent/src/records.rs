@@ -266,6 +266,10 @@ pub struct Shedding {
     /// 1 in this many system calls is timed for latency (1: all); every
     /// call is counted either way.
     pub latency_sample_every: u32,
+    /// Optional probes switched off to keep to the budget (`tcp`,
+    /// `runq_latency`), in the order they went off; their KPIs read as
+    /// unavailable in `kpis` meanwhile.
+    pub probes_off: Vec<&'static str>,
 }
 
 #[derive(Debug, Serialize)]

@@ -7,6 +7,8 @@ pub const TIME_MAP: &str = "CPU_TIME";
 pub const CURRENT_MAP: &str = "SCHED_CUR";
 /// Name of the per-CPU hash of [`RunqKey`] -> [`RunqValue`]: run-queue latency.
 pub const RUNQ_MAP: &str = "RUNQ_LAT";
+/// Name of the control array: 1 at index 0 switches run-queue latency off.
+pub const RUNQ_CONTROL_MAP: &str = "RUNQ_CTL";
 /// Name of the hash of task pointer -> time it became runnable.
 pub const WAKE_MAP: &str = "RUNQ_WAKE";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].

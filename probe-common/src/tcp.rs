@@ -6,6 +6,8 @@
 pub const SOCK_MAP: &str = "TCP_SOCKS";
 /// Name of the per-CPU hash of [`TcpKey`] -> [`TcpValue`]: connection KPIs.
 pub const STATS_MAP: &str = "TCP_STATS";
+/// Name of the control array: 1 at index 0 switches TCP measurement off.
+pub const CONTROL_MAP: &str = "TCP_CTL";
 /// Name of the per-CPU hash of [`EndpointKey`] -> [`TcpValue`]: requests.
 pub const ENDPOINT_MAP: &str = "TCP_ENDPOINTS";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].

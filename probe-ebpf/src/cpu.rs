@@ -13,7 +13,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 use probe_common::{
@@ -46,6 +46,16 @@ static SCHED_CUR: PerCpuArray<SchedCurrent> = PerCpuArray::with_max_entries(1, 0
 static RUNQ_LAT: PerCpuHashMap<RunqKey, RunqValue> =
     PerCpuHashMap::with_max_entries(RUNQ_MAX_ENTRIES, 0);
 
+/// Set to 1 by the agent to switch run-queue latency off (its overhead
+/// budget): wakeups are then not recorded and switches only count time.
+#[map(name = "RUNQ_CTL")]
+static RUNQ_CTL: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn runq_off() -> bool {
+    RUNQ_CTL.get(0).is_some_and(|v| *v != 0)
+}
+
 #[map(name = "RUNQ_WAKE")]
 static RUNQ_WAKE: HashMap<u64, u64> = HashMap::with_max_entries(WAKE_MAX_ENTRIES, 0);
 
@@ -68,29 +78,13 @@ pub fn on_switch(ctx: &RawTracePointContext, pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     // Thread 0 is this CPU's idle task: idle time is not CPU use.
     if pid_tgid as u32 != 0 {
-        let task = unsafe { bpf_get_current_task() };
-        if c.in_ns != 0 && now > c.in_ns {
+        let ran = c.in_ns != 0 && now > c.in_ns;
+        if ran {
             let cgroup = unsafe { bpf_get_current_cgroup_id() };
             add_time(&CpuKey { tgid, _pad: 0, cgroup }, now - c.in_ns);
-            // The run that just ended began at in_ns: its wait on the run
-            // queue was from the wakeup to then.
-            if let Some(wake) = RUNQ_WAKE.get_ptr_mut(task) {
-                let woke = unsafe { *wake };
-                if woke != 0 && woke <= c.in_ns {
-                    add_runq(tgid, c.in_ns - woke);
-                }
-                unsafe { *wake = 0 };
-            }
         }
-        let preempt: u64 = ctx.arg(0);
-        let prev_state = ctx.arg::<u64>(3) as u32;
-        if prev_state & TASK_DEAD != 0 {
-            // Its last switch: nothing will wake it again.
-            let _ = RUNQ_WAKE.remove(task);
-        } else if preempt & 1 != 0 || prev_state == TASK_RUNNING {
-            // Preempted (even between set_current_state() and sleeping): it
-            // is still on the run queue, waiting from now.
-            set_wake(task, now);
+        if !runq_off() {
+            runq_switch_out(ctx, tgid, ran.then_some(c.in_ns), now);
         }
     }
     let next: u64 = ctx.arg(2);
@@ -103,9 +97,39 @@ pub fn on_switch(ctx: &RawTracePointContext, pid_tgid: u64) {
     unsafe { *cur = SchedCurrent { in_ns: now, tgid: next_tgid, _pad: 0 } };
 }
 
+/// Run-queue latency at a switch: the outgoing task's run began at
+/// `began` (if it ran): its wait was from its wakeup to then. If it is
+/// still runnable (preempted), it waits again from `now`.
+#[inline(always)]
+fn runq_switch_out(ctx: &RawTracePointContext, tgid: u32, began: Option<u64>, now: u64) {
+    let task = unsafe { bpf_get_current_task() };
+    if let Some(began) = began
+        && let Some(wake) = RUNQ_WAKE.get_ptr_mut(task)
+    {
+        let woke = unsafe { *wake };
+        if woke != 0 && woke <= began {
+            add_runq(tgid, began - woke);
+        }
+        unsafe { *wake = 0 };
+    }
+    let preempt: u64 = ctx.arg(0);
+    let prev_state = ctx.arg::<u64>(3) as u32;
+    if prev_state & TASK_DEAD != 0 {
+        // Its last switch: nothing will wake it again.
+        let _ = RUNQ_WAKE.remove(task);
+    } else if preempt & 1 != 0 || prev_state == TASK_RUNNING {
+        // Preempted (even between set_current_state() and sleeping): it
+        // is still on the run queue, waiting from now.
+        set_wake(task, now);
+    }
+}
+
 /// Called from `sched_wakeup`/`sched_wakeup_new` with the woken task.
 #[inline(always)]
 pub fn on_wakeup(task: u64) {
+    if runq_off() {
+        return;
+    }
     set_wake(task, unsafe { bpf_ktime_get_ns() });
 }
 

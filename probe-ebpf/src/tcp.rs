@@ -24,7 +24,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use probe_common::{
@@ -66,6 +66,16 @@ static TCP_ENDPOINTS: PerCpuHashMap<EndpointKey, TcpValue> =
 
 #[map(name = "TCP_CNT")]
 static TCP_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// Set to 1 by the agent to switch TCP measurement off (its overhead
+/// budget): every program but the socket cleanup then returns at once.
+#[map(name = "TCP_CTL")]
+static TCP_CTL: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn switched_off() -> bool {
+    TCP_CTL.get(0).is_some_and(|v| *v != 0)
+}
 
 #[inline(always)]
 fn bump(reason: Counter) {
@@ -165,6 +175,9 @@ fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let protocol: u16 = field(&ctx, 30);
     if protocol != IPPROTO_TCP {
         return 0;
@@ -264,6 +277,9 @@ fn owned(ctx: &TracePointContext) -> Option<(*mut SockState, u32)> {
 
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let ret: i32 = field(&ctx, 20);
     let flags: i32 = field(&ctx, 24);
     // MSG_PEEK (include/linux/socket.h) leaves the data queued: it will be
@@ -295,6 +311,9 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let ret: i32 = field(&ctx, 20);
     if ret <= 0 {
         return 0;
@@ -321,6 +340,9 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_probe")]
 pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let sk: u64 = field(&ctx, 128);
     let data_len: u16 = field(&ctx, 76);
     if data_len == 0 {
@@ -345,6 +367,9 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let sk: u64 = field(&ctx, 16);
     let tgid = TCP_SOCKS.get_ptr_mut(sk).map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RETRANSMITS, 0, 0);
@@ -353,6 +378,9 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let sk: u64 = field(&ctx, 16);
     let s = if sk != 0 { TCP_SOCKS.get_ptr_mut(sk) } else { None };
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
@@ -365,6 +393,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if switched_off() {
+        return 0;
+    }
     let sk: u64 = field(&ctx, 8);
     let s = TCP_SOCKS.get_ptr_mut(sk);
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });

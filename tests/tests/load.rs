@@ -148,7 +148,7 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
     let storms: Vec<_> = (0..cpus)
         .map(|_| {
             std::thread::spawn(|| {
-                Command::new(workload_bin()).args(["storm", "--seconds", "5"]).output().unwrap()
+                Command::new(workload_bin()).args(["storm", "--seconds", "8"]).output().unwrap()
             })
         })
         .collect();
@@ -172,11 +172,32 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
     let restored = agent
         .wait_for(
             |r| r["type"] == "alert" && r["rule"] == "overhead-budget" && r["level"] == "ok",
-            Duration::from_secs(20),
+            Duration::from_secs(40),
         )
         .expect("full timing comes back when the storm is over");
     eprintln!("{}", restored["message"]);
+    // The optional probes switched off are back on and measure again: a
+    // server's requests after the storm are counted exactly.
+    let server = Workload::start(&["tcp-server", "--name", "pw-shed", "--delay-ms", "1"]).unwrap();
+    let mut client = Workload::start(&[
+        "tcp-client",
+        "--port",
+        &server.ready[0],
+        "--requests",
+        "30",
+        "--keepalive",
+    ])
+    .unwrap();
+    client.go().unwrap();
+    client.finish().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
     let records = agent.stop().unwrap();
+    let served: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "endpoint" && r["pid"] == server.pid && r["role"] == "server")
+        .map(|r| r["requests"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 30, "TCP measures again after being switched off");
     let agents: Vec<&Value> = records.iter().filter(|r| r["type"] == "agent").collect();
     let max_every = agents
         .iter()
@@ -185,6 +206,20 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
         .unwrap();
     assert!(max_every >= 4, "the agent record says it sheds: {max_every}");
     assert_eq!(agents.last().unwrap()["shedding"]["latency_sample_every"], 1);
+    // Past 1 in 64, the costliest optional probe went off, and said so.
+    let off = agents
+        .iter()
+        .find(|a| !a["shedding"]["probes_off"].as_array().unwrap().is_empty())
+        .expect("an optional probe is switched off when sampling is not enough");
+    let family = off["shedding"]["probes_off"][0].as_str().unwrap();
+    assert!(["tcp", "runq_latency"].contains(&family));
+    assert_eq!(off["kpis"][family]["available"], false, "{}", off["kpis"]);
+    assert!(records.iter().any(|r| r["type"] == "alert"
+        && r["rule"] == "overhead-budget"
+        && r["message"].as_str().unwrap().contains("switched off")));
+    let last = agents.last().unwrap();
+    assert_eq!(last["shedding"]["probes_off"], serde_json::json!([]));
+    assert_eq!(last["kpis"][family]["available"], true);
     let pid = reference.pid;
     assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
     assert_eq!(

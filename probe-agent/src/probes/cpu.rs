@@ -4,11 +4,11 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use probe_common::cpu::{
-    COUNTER_MAP, COUNTERS, CURRENT_MAP, CpuKey, CpuValue, RUNQ_MAP, RunqKey, RunqValue,
-    SchedCurrent, TIME_MAP,
+    COUNTER_MAP, COUNTERS, CURRENT_MAP, CpuKey, CpuValue, RUNQ_CONTROL_MAP, RUNQ_MAP, RunqKey,
+    RunqValue, SchedCurrent, TIME_MAP, WAKE_MAP,
 };
 
 use super::{MapFill, ProbeError, max_entries, take};
@@ -29,6 +29,8 @@ pub struct CpuMaps {
     current: PerCpuArray<MapData, SchedCurrent>,
     runq: PerCpuHashMap<MapData, RunqKey, RunqValue>,
     counters: PerCpuArray<MapData, u64>,
+    wake: BpfHashMap<MapData, u64, u64>,
+    runq_control: Array<MapData, u32>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
@@ -49,7 +51,24 @@ impl CpuMaps {
             current: take(ebpf, CURRENT_MAP)?.try_into().map_err(map_err(CURRENT_MAP))?,
             runq: take(ebpf, RUNQ_MAP)?.try_into().map_err(map_err(RUNQ_MAP))?,
             counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
+            wake: take(ebpf, WAKE_MAP)?.try_into().map_err(map_err(WAKE_MAP))?,
+            runq_control: take(ebpf, RUNQ_CONTROL_MAP)?
+                .try_into()
+                .map_err(map_err(RUNQ_CONTROL_MAP))?,
         })
+    }
+
+    /// Switches run-queue latency on or off (the overhead budget). Switched
+    /// on again, wakeups recorded before it went off are forgotten: they
+    /// would time waits that were not watched.
+    pub fn set_runq_on(&mut self, on: bool) -> Result<(), ProbeError> {
+        if on {
+            let tasks: Vec<u64> = self.wake.keys().filter_map(Result::ok).collect();
+            for t in tasks {
+                let _ = self.wake.remove(&t);
+            }
+        }
+        self.runq_control.set(0, u32::from(!on), 0).map_err(map_err(RUNQ_CONTROL_MAP))
     }
 
     /// Reads ended runs first, then what runs now: a run that ends between

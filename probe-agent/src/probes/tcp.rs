@@ -5,12 +5,13 @@ use std::{collections::HashMap, fs, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::TracePoint,
 };
 use log::debug;
 use probe_common::tcp::{
-    COUNTER_MAP, COUNTERS, ENDPOINT_MAP, EndpointKey, FIELDS, STATS_MAP, TcpKey, TcpValue,
+    CONTROL_MAP, COUNTER_MAP, COUNTERS, ENDPOINT_MAP, EndpointKey, FIELDS, SOCK_MAP, STATS_MAP,
+    SockState, TcpKey, TcpValue,
 };
 
 use super::{MapFill, ProbeError, max_entries, take};
@@ -139,6 +140,8 @@ pub struct TcpMaps {
     stats: PerCpuHashMap<MapData, TcpKey, TcpValue>,
     endpoints: PerCpuHashMap<MapData, EndpointKey, TcpValue>,
     counters: PerCpuArray<MapData, u64>,
+    socks: BpfHashMap<MapData, u64, SockState>,
+    control: Array<MapData, u32>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
@@ -173,7 +176,24 @@ impl TcpMaps {
             stats: take(ebpf, STATS_MAP)?.try_into().map_err(map_err(STATS_MAP))?,
             endpoints: take(ebpf, ENDPOINT_MAP)?.try_into().map_err(map_err(ENDPOINT_MAP))?,
             counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
+            socks: take(ebpf, SOCK_MAP)?.try_into().map_err(map_err(SOCK_MAP))?,
+            control: take(ebpf, CONTROL_MAP)?.try_into().map_err(map_err(CONTROL_MAP))?,
         })
+    }
+
+    /// Switches TCP measurement on or off (the overhead budget). Switched
+    /// on again, no socket keeps a request started before: its answer
+    /// while off was not seen, so that request is forgotten, not timed.
+    pub fn set_on(&mut self, on: bool) -> Result<(), ProbeError> {
+        if on {
+            let open: Vec<(u64, SockState)> = self.socks.iter().filter_map(Result::ok).collect();
+            for (sk, mut s) in open.into_iter().filter(|(_, s)| s.outstanding != 0) {
+                s.outstanding = 0;
+                // BPF_EXIST: a socket closed meanwhile stays closed.
+                let _ = self.socks.insert(sk, s, 2);
+            }
+        }
+        self.control.set(0, u32::from(!on), 0).map_err(map_err(CONTROL_MAP))
     }
 
     pub fn read(&self) -> Result<TcpSnapshot, ProbeError> {
