@@ -34,8 +34,8 @@ use crate::{
     records::{
         AgentRecord, ConfigState, ContainerCost, ContainerMemory, ContainerRecord, Encoder,
         EndpointRecord, Header, HostMemory, HostRecord, KpiStatus, LostRecord, MapRecord,
-        OutputState, ProcessMemory, ProcessRecord, ProgramRecord, Shedding, StatusRecord,
-        SyscallRecord, VERSION,
+        OutputState, ProcessMemory, ProcessRecord, ProgramRecord, SelfMemory, Shedding,
+        StatusRecord, SyscallRecord, VERSION,
     },
     rules::Engine,
     shed::Shedder,
@@ -87,6 +87,10 @@ struct Agent {
     /// Optional probes switched off by the overhead budget, in order.
     probes_off: Vec<&'static str>,
     shed_alert: Option<serde_json::Value>,
+    /// Alerts about the agent itself, written after the agent record.
+    pending_alerts: Vec<serde_json::Value>,
+    /// Whether the agent's memory was near its cgroup's limit last interval.
+    memory_tight: bool,
     out: Sinks,
     /// The Prometheus endpoint, when on.
     metrics: Option<crate::metrics::Metrics>,
@@ -144,6 +148,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         shedder: Shedder::new(cfg.overhead_budget_pct, OPTIONAL.len() as u32),
         probes_off: Vec::new(),
         shed_alert: None,
+        pending_alerts: Vec::new(),
+        memory_tight: false,
         out,
         metrics,
         seq: 0,
@@ -585,6 +591,10 @@ impl Agent {
         if let Some(alert) = self.shed_alert.take() {
             enc.put(&alert)?;
         }
+        for alert in std::mem::take(&mut self.pending_alerts) {
+            info!("alert: {}", alert["message"].as_str().unwrap_or(""));
+            enc.put(&alert)?;
+        }
         self.prev = cur;
         self.prev_counters = counters;
         self.prev_cpu = cpu_cur;
@@ -765,6 +775,8 @@ impl Agent {
             failing: sinks.iter().any(|s| s.failing),
             sinks,
         };
+        let cgroup_memory = self.self_memory();
+        self.check_memory(&header, cgroup_memory.as_ref());
         AgentRecord {
             output,
             shedding,
@@ -775,6 +787,7 @@ impl Agent {
             config: self.config_state.clone(),
             cpu_pct,
             rss_bytes: procfs::self_rss_bytes(),
+            cgroup_memory,
             bpf_stats_window_s: window_s,
             programs_cpu_pct,
             programs,
@@ -848,6 +861,62 @@ impl Agent {
         } else {
             self.probes.cpu.set_runq_on(on)
         }
+    }
+}
+
+/// Share of its cgroup's memory limit above which the agent says it is
+/// close to being reclaimed from or killed.
+const MEMORY_TIGHT_PCT: f64 = 90.0;
+
+impl Agent {
+    /// The agent's own cgroup memory: the first of its cgroups (v2, then
+    /// the v1 memory controller's) that has a limit, else the first read.
+    fn self_memory(&self) -> Option<SelfMemory> {
+        let mut first = None;
+        for path in procfs::cgroup_paths(std::process::id()) {
+            let Some((used, limit)) = self.cgroups.memory(&path) else { continue };
+            let m = SelfMemory {
+                cgroup: path,
+                used_bytes: used,
+                limit_bytes: limit,
+                utilization_pct: limit.map(|l| round(used as f64 * 100.0 / l.max(1) as f64, 2)),
+            };
+            if limit.is_some() {
+                return Some(m);
+            }
+            first.get_or_insert(m);
+        }
+        first
+    }
+
+    /// Says once per interval, and with an alert when it starts and ends,
+    /// that the agent's memory is close to its cgroup's limit.
+    fn check_memory(&mut self, header: &Header<'_>, m: Option<&SelfMemory>) {
+        let pct = m.and_then(|m| m.utilization_pct).unwrap_or(0.0);
+        let tight = pct >= MEMORY_TIGHT_PCT;
+        if tight {
+            warn!(
+                "probe-agent memory at {pct:.1}% of its cgroup's limit: it keeps measuring, \
+                 but the kernel may reclaim from it or kill it; raise the limit"
+            );
+        }
+        if tight == self.memory_tight {
+            return;
+        }
+        self.memory_tight = tight;
+        let (level, previous, how) = if tight {
+            ("investigate", "ok", format!("is above {MEMORY_TIGHT_PCT:.0}%: investigate"))
+        } else {
+            ("ok", "investigate", format!("is back below {MEMORY_TIGHT_PCT:.0}%: resolved"))
+        };
+        let message = format!("probe-agent memory at {pct:.1}% of its cgroup's limit {how}");
+        self.pending_alerts.push(serde_json::json!({
+            "v": VERSION, "type": "alert", "ts": header.ts, "host": header.host,
+            "interval_s": header.interval_s, "rule": "agent-memory",
+            "kpi": "cgroup_memory.utilization_pct", "level": level, "previous_level": previous,
+            "repeat": false, "value": pct, "threshold": MEMORY_TIGHT_PCT,
+            "scope": "agent", "pid": std::process::id(), "since": header.ts, "message": message,
+        }));
     }
 }
 

@@ -207,6 +207,9 @@ pub struct AgentRecord<'a> {
     /// The agent process's CPU (user + system) in percent of one core.
     pub cpu_pct: f64,
     pub rss_bytes: u64,
+    /// The agent's own cgroup memory and its limit (null when unknown), so
+    /// a limit set close to its use is seen before it bites.
+    pub cgroup_memory: Option<SelfMemory>,
     /// Length of the window, within this interval, during which BPF run-time
     /// statistics were sampled (`--bpf-stats-pct`); null when off.
     pub bpf_stats_window_s: Option<f64>,
@@ -229,6 +232,17 @@ pub struct AgentRecord<'a> {
     pub processes_cut_by_top: u64,
     /// Map entries of exited processes freed this interval.
     pub entries_reclaimed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfMemory {
+    /// The cgroup (v2, or the v1 memory controller's) the agent runs in.
+    pub cgroup: String,
+    pub used_bytes: u64,
+    /// null when the cgroup has no limit.
+    pub limit_bytes: Option<u64>,
+    /// used / limit x 100; null without a limit.
+    pub utilization_pct: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

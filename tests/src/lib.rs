@@ -111,13 +111,31 @@ pub struct Agent {
 impl Agent {
     /// Starts `probe-agent run ARGS` and waits for its `status` record.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(agent_bin())
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting probe-agent")?;
+        Agent::start_in(args, None)
+    }
+
+    /// As [`Agent::start`], with the agent started inside the cgroup whose
+    /// `cgroup.procs` file is given (so all its memory is charged there).
+    pub fn start_in(args: &[&str], cgroup_procs: Option<&std::path::Path>) -> Result<Self> {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("run").args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some(procs) = cgroup_procs {
+            use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
+            let path = std::ffi::CString::new(procs.as_os_str().as_bytes())?;
+            // Between fork and exec only raw system calls: open, write "0"
+            // (meaning: this process), close.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                })
+            };
+        }
+        let mut child = cmd.spawn().context("starting probe-agent")?;
         let stdout = child.stdout.take().context("agent stdout")?;
         let (tx, lines) = channel();
         std::thread::spawn(move || {

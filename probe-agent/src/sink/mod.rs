@@ -406,13 +406,17 @@ impl Sinks {
         (std::mem::take(&mut self.intervals_hit), self.sinks.iter_mut().map(Sink::report).collect())
     }
 
-    /// Waits up to `timeout` for the queues to empty (at exit), then has
-    /// the writers stop at a line boundary.
+    /// Waits up to `timeout` for the queues of the sinks that work to
+    /// empty (at exit), then has the writers stop at a line boundary. A
+    /// failing sink is not waited for.
     pub fn drain(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for sink in &self.sinks {
             let mut q = sink.shared.q.lock().unwrap_or_else(|e| e.into_inner());
-            while q.bytes > 0 && !sink.shared.closed.load(Ordering::Relaxed) {
+            while q.bytes > 0
+                && !sink.shared.closed.load(Ordering::Relaxed)
+                && !sink.shared.failing.load(Ordering::Relaxed)
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -504,6 +508,8 @@ impl Sink {
             errors: c.errors.load(Ordering::Relaxed),
         };
         let was = std::mem::replace(&mut self.reported, now);
+        // Counters only grow; saturate all the same rather than panic.
+        let d = |now: u64, was: u64| now.saturating_sub(was);
         let (queued_records, queued_bytes) = {
             let q = self.shared.q.lock().unwrap_or_else(|e| e.into_inner());
             ((q.lines.len() + q.held) as u64, q.bytes as u64)
@@ -519,20 +525,20 @@ impl Sink {
                 Target::Http { .. } => "http",
             },
             policy: self.spec.policy.name(),
-            sent_records: now.sent - was.sent,
+            sent_records: d(now.sent, was.sent),
             dropped_records: DroppedRecords {
-                queue_full: now.queue_full - was.queue_full,
-                too_large: now.too_large - was.too_large,
-                rejected: now.rejected - was.rejected,
-                unconfirmed: now.unconfirmed - was.unconfirmed,
-                closed: now.closed - was.closed,
+                queue_full: d(now.queue_full, was.queue_full),
+                too_large: d(now.too_large, was.too_large),
+                rejected: d(now.rejected, was.rejected),
+                unconfirmed: d(now.unconfirmed, was.unconfirmed),
+                closed: d(now.closed, was.closed),
             },
             queued_records,
             queued_bytes,
             queue_max_bytes: self.spec.queue_bytes as u64,
             failing,
-            errors: now.errors - was.errors,
-            reconnects: now.reconnects - was.reconnects,
+            errors: d(now.errors, was.errors),
+            reconnects: d(now.reconnects, was.reconnects),
             last_error: if failing {
                 self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
             } else {

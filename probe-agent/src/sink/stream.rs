@@ -2,13 +2,16 @@
 //! connected on demand and again after a failure (with the caller's capped
 //! exponential back-off).
 //!
-//! A line leaves the queue once written whole. Over TCP it is then kept
-//! until the peer's kernel acknowledges it (`SIOCOUTQ`): if the connection
-//! fails first, the line may or may not have arrived, and sending it again
-//! could duplicate it; so it is not sent again but counted as
-//! `unconfirmed`. A line cut by a failing write goes again whole on the
-//! next connection. Before writing, a stream the peer has closed is noticed
-//! (a read returns end-of-file) and replaced, rather than written into.
+//! A line leaves the queue once written whole, but it is not counted as
+//! delivered until it is confirmed: acknowledged by the peer's kernel
+//! (`SIOCOUTQ`) with the connection still up a second later. A peer that
+//! closes with data unread resets the connection; then every line not yet
+//! confirmed may or may not have been read, and is counted as
+//! `unconfirmed`, not sent again (that could duplicate it). After a
+//! graceful close (the peer read all it received) only the lines it never
+//! acknowledged are. A line cut by a failing write goes again whole on the
+//! next connection. Before writing, a stream the peer has closed is
+//! noticed and replaced, rather than written into.
 
 use std::{
     collections::VecDeque,
@@ -17,7 +20,7 @@ use std::{
     os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -29,10 +32,42 @@ use super::{Counters, Transport};
 /// a broken one).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a written line stays unconfirmed: a peer that resets within
+/// this time of taking a line may have dropped it unread (a reset means
+/// it closed with data unread). Past it, with the connection up, a line
+/// counts as delivered.
+const CONFIRM_AFTER: Duration = Duration::from_secs(1);
+/// The socket's send buffer: a fixed size (not auto-tuned up to the
+/// kernel's 4 MiB), so the kernel's share of a stuck sink stays small too.
+/// Ample for a log stream: 128 KiB per round trip.
+const SEND_BUFFER: libc::c_int = 128 << 10;
+
+fn set_send_buffer(fd: i32) {
+    let size = SEND_BUFFER;
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
 
 enum Addr {
     Tcp(String),
     Unix(PathBuf),
+}
+
+enum Peer {
+    Alive,
+    /// Closed after reading all it received: a peer that closes with data
+    /// unread resets instead (TCP sends RST; a Unix socket reports
+    /// ECONNRESET).
+    Closed,
+    /// Reset, or an error: what it received lately may be unread.
+    Reset,
 }
 
 enum Conn {
@@ -55,21 +90,23 @@ impl Conn {
         }
     }
 
-    /// Whether the peer closed or reset the stream (it never sends to us;
-    /// anything it does send is read and ignored).
-    fn peer_gone(&mut self) -> bool {
+    /// Whether the peer is still there. It never sends to us (anything it
+    /// does send is read and ignored).
+    fn peer(&mut self) -> Peer {
         let mut buf = [0u8; 512];
         loop {
             let n = unsafe {
                 libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
             };
             match n {
-                0 => return true,
+                0 => return Peer::Closed,
                 n if n > 0 => continue,
                 _ => {
                     let e = io::Error::last_os_error();
-                    return e.kind() != io::ErrorKind::WouldBlock
-                        && e.kind() != io::ErrorKind::Interrupted;
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peer::Alive,
+                        _ => Peer::Reset,
+                    };
                 }
             }
         }
@@ -90,9 +127,9 @@ pub struct Stream {
     conn: Option<Conn>,
     /// Bytes of the first pending line already written (after a timeout).
     partial: usize,
-    /// Lines written on this TCP connection and perhaps not yet acknowledged,
-    /// with their total size.
-    sent: VecDeque<Bytes>,
+    /// Lines written on this connection and not yet confirmed, with when
+    /// they were written, and their total size.
+    sent: VecDeque<(Bytes, Instant)>,
     sent_bytes: usize,
     /// Whether a connection failed since the last one was made.
     failed: bool,
@@ -120,6 +157,7 @@ impl Stream {
                         Ok(s) => {
                             s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                             s.set_nodelay(true)?;
+                            set_send_buffer(s.as_raw_fd());
                             return Ok(Conn::Tcp(s));
                         }
                         Err(e) => last = e,
@@ -130,33 +168,49 @@ impl Stream {
             Addr::Unix(p) => {
                 let s = UnixStream::connect(p)?;
                 s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                set_send_buffer(s.as_raw_fd());
                 Ok(Conn::Unix(s))
             }
         }
     }
 
-    /// Forgets lines the peer has acknowledged.
-    fn trim_acked(&mut self) {
-        let Some(outq) = self.conn.as_ref().and_then(Conn::unacked) else {
-            self.sent.clear();
-            self.sent_bytes = 0;
-            return;
-        };
-        while let Some(front) = self.sent.front() {
-            if self.sent_bytes - front.len() < outq {
+    /// Forgets lines that are confirmed: acknowledged by the peer's kernel
+    /// (TCP; a Unix peer's kernel is ours) and written at least
+    /// [`CONFIRM_AFTER`] ago with the connection still up.
+    fn trim_confirmed(&mut self, c: &Counters) {
+        let outq = self.conn.as_ref().and_then(Conn::unacked).unwrap_or(0);
+        let now = Instant::now();
+        while let Some((front, at)) = self.sent.front() {
+            let acked = self.sent_bytes - front.len() >= outq;
+            if !acked || now.duration_since(*at) < CONFIRM_AFTER {
                 break;
             }
             self.sent_bytes -= front.len();
             self.sent.pop_front();
+            c.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Drops the connection. Lines written whole but not acknowledged are
-    /// counted as unconfirmed (not as sent).
-    fn fail(&mut self, c: &Counters) {
-        self.trim_acked();
-        let n = self.sent.len() as u64;
-        c.sent.fetch_sub(n, Ordering::Relaxed);
+    /// Drops the connection. Lines it may not have delivered are counted
+    /// as unconfirmed: after a graceful close, those the peer had not
+    /// acknowledged (the others were read: sent); after a reset or an
+    /// error, all not yet confirmed.
+    fn fail(&mut self, c: &Counters, graceful: bool) {
+        let n = if graceful {
+            let mut unacked = self.conn.as_ref().and_then(Conn::unacked).unwrap_or(0);
+            let mut n = 0u64;
+            for (line, _) in self.sent.iter().rev() {
+                if unacked == 0 {
+                    break;
+                }
+                unacked = unacked.saturating_sub(line.len());
+                n += 1;
+            }
+            n
+        } else {
+            self.sent.len() as u64
+        };
+        c.sent.fetch_add(self.sent.len() as u64 - n, Ordering::Relaxed);
         c.unconfirmed.fetch_add(n, Ordering::Relaxed);
         self.sent.clear();
         self.sent_bytes = 0;
@@ -173,8 +227,24 @@ impl Transport for Stream {
         c: &Counters,
         stop: &AtomicBool,
     ) -> io::Result<()> {
-        if self.conn.as_mut().is_some_and(Conn::peer_gone) {
-            self.fail(c);
+        match self.conn.as_mut().map(Conn::peer) {
+            None | Some(Peer::Alive) => {}
+            // A fault like any other: retried after the back-off, so a peer
+            // that resets every connection is not hammered.
+            Some(Peer::Closed) => {
+                self.fail(c, true);
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the peer closed the connection",
+                ));
+            }
+            Some(Peer::Reset) => {
+                self.fail(c, false);
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the peer reset the connection",
+                ));
+            }
         }
         if self.conn.is_none() {
             self.conn = Some(self.connect()?);
@@ -195,21 +265,19 @@ impl Transport for Stream {
                 }
                 Err(e) => {
                     // The line was not written whole: it goes again, whole.
-                    self.fail(c);
+                    self.fail(c, false);
                     return Err(e);
                 }
             }
             if self.partial == line.len() {
                 self.partial = 0;
+                // Counted as sent once confirmed (trim_confirmed).
                 let line = pending.pop_front().expect("front exists");
-                c.sent.fetch_add(1, Ordering::Relaxed);
-                if matches!(self.conn, Some(Conn::Tcp(_))) {
-                    self.sent_bytes += line.len();
-                    self.sent.push_back(line);
-                }
+                self.sent_bytes += line.len();
+                self.sent.push_back((line, Instant::now()));
             }
         }
-        self.trim_acked();
+        self.trim_confirmed(c);
         Ok(())
     }
 }
@@ -243,7 +311,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let mut more: VecDeque<Bytes> =
             (100..110).map(|i| Bytes::from(format!("line {i}\n"))).collect();
-        // The first attempt may notice the closed peer, or fail writing.
+        // The first attempt notices the closed peer (an error, retried).
         for _ in 0..5 {
             if s.deliver(&mut more, &c, &stop).is_ok() && more.is_empty() {
                 break;
