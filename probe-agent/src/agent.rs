@@ -1042,7 +1042,7 @@ pub async fn floor(duration: Option<Duration>, clock: bool) -> Result<(), AgentE
     if let Some(caps) = procfs::missing_capabilities() {
         return Err(AgentError::Privileges(caps));
     }
-    let mut ebpf = crate::probes::load()?;
+    let (mut ebpf, _) = crate::probes::load()?;
     let hooks = if clock { crate::probes::FLOOR_CLOCK_HOOKS } else { crate::probes::FLOOR_HOOKS };
     for hook in hooks {
         crate::probes::attach(&mut ebpf, hook)?;

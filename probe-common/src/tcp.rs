@@ -12,6 +12,15 @@ pub const CONTROL_MAP: &str = "TCP_CTL";
 pub const ENDPOINT_MAP: &str = "TCP_ENDPOINTS";
 /// Name of the per-CPU array of loss counters, indexed by [`Counter`].
 pub const COUNTER_MAP: &str = "TCP_CNT";
+/// Globals the loader sets from the kernel's BTF for the raw tracepoints:
+/// each is the sum of the offsets of a path of (struct, member).
+pub const OFFSET_GLOBALS: &[(&str, &[(&str, &str)])] = &[
+    ("SK_FAMILY_OFF", &[("sock", "__sk_common"), ("sock_common", "skc_family")]),
+    ("SK_PROTOCOL_OFF", &[("sock", "sk_protocol")]),
+    ("TP_SRTT_OFF", &[("tcp_sock", "srtt_us")]),
+    ("SKB_LEN_OFF", &[("sk_buff", "len")]),
+    ("SKB_DATA_OFF", &[("sk_buff", "data")]),
+];
 
 pub const SOCK_MAX_ENTRIES: u32 = 65536;
 pub const STATS_MAX_ENTRIES: u32 = 16384;
@@ -148,18 +157,6 @@ pub const FIELDS: &[(&str, &str, &str, u32, u32)] = &[
     ("sock", "inet_sock_set_state", "protocol", 30, 2),
     ("sock", "inet_sock_set_state", "daddr", 36, 4),
     ("sock", "inet_sock_set_state", "daddr_v6", 56, 16),
-    ("sock", "sock_send_length", "sk", 8, 8),
-    ("sock", "sock_send_length", "family", 16, 2),
-    ("sock", "sock_send_length", "protocol", 18, 2),
-    ("sock", "sock_send_length", "ret", 20, 4),
-    ("sock", "sock_recv_length", "sk", 8, 8),
-    ("sock", "sock_recv_length", "family", 16, 2),
-    ("sock", "sock_recv_length", "protocol", 18, 2),
-    ("sock", "sock_recv_length", "ret", 20, 4),
-    ("sock", "sock_recv_length", "flags", 24, 4),
-    ("tcp", "tcp_probe", "data_len", 76, 2),
-    ("tcp", "tcp_probe", "srtt", 100, 4),
-    ("tcp", "tcp_probe", "skaddr", 128, 8),
     ("tcp", "tcp_retransmit_skb", "skaddr", 16, 8),
     ("tcp", "tcp_send_reset", "skaddr", 16, 8),
     ("tcp", "tcp_receive_reset", "skaddr", 8, 8),

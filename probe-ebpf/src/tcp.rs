@@ -1,15 +1,18 @@
-//! TCP connection and request KPIs, from classic tracepoints (their
-//! records carry ports and addresses, so no kernel struct is read):
+//! TCP connection and request KPIs, from tracepoints. The rare events are
+//! classic tracepoints (their records carry ports and addresses); the three
+//! that fire on every send, receive and incoming segment are raw
+//! tracepoints, which skip the classic record's preparation, and read the
+//! few fields they need at offsets the agent takes from the kernel's BTF:
 //!
 //! - `sock:inet_sock_set_state` (4.16+): connect start (-> SYN_SENT), connect
 //!   latency (SYN_SENT -> ESTABLISHED), connect errors (SYN_SENT -> CLOSE),
 //!   accepted connections (SYN_RECV -> ESTABLISHED), and close (-> CLOSE).
-//! - `sock:sock_send_length`, `sock:sock_recv_length` (6.3+): bytes sent and
+//! - `sock_send_length`, `sock_recv_length` (raw, 6.3+): bytes sent and
 //!   received, in the process's context; they also give each socket its
 //!   owner and drive the request state machine.
-//! - `tcp:tcp_probe`: a segment arrived on an established socket; data
-//!   (`data_len > 0`) starts a server's request, and its `srtt` is sampled
-//!   as the smoothed RTT.
+//! - `tcp_probe` (raw): a segment arrived on an established socket; data
+//!   (beyond the TCP header) starts a server's request, and the socket's
+//!   `srtt_us` is sampled as the smoothed RTT.
 //! - `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`,
 //!   `tcp:tcp_destroy_sock`.
 //!
@@ -22,10 +25,10 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use probe_common::{
     hist::bucket_of,
@@ -52,6 +55,35 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
+
+// Offsets in kernel structs, from the kernel's BTF, set by the loader;
+// the raw tracepoints are attached only when all are known.
+/// `offsetof(struct sock, __sk_common.skc_family)`.
+#[unsafe(no_mangle)]
+static SK_FAMILY_OFF: u32 = 0;
+/// `offsetof(struct sock, sk_protocol)`.
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFF: u32 = 0;
+/// `offsetof(struct tcp_sock, srtt_us)`.
+#[unsafe(no_mangle)]
+static TP_SRTT_OFF: u32 = 0;
+/// `offsetof(struct sk_buff, len)`.
+#[unsafe(no_mangle)]
+static SKB_LEN_OFF: u32 = 0;
+/// `offsetof(struct sk_buff, data)`.
+#[unsafe(no_mangle)]
+static SKB_DATA_OFF: u32 = 0;
+
+#[inline(always)]
+fn offset(global: &u32) -> u64 {
+    u64::from(unsafe { core::ptr::read_volatile(global) })
+}
+
+/// Reads a `T` at a kernel address (None if it faults).
+#[inline(always)]
+fn kread<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
 
 #[map(name = "TCP_SOCKS")]
 static TCP_SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(SOCK_MAX_ENTRIES, 0);
@@ -241,13 +273,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// The state of an established TCP socket used in process context,
 /// claimed by the current process if nobody owns it yet.
 #[inline(always)]
-fn owned(ctx: &TracePointContext) -> Option<(*mut SockState, u32)> {
-    let family: u16 = field(ctx, 16);
-    let protocol: u16 = field(ctx, 18);
+fn owned(sk: u64) -> Option<(*mut SockState, u32)> {
+    let family: u16 = kread(sk + offset(&SK_FAMILY_OFF))?;
+    let protocol: u16 = kread(sk + offset(&SK_PROTOCOL_OFF))?;
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return None;
     }
-    let sk: u64 = field(ctx, 8);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let s = match TCP_SOCKS.get_ptr_mut(sk) {
         Some(s) => s,
@@ -275,19 +306,21 @@ fn owned(ctx: &TracePointContext) -> Option<(*mut SockState, u32)> {
     Some((s, tgid))
 }
 
-#[tracepoint(category = "sock", name = "sock_recv_length")]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if switched_off() {
         return 0;
     }
-    let ret: i32 = field(&ctx, 20);
-    let flags: i32 = field(&ctx, 24);
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
     // MSG_PEEK (include/linux/socket.h) leaves the data queued: it will be
     // read (and counted) again.
     if ret <= 0 || flags & MSG_PEEK != 0 {
         return 0;
     }
-    let Some((s, tgid)) = owned(&ctx) else { return 0 };
+    let Some((s, tgid)) = owned(sk) else { return 0 };
     stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
     unsafe {
         match (*s).role {
@@ -309,16 +342,18 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "sock", name = "sock_send_length")]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     if switched_off() {
         return 0;
     }
-    let ret: i32 = field(&ctx, 20);
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
     if ret <= 0 {
         return 0;
     }
-    let Some((s, tgid)) = owned(&ctx) else { return 0 };
+    let Some((s, tgid)) = owned(sk) else { return 0 };
     stat(tgid, metric::BYTES_SENT, 0, ret as u64);
     unsafe {
         match (*s).role {
@@ -338,19 +373,27 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_probe")]
-pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+/// `tcp_probe(struct sock *sk, struct sk_buff *skb)`, from
+/// `tcp_rcv_established()`, where `skb->data` is the TCP header.
+#[raw_tracepoint(tracepoint = "tcp_probe")]
+pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
     if switched_off() {
         return 0;
     }
-    let sk: u64 = field(&ctx, 128);
-    let data_len: u16 = field(&ctx, 76);
-    if data_len == 0 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let Some(len) = kread::<u32>(skb + offset(&SKB_LEN_OFF)) else { return 0 };
+    let Some(data) = kread::<u64>(skb + offset(&SKB_DATA_OFF)) else { return 0 };
+    // The TCP header's data offset, in 32-bit words (the high nibble of
+    // byte 12): what follows it is payload.
+    let Some(doff) = kread::<u8>(data + 12) else { return 0 };
+    if len <= u32::from(doff >> 4) * 4 {
         // A pure ACK: no request starts, and RTT is sampled on data.
         return 0;
     }
     let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
-    let srtt_us: u32 = field(&ctx, 100);
+    // srtt_us holds the smoothed RTT in microseconds, shifted left by 3.
+    let srtt_us = kread::<u32>(sk + offset(&TP_SRTT_OFF)).unwrap_or(0) >> 3;
     if srtt_us != 0 {
         let ns = u64::from(srtt_us) * 1000;
         stat(unsafe { (*s).tgid }, metric::RTT, bucket_of(ns) as u16, ns);

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use probe_tests::{Agent, Workload, agent_bin, of, parse_record, require_bpf, syscall_total};
+use probe_tests::{
+    Agent, Workload, agent_bin, of, parse_record, require_bpf, syscall_total, validate,
+    validate_lines,
+};
 use serde_json::Value;
 
 /// Our program names (bpftool shows the full names, from BTF).
@@ -67,6 +70,7 @@ fn sigterm_flushes_and_detaches_everything() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
     assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
+    validate(&records).unwrap();
     // The final, partial interval was written.
     assert_eq!(
         syscall_total(&records, w.pid, "openat", "count"),
@@ -123,6 +127,7 @@ fn runs_with_only_bpf_and_perfmon_and_drops_them_after_attach() {
     unsafe { libc::kill(agent_pid as i32, libc::SIGINT) };
     let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
     assert!(child.wait().unwrap().success());
+    validate(&records).unwrap();
     assert_eq!(
         syscall_total(&records, w.pid, "openat", "count"),
         truth["openat"].as_u64().unwrap()
@@ -213,4 +218,5 @@ fn a_stalled_reader_neither_stops_measuring_nor_blocks_sigterm() {
     for l in &lines {
         parse_record(l).unwrap();
     }
+    validate_lines(&out).unwrap();
 }

@@ -137,7 +137,13 @@ pub fn run(root: &Path, minutes: f64, interval_s: u64) -> Result<()> {
             rec["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             fill
         );
-        samples.push(json!({"t_s": t, "cpu_pct": rec["cpu_pct"], "rss_bytes": rec["rss_bytes"], "max_fill_pct": fill, "lost": lost}));
+        let dropped: u64 = rec["output"]["sinks"].as_array().map_or(0, |s| {
+            s.iter()
+                .filter_map(|k| k["dropped_records"].as_object())
+                .flat_map(|d| d.values().filter_map(Value::as_u64))
+                .sum()
+        });
+        samples.push(json!({"t_s": t, "cpu_pct": rec["cpu_pct"], "rss_bytes": rec["rss_bytes"], "max_fill_pct": fill, "lost": lost, "dropped": dropped}));
     }
     stop.store(true, Ordering::Relaxed);
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
@@ -165,6 +171,17 @@ pub fn run(root: &Path, minutes: f64, interval_s: u64) -> Result<()> {
     println!("| largest map fill, max | {:.2}% |", fill.iter().copied().fold(0.0, f64::max));
     println!("| map fill trend | {fill_slope_h:+.2} points/hour |");
     println!("| events lost | {} |", lost.iter().sum::<f64>());
+    println!("| records dropped by sinks | {} |", col("dropped").iter().sum::<f64>());
+    // Flat or growing: the RSS of each third of the run.
+    let third = rss.len() / 3;
+    if third > 0 {
+        let m: Vec<f64> =
+            (0..3).map(|i| mean(&rss[i * third..(i + 1) * third]) / 1048576.0).collect();
+        println!(
+            "| RSS mean, first / second / last third | {:.1} / {:.1} / {:.1} MiB |",
+            m[0], m[1], m[2]
+        );
+    }
     let out = json!({"minutes": minutes, "interval_s": interval_s, "samples": samples,
         "rss_slope_mib_per_hour": rss_slope_mib_h, "fill_slope_points_per_hour": fill_slope_h});
     std::fs::create_dir_all(root.join("target/bench"))?;

@@ -102,12 +102,17 @@ pub struct MapFill {
 /// The offset of `task_struct::tgid` comes from the kernel's BTF; without
 /// it the CPU programs still run but cannot name the process currently on
 /// a CPU (its time is then counted when it leaves the CPU).
-pub fn load() -> Result<Ebpf, ProbeError> {
+/// Also returns why the TCP raw tracepoints cannot run, if they cannot:
+/// the offsets they read come from the kernel's BTF too.
+pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
     if OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
-    let tgid_off = match crate::btf::Btf::from_kernel()
-        .and_then(|b| b.member_offset("task_struct", "tgid"))
+    let btf = crate::btf::Btf::from_kernel();
+    let tgid_off = match btf
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.member_offset("task_struct", "tgid").map_err(|e| e.to_string()))
     {
         Ok(off) => off,
         Err(err) => {
@@ -117,19 +122,38 @@ pub fn load() -> Result<Ebpf, ProbeError> {
             0
         }
     };
+    let mut tcp_offsets = Vec::new();
+    let mut tcp_missing = None;
+    for &(global, path) in probe_common::tcp::OFFSET_GLOBALS {
+        let off = path.iter().try_fold(0u32, |sum, &(st, member)| match &btf {
+            Ok(b) => b.member_offset(st, member).map(|o| sum + o).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        });
+        match off {
+            Ok(off) => tcp_offsets.push((global, off)),
+            Err(err) => {
+                tcp_missing.get_or_insert(format!("kernel BTF: {err}"));
+            }
+        }
+    }
+    drop(btf);
     // No kernel BTF for aya: the programs use no CO-RE relocations, and
     // parsing vmlinux BTF would cost the agent tens of MiB.
     let stats_entries = stats_max_entries(aya::util::nr_cpus().unwrap_or(1));
     debug!("{} holds {stats_entries} entries", probe_common::syscalls::STATS_MAP);
-    let ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(None)
         .map_max_entries(probe_common::syscalls::STATS_MAP, stats_entries)
-        .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true)
-        .load(OBJECT)?;
+        .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true);
+    for (global, off) in &tcp_offsets {
+        loader.override_global(global, off, true);
+    }
+    let ebpf = loader.load(OBJECT)?;
     // Give the pages of what loading parsed back to the system rather than
     // let the allocator keep them for the agent's lifetime.
     unsafe { libc::malloc_trim(0) };
-    Ok(ebpf)
+    Ok((ebpf, tcp_missing))
 }
 
 /// Kernel memory the per-CPU syscall map may take (a per-CPU value is
@@ -184,7 +208,7 @@ pub struct Probes {
 impl Probes {
     /// Loads the object and attaches every KPI's programs.
     pub fn start() -> Result<Self, ProbeError> {
-        let mut ebpf = load()?;
+        let (mut ebpf, tcp_missing) = load()?;
         let mut attached = Vec::new();
         let mut unavailable = BTreeMap::new();
         let mut failures = Vec::new();
@@ -202,8 +226,22 @@ impl Probes {
         }
         // TCP: classic tracepoints, whose records must have the layout the
         // programs were built for.
-        match tcp::ensure_tracefs().and_then(|()| tcp::check_layout()) {
+        let ready = match tcp_missing {
+            Some(reason) => Err(reason),
+            None => tcp::ensure_tracefs().and_then(|()| tcp::check_layout()),
+        };
+        match ready {
             Ok(()) => {
+                for hook in tcp::RAW_HOOKS {
+                    match attach(&mut ebpf, hook) {
+                        Ok(()) => attached.push(hook.program),
+                        Err(err) => {
+                            warn!("{err}");
+                            unavailable.entry(TCP).or_insert_with(|| err.to_string());
+                            failures.push(err.to_string());
+                        }
+                    }
+                }
                 for &(program, category, name) in tcp::HOOKS {
                     match tcp::attach(&mut ebpf, program, category, name) {
                         Ok(()) => attached.push(program),

@@ -16,12 +16,26 @@ use probe_common::tcp::{
 
 use super::{MapFill, ProbeError, max_entries, take};
 
-/// The TCP programs and their tracepoints (category, name).
+/// The TCP programs on raw tracepoints (the frequent events: every send,
+/// receive and incoming segment), attached when the kernel's BTF gave the
+/// offsets they read.
+pub const RAW_HOOKS: &[super::Hook] = &[
+    super::Hook {
+        program: "sock_send_length",
+        tracepoint: "sock_send_length",
+        needed_by: &[super::TCP],
+    },
+    super::Hook {
+        program: "sock_recv_length",
+        tracepoint: "sock_recv_length",
+        needed_by: &[super::TCP],
+    },
+    super::Hook { program: "tcp_probe", tracepoint: "tcp_probe", needed_by: &[super::TCP] },
+];
+
+/// The TCP programs on classic tracepoints (category, name).
 pub const HOOKS: &[(&str, &str, &str)] = &[
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sock_send_length", "sock", "sock_send_length"),
-    ("sock_recv_length", "sock", "sock_recv_length"),
-    ("tcp_probe", "tcp", "tcp_probe"),
     ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
