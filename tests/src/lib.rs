@@ -322,3 +322,16 @@ pub fn validate_lines(text: &str) -> Result<()> {
     anyhow::ensure!(out.status.success(), "records do not match the schema:\n{said}");
     Ok(())
 }
+
+/// A fresh, empty directory for one test (named after it, this process and
+/// thread).
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "probe-{name}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("creating a temporary directory");
+    d
+}

@@ -16,15 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_tests::{Agent, Workload, require_bpf, syscall_total};
+use probe_tests::{Agent, Workload, require_bpf, syscall_total, tempdir};
 use serde_json::Value;
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("probe-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The per-interval states the agent reported for sink `name`.
 fn sink_states<'a>(records: &'a [Value], name: &str) -> Vec<&'a Value> {

@@ -16,15 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_tests::{Agent, Workload, agent_bin, rel_err, require_bpf, validate, validate_lines};
+use probe_tests::{
+    Agent, Workload, agent_bin, rel_err, require_bpf, tempdir, validate, validate_lines,
+};
 use serde_json::Value;
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("probe-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

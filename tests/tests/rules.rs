@@ -4,7 +4,7 @@
 
 use std::{io::Write as _, process::Command, time::Duration};
 
-use probe_tests::{Agent, Workload, agent_bin, require_bpf};
+use probe_tests::{Agent, Workload, agent_bin, require_bpf, tempdir};
 use serde_json::Value;
 
 /// A config with fast alerts: hold 2 intervals, repeat every 10 minutes.
@@ -25,7 +25,7 @@ fn levels(alerts: &[&Value]) -> Vec<String> {
 #[test]
 fn slow_answers_raise_investigate_then_escalate_and_resolve() {
     require_bpf!();
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let config = fast_config(&dir);
     let delay = dir.join("delay");
     std::fs::write(&delay, "100").unwrap();
@@ -109,7 +109,7 @@ fn slow_answers_raise_investigate_then_escalate_and_resolve() {
 #[test]
 fn a_busy_host_raises_the_cpu_alert() {
     require_bpf!();
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let config = fast_config(&dir);
     let cpus = std::thread::available_parallelism().unwrap().get().to_string();
     let mut busy =
@@ -150,7 +150,7 @@ fn a_busy_host_raises_the_cpu_alert() {
 fn default_config_round_trips_and_bad_config_exits_2() {
     let out = Command::new(agent_bin()).args(["config", "--default"]).output().unwrap();
     assert!(out.status.success());
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let good = dir.join("good.toml");
     std::fs::write(&good, &out.stdout).unwrap();
     let check = Command::new(agent_bin()).arg("check-config").arg(&good).output().unwrap();
@@ -182,7 +182,7 @@ fn default_config_round_trips_and_bad_config_exits_2() {
 
 #[test]
 fn replay_raises_the_alerts_of_recorded_lines() {
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let file = dir.join("recorded.jsonl");
     let mut f = std::fs::File::create(&file).unwrap();
     for (i, avg) in [100.0, 600.0, 620.0, 1200.0, 1300.0, 90.0, 80.0].iter().enumerate() {
@@ -229,16 +229,6 @@ fn replay_raises_the_alerts_of_recorded_lines() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(":1:"));
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "probe-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Alerts of `rule` in order, as (level, message).
 fn alerts_of(records: &[Value], rule: &str) -> Vec<(String, String)> {
     records
@@ -269,7 +259,7 @@ fn fired_and_resolved(records: &[Value], rule: &str) -> (String, String) {
 #[test]
 fn request_and_connect_errors_fire_and_resolve() {
     require_bpf!();
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let config = fast_config(&dir);
     let server = Workload::start(&["tcp-server", "--name", "pw-shop", "--delay-ms", "30"]).unwrap();
     let port = server.ready[0].clone();
@@ -348,7 +338,7 @@ fn limited_container(rel: &str, limit: u64) -> Vec<std::path::PathBuf> {
 #[test]
 fn container_memory_near_its_limit_fires_and_resolves() {
     require_bpf!();
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let config = fast_config(&dir);
     let id = "feedfacecafebeef0123456789abcdef0123456789abcdef0123456789abcdef";
     let rel = format!("probe-test-mem.slice/docker-{id}.scope");
@@ -403,7 +393,7 @@ fn container_memory_near_its_limit_fires_and_resolves() {
 #[test]
 fn a_filling_disk_fires_and_resolves() {
     require_bpf!();
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let config = fast_config(&dir);
     let image = dir.join("disk.img");
     let mnt = dir.join("mnt");
@@ -467,7 +457,7 @@ fn a_filling_disk_fires_and_resolves() {
 #[test]
 fn cost_over_budget_fires_and_resolves_when_the_budget_grows() {
     require_bpf!();
-    let dir = tempdir();
+    let dir = tempdir("rules");
     let config = fast_config(&dir);
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

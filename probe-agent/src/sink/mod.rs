@@ -255,6 +255,21 @@ struct Shared {
     stop: AtomicBool,
 }
 
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            q: Mutex::new(Queue { lines: VecDeque::new(), bytes: 0, held: 0 }),
+            data: Condvar::new(),
+            room: Condvar::new(),
+            c: Counters::default(),
+            failing: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
 /// One sink: its queue and writer thread.
 struct Sink {
     spec: OutputSpec,
@@ -339,16 +354,7 @@ impl Sinks {
                     Box::new(http::Http::new(authority.clone(), path.clone(), *gzip))
                 }
             };
-            let shared = Arc::new(Shared {
-                q: Mutex::new(Queue { lines: VecDeque::new(), bytes: 0, held: 0 }),
-                data: Condvar::new(),
-                room: Condvar::new(),
-                c: Counters::default(),
-                failing: AtomicBool::new(false),
-                last_error: Mutex::new(None),
-                closed: AtomicBool::new(false),
-                stop: AtomicBool::new(false),
-            });
+            let shared = Arc::new(Shared::new());
             let s = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sink {}", sinks.len()))
@@ -708,16 +714,7 @@ mod tests {
     ) -> (Sink, Arc<Mutex<Vec<Bytes>>>, Arc<AtomicBool>) {
         let got = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(AtomicBool::new(true));
-        let shared = Arc::new(Shared {
-            q: Mutex::new(Queue { lines: VecDeque::new(), bytes: 0, held: 0 }),
-            data: Condvar::new(),
-            room: Condvar::new(),
-            c: Counters::default(),
-            failing: AtomicBool::new(false),
-            last_error: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let s = shared.clone();
         let t = Box::new(Mem(got.clone(), fail.clone()));
         let thread = std::thread::spawn(move || writer(t, s));
