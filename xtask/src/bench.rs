@@ -344,9 +344,18 @@ pub mod server {
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/px; fastcgi_temp_path {d}/fc;\n\
                uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc; keepalive_requests 1000000;\n\
-               server {{ listen 127.0.0.1:{PORT}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+               server {{ listen 127.0.0.1:{PORT}; root {d}/www;\n                 location = / {{ return 200 \"ok\\n\"; }}\n                 location /page {{ gzip on; gzip_comp_level 6; gzip_min_length 0; default_type text/html; }} }} }}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
+        // A 32 KiB page of varied text, compressed afresh for every request.
+        std::fs::create_dir_all(dir.join("www"))?;
+        let page: String = (0..2000u32)
+            .map(|i| format!("<p>item {i} {:x}</p>\n", i.wrapping_mul(2654435761)))
+            .collect::<String>()
+            .chars()
+            .take(32 << 10)
+            .collect();
+        std::fs::write(dir.join("www/page"), page)?;
         let child = Command::new("taskset")
             .args(["-c", "0", "nginx", "-p"])
             .arg(dir)
@@ -360,12 +369,19 @@ pub mod server {
         Ok(Nginx(child))
     }
 
+    /// The two requests measured: (label, path, extra wrk arguments).
+    pub const CASES: [(&str, &str, &[&str]); 2] = [
+        ("constant (2 bytes)", "/", &[]),
+        ("32 KiB page, gzip", "/page", &["-H", "Accept-Encoding: gzip"]),
+    ];
+
     /// (requests, seconds, requests/s, average latency ms) from wrk's output.
-    fn wrk(secs: u32) -> Result<(f64, f64, f64, f64)> {
+    fn wrk(secs: u32, path: &str, extra: &[&str]) -> Result<(f64, f64, f64, f64)> {
         let out = Command::new("taskset")
             .args(["-c", "1", "wrk", "-t1", "-c16"])
+            .args(extra)
             .arg(format!("-d{secs}s"))
-            .arg(format!("http://127.0.0.1:{PORT}/"))
+            .arg(format!("http://127.0.0.1:{PORT}{path}"))
             .output()
             .context("running wrk (apt-get install wrk)")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -405,26 +421,31 @@ pub mod server {
     pub fn run(root: &Path, agent: &Path, rounds: usize) -> Result<Value> {
         let dir = root.join("target/bench/nginx");
         let _nginx = start_nginx(&dir)?;
-        wrk(1)?; // warm up
-        let (mut none, mut with) = (Vec::new(), Vec::new());
-        let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let (_, _, rps0, lat0) = wrk(5)?;
-            none.push(rps0);
-            let mut c = Command::new(agent);
-            c.args(["run", "--interval", "60s", "--comm", "nginx", "--comm", "wrk"]);
-            let t = Tracer::start(c, "\"type\":\"status\"")?;
-            let (reqs, secs, rps1, lat1) = wrk(5)?;
-            with.push(rps1);
-            let records = t.stop_all();
-            let server = records
-                .iter()
-                .find(|r| r["type"] == "endpoint" && r["role"] == "server" && r["port"] == PORT);
-            let client = records
-                .iter()
-                .find(|r| r["type"] == "endpoint" && r["role"] == "client" && r["port"] == PORT);
-            if let (Some(s), Some(cl)) = (server, client) {
+        let mut out = Vec::new();
+        let mut rows = Vec::new();
+        let mut agreement = Vec::new();
+        for (label, path, extra) in CASES {
+            wrk(1, path, extra)?; // warm up
+            let (mut none, mut with) = (Vec::new(), Vec::new());
+            let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let (_, _, rps0, lat0) = wrk(5, path, extra)?;
+                none.push(rps0);
+                let mut c = Command::new(agent);
+                c.args(["run", "--interval", "60s", "--comm", "nginx", "--comm", "wrk"]);
+                let t = Tracer::start(c, "\"type\":\"status\"")?;
+                let (reqs, secs, rps1, lat1) = wrk(5, path, extra)?;
+                with.push(rps1);
+                let records = t.stop_all();
+                let endpoint = |role: &str| {
+                    records
+                        .iter()
+                        .find(|r| r["type"] == "endpoint" && r["role"] == role && r["port"] == PORT)
+                };
+                let (Some(s), Some(cl)) = (endpoint("server"), endpoint("client")) else {
+                    bail!("the agent wrote no endpoint records for port {PORT}");
+                };
                 let answered = s["requests"]["count"].as_f64().unwrap_or(0.0)
                     - s["requests"]["errors"].as_f64().unwrap_or(0.0);
                 let avg = s["requests"]["latency_ms"]["avg"].as_f64().unwrap_or(0.0);
@@ -434,35 +455,47 @@ pub mod server {
                 lat_err.push((avg - lat1) / lat1 * 100.0);
                 client_lat_err.push((client_avg - lat1) / lat1 * 100.0);
                 eprintln!(
-                    "round {}/{rounds} nginx: none {rps0:.0} req/s ({lat0:.3} ms), agent {rps1:.0} req/s ({lat1:.3} ms); \
+                    "round {}/{rounds} nginx {label}: none {rps0:.0} req/s ({lat0:.3} ms), agent {rps1:.0} req/s ({lat1:.3} ms); \
                      agent saw {answered:.0} of wrk's {reqs:.0} requests, server avg {avg:.3} ms, client avg {client_avg:.3} ms",
                     round + 1
                 );
-            } else {
-                bail!("the agent wrote no endpoint records for port {PORT}");
             }
+            let (n, w) = (median(&mut none.clone()), median(&mut with.clone()));
+            let loss = (n - w) / n * 100.0;
+            let us_added = (1e6 / w - 1e6 / n).max(0.0);
+            let (ce, re, le, cle) = (
+                median(&mut count_err),
+                median(&mut rate_err),
+                median(&mut lat_err),
+                median(&mut client_lat_err),
+            );
+            rows.push(format!(
+                "| {label} | {n:.0} | {w:.0} | {loss:.1}% | {:.1} | {us_added:.2} |",
+                1e6 / n
+            ));
+            agreement.push(format!("| {label} | {ce:+.2}% | {re:+.2}% | {le:+.1}% | {cle:+.1}% |"));
+            out.push(
+                json!({"case": label, "rps_none": none, "rps_agent": with, "rps_lost_pct": loss,
+                "us_added_per_request": us_added, "count_error_pct": ce, "rate_error_pct": re,
+                "latency_error_pct": le, "client_latency_error_pct": cle}),
+            );
         }
-        let (n, w) = (median(&mut none.clone()), median(&mut with.clone()));
-        let loss = (n - w) / n * 100.0;
-        let (ce, re, le, cle) = (
-            median(&mut count_err),
-            median(&mut rate_err),
-            median(&mut lat_err),
-            median(&mut client_lat_err),
+        println!();
+        println!(
+            "| nginx + wrk (loopback, 16 connections, 5 s, median of {rounds}) | requests/s, none | requests/s, agent | lost | us per request | us added per request |"
         );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for r in &rows {
+            println!("{r}");
+        }
         println!();
-        println!("| nginx + wrk (loopback, 16 connections, 5 s) | requests/s | lost |");
-        println!("|---|---:|---:|");
-        println!("| none | {n:.0} | |");
-        println!("| agent | {w:.0} | {loss:.1}% |");
-        println!();
-        println!("| agreement with wrk (median of {rounds}) | agent vs wrk |");
-        println!("|---|---:|");
-        println!("| requests answered (count) | {ce:+.2}% |");
-        println!("| requests/s | {re:+.2}% |");
-        println!("| average latency, server side (nginx's port) | {le:+.1}% |");
-        println!("| average latency, client side (wrk's connections) | {cle:+.1}% |");
-        Ok(json!({"rps_none": none, "rps_agent": with, "rps_lost_pct": loss,
-            "count_error_pct": ce, "rate_error_pct": re, "latency_error_pct": le, "client_latency_error_pct": cle}))
+        println!(
+            "| agreement with wrk (median of {rounds}) | requests answered | requests/s | avg latency, server side | avg latency, client side |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for r in &agreement {
+            println!("{r}");
+        }
+        Ok(json!(out))
     }
 }
