@@ -106,7 +106,8 @@ struct Agent {
     gone: HashSet<u32>,
 }
 
-/// Runs the agent until `--duration`, SIGINT or SIGTERM, or stdout closes.
+/// Runs the agent until `--duration`, SIGINT or SIGTERM, or every output has
+/// closed for good (stdout, when it is the only one).
 pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     if let Some(caps) = procfs::missing_capabilities() {
         return Err(AgentError::Privileges(caps));
