@@ -228,7 +228,9 @@ pub(crate) trait Transport: Send {
     }
 }
 
-/// Most bytes a writer takes from its queue at once.
+/// Most bytes a writer takes from its queue at once. A quarter of the
+/// queue at most: what the writer holds cannot be dropped, so the rest of
+/// the queue is where `drop_oldest` finds the oldest records.
 const BATCH_BYTES: usize = 1 << 20;
 /// Back-off after a failure: doubles from the first to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
@@ -253,11 +255,14 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     stop: AtomicBool,
+    /// Most bytes the writer takes at once.
+    batch_bytes: usize,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(queue_bytes: usize) -> Self {
         Shared {
+            batch_bytes: (queue_bytes / 4).clamp(1, BATCH_BYTES),
             q: Mutex::new(Queue { lines: VecDeque::new(), bytes: 0, held: 0 }),
             data: Condvar::new(),
             room: Condvar::new(),
@@ -354,7 +359,7 @@ impl Sinks {
                     Box::new(http::Http::new(authority.clone(), path.clone(), *gzip))
                 }
             };
-            let shared = Arc::new(Shared::new());
+            let shared = Arc::new(Shared::new(spec.queue_bytes));
             let s = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sink {}", sinks.len()))
@@ -583,7 +588,7 @@ fn writer(mut t: Box<dyn Transport>, s: Arc<Shared>) {
                     .0;
             }
             let mut took = 0;
-            while took < BATCH_BYTES
+            while took < s.batch_bytes
                 && let Some(line) = q.lines.pop_front()
             {
                 took += line.len();
@@ -714,7 +719,7 @@ mod tests {
     ) -> (Sink, Arc<Mutex<Vec<Bytes>>>, Arc<AtomicBool>) {
         let got = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(AtomicBool::new(true));
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(queue_bytes));
         let s = shared.clone();
         let t = Box::new(Mem(got.clone(), fail.clone()));
         let thread = std::thread::spawn(move || writer(t, s));
@@ -736,7 +741,8 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(300));
         fail.store(false, Ordering::Relaxed);
-        let until = Instant::now() + Duration::from_secs(5);
+        // Generous: under qemu (the arm64 run) threads are slow.
+        let until = Instant::now() + Duration::from_secs(30);
         while sink.shared.q.lock().unwrap().bytes > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
