@@ -739,7 +739,8 @@ impl Agent {
         let before = self.shedder.step();
         // A short final interval (SIGINT) says little about the load.
         let whole = interval_s >= self.cfg.interval.as_secs_f64() / 2.0;
-        if whole && self.shedder.observe(cost_pct) {
+        let kernel_pct = prog_cores * 100.0 / f64::from(self.cpus.max(1));
+        if whole && self.shedder.observe(cost_pct, kernel_pct) {
             if let Err(err) = self.probes.syscalls.set_sample_mask(self.shedder.mask()) {
                 warn!("could not change the latency sampling: {err}");
             }

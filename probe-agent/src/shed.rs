@@ -8,8 +8,13 @@
 //! 2. then switch off the optional probes (TCP, run-queue latency), the
 //!    costliest first, one per step.
 //!
-//! It restores in the reverse order, a step at a time, once the cost has
-//! stayed under half the budget for two intervals.
+//! Every step sheds kernel work, so it is taken only when the kernel
+//! programs are at least half the budget: an agent process that is over
+//! budget by itself (a short interval, thousands of processes to report)
+//! is not helped by blinding the probes, and they stay on. It restores in
+//! the reverse order, a step at a time, once the whole cost has stayed
+//! under half the budget, or the programs under a quarter of it, for two
+//! intervals.
 
 /// Sampling steps: time 1 in 4^step calls.
 const SAMPLE_STEPS: u32 = 3;
@@ -51,12 +56,14 @@ impl Shedder {
         self.step.saturating_sub(SAMPLE_STEPS)
     }
 
-    /// Feeds one interval's cost; returns whether the step changed.
-    pub fn observe(&mut self, cost_pct: f64) -> bool {
-        if self.budget_pct <= 0.0 {
+    /// Feeds one interval's cost, in all and of the kernel programs alone
+    /// (percent of the host's CPU); returns whether the step changed.
+    pub fn observe(&mut self, cost_pct: f64, kernel_pct: f64) -> bool {
+        let budget = self.budget_pct;
+        if budget <= 0.0 {
             return false;
         }
-        if cost_pct > self.budget_pct {
+        if cost_pct > budget && kernel_pct >= budget / 2.0 {
             self.calm = 0;
             if self.step < SAMPLE_STEPS + self.optional {
                 self.step += 1;
@@ -64,7 +71,8 @@ impl Shedder {
             }
             return false;
         }
-        if cost_pct < self.budget_pct / 2.0 && self.step > 0 {
+        let calm = cost_pct < budget / 2.0 || kernel_pct < budget / 4.0;
+        if calm && self.step > 0 {
             self.calm += 1;
             if self.calm >= CALM_INTERVALS {
                 self.calm = 0;
@@ -87,7 +95,8 @@ mod tests {
         let mut s = Shedder::new(1.0, 2);
         let mut seen = Vec::new();
         for c in [0.5, 3.0, 2.0, 1.5, 1.2, 1.1, 1.1, 0.9, 0.4, 0.4, 0.4, 0.3, 0.3] {
-            s.observe(c);
+            // The kernel programs make most of the cost.
+            s.observe(c, c * 0.8);
             seen.push((s.every(), s.probes_off()));
         }
         assert_eq!(
@@ -111,10 +120,30 @@ mod tests {
         assert_eq!(s.mask(), 63);
     }
 
+    /// Over budget by its own process alone, the agent keeps its probes.
+    #[test]
+    fn an_expensive_agent_process_sheds_no_probe() {
+        let mut s = Shedder::new(1.0, 2);
+        for _ in 0..10 {
+            assert!(!s.observe(1.5, 0.1));
+        }
+        assert_eq!((s.every(), s.probes_off()), (1, 0));
+        // Once shed for kernel cost, it restores when the kernel is calm,
+        // even if the process keeps the total over budget.
+        for _ in 0..3 {
+            s.observe(3.0, 2.0);
+        }
+        assert_eq!(s.every(), 64);
+        for _ in 0..6 {
+            s.observe(1.2, 0.1);
+        }
+        assert_eq!(s.every(), 1);
+    }
+
     #[test]
     fn zero_budget_never_sheds() {
         let mut s = Shedder::new(0.0, 2);
-        assert!(!s.observe(99.0));
+        assert!(!s.observe(99.0, 99.0));
         assert_eq!(s.every(), 1);
     }
 }
