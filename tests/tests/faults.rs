@@ -118,9 +118,19 @@ fn a_sink_that_never_reads() {
     .unwrap();
     w.go().unwrap();
     std::thread::sleep(Duration::from_secs(10));
+    // How long the agent takes to exit after SIGINT (until it is a zombie,
+    // before the harness reaps it and checks its records).
     let t0 = Instant::now();
-    let records = agent.stop().unwrap();
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGINT) };
+    let exited = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    };
+    while !exited(agent.pid()) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stopped_in = t0.elapsed();
+    let records = agent.stop().unwrap();
     check_reference(&records, &mut w);
     let agents = records.iter().filter(|r| r["type"] == "agent").count();
     assert!(agents >= 20, "an agent record every interval: {agents}");
