@@ -803,23 +803,8 @@ impl Agent {
     }
 }
 
-/// Optional probes the overhead budget may switch off, with the programs
-/// whose run time is theirs alone.
-const OPTIONAL: [(&str, &[&str]); 2] = [
-    (
-        probe::TCP,
-        &[
-            "inet_sock_set_state",
-            "sock_send_length",
-            "sock_recv_length",
-            "tcp_probe",
-            "tcp_retransmit_skb",
-            "tcp_send_reset",
-            "tcp_receive_reset",
-        ],
-    ),
-    (probe::RUNQ, &["sched_wakeup", "sched_wakeup_new"]),
-];
+/// Optional probes the overhead budget may switch off.
+const OPTIONAL: [&str; 2] = [probe::TCP, probe::RUNQ];
 
 impl Agent {
     /// Switches optional probes off or on to match the shedding step: off,
@@ -828,16 +813,17 @@ impl Agent {
     fn switch_optional_probes(&mut self, sample: Option<&StatsSample>) {
         let want = self.shedder.probes_off() as usize;
         while self.probes_off.len() < want {
-            let cost = |programs: &[&str]| -> u64 {
+            let cost = |family: &str| -> u64 {
+                let programs = probe::programs_of(family);
                 sample.map_or(0, |s| {
                     s.programs.iter().filter(|p| programs.contains(&p.0)).map(|p| p.2).sum()
                 })
             };
-            let Some(&(family, _)) = OPTIONAL
+            let Some(&family) = OPTIONAL
                 .iter()
-                .filter(|(f, _)| !self.probes_off.contains(f))
-                .filter(|(f, _)| self.probes.unavailable(f).is_none())
-                .max_by_key(|(f, programs)| (cost(programs), *f == probe::TCP))
+                .filter(|f| !self.probes_off.contains(f))
+                .filter(|f| self.probes.unavailable(f).is_none())
+                .max_by_key(|f| (cost(f), **f == probe::TCP))
             else {
                 break;
             };
@@ -912,13 +898,13 @@ impl Agent {
             ("ok", "investigate", format!("is back below {MEMORY_TIGHT_PCT:.0}%: resolved"))
         };
         let message = format!("probe-agent memory at {pct:.1}% of its cgroup's limit {how}");
-        self.pending_alerts.push(serde_json::json!({
-            "v": VERSION, "type": "alert", "ts": header.ts, "host": header.host,
-            "interval_s": header.interval_s, "rule": "agent-memory",
-            "kpi": "cgroup_memory.utilization_pct", "level": level, "previous_level": previous,
-            "repeat": false, "value": pct, "threshold": MEMORY_TIGHT_PCT,
-            "scope": "agent", "pid": std::process::id(), "since": header.ts, "message": message,
-        }));
+        self.pending_alerts.push(agent_alert(
+            header,
+            ("agent-memory", "cgroup_memory.utilization_pct"),
+            (level, previous),
+            (pct, MEMORY_TIGHT_PCT),
+            message,
+        ));
     }
 }
 
@@ -991,13 +977,32 @@ fn shed_alert(
     };
     warn!("{message}");
     let level = |step: u32| if step > 0 { "investigate" } else { "ok" };
+    let mut alert = agent_alert(
+        header,
+        ("overhead-budget", "shedding.cost_pct"),
+        (level(shedder.step()), level(before)),
+        (cost_pct, budget),
+        message,
+    );
+    alert["latency_sample_every"] = every.into();
+    alert["probes_off"] = probes_off.into();
+    alert
+}
+
+/// An alert about the agent itself (scope `agent`), in the rules' layout:
+/// (rule, kpi), (level, previous level), (value, threshold).
+fn agent_alert(
+    header: &Header<'_>,
+    (rule, kpi): (&str, &str),
+    (level, previous): (&str, &str),
+    (value, threshold): (f64, f64),
+    message: String,
+) -> serde_json::Value {
     serde_json::json!({
         "v": VERSION, "type": "alert", "ts": header.ts, "host": header.host,
-        "interval_s": header.interval_s, "rule": "overhead-budget", "kpi": "shedding.cost_pct",
-        "level": level(shedder.step()), "previous_level": level(before),
-        "repeat": false, "value": cost_pct, "threshold": budget, "scope": "agent",
-        "pid": std::process::id(), "since": header.ts, "message": message,
-        "latency_sample_every": every, "probes_off": probes_off,
+        "interval_s": header.interval_s, "rule": rule, "kpi": kpi, "level": level,
+        "previous_level": previous, "repeat": false, "value": value, "threshold": threshold,
+        "scope": "agent", "pid": std::process::id(), "since": header.ts, "message": message,
     })
 }
 

@@ -39,9 +39,7 @@ fn main() -> ExitCode {
             Some(commands::replay(file, config.as_deref()))
         }
         Some(cli::Command::Kpis) => Some(commands::print_kpis()),
-        Some(cli::Command::Merge { files }) => {
-            Some(merge::check_files(files).and_then(|()| merge::merge(files)))
-        }
+        Some(cli::Command::Merge { files }) => Some(merge::merge(files)),
         Some(cli::Command::Report { file, config }) => {
             Some(commands::report(file, config.as_deref()))
         }

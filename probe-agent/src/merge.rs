@@ -13,7 +13,7 @@
 //! the same KPI path, and the same syscall (`syscall` records) or role and
 //! port (`endpoint` records). Hosts, processes and intervals are summed.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use probe_common::hist::bucket_of;
 use serde::Serialize;
@@ -155,19 +155,6 @@ pub fn merge(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
         };
         let _ = serde_json::to_writer(&mut out, &m);
         let _ = std::io::Write::write_all(&mut out, b"\n");
-    }
-    Ok(())
-}
-
-/// Whether `path` exists, for a clearer error than the reader's.
-pub fn check_files(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
-    for f in files.iter().filter(|f| f.as_path() != Path::new("-")) {
-        if !f.is_file() {
-            return Err(CommandError::Read {
-                path: f.display().to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
     }
     Ok(())
 }

@@ -71,6 +71,13 @@ pub const HOOKS: &[Hook] = &[
     Hook { program: "sched_process_exit", tracepoint: "sched_process_exit", needed_by: &[] },
 ];
 
+/// The programs that serve `family` alone: what switching it off saves.
+pub fn programs_of(family: &str) -> Vec<&'static str> {
+    let raw = HOOKS.iter().chain(tcp::RAW_HOOKS).filter(|h| h.needed_by == [family]);
+    let classic = tcp::HOOKS.iter().filter(|_| family == TCP).map(|h| h.0);
+    raw.map(|h| h.program).chain(classic).collect()
+}
+
 /// The benchmark's floors: empty programs on the system-call tracepoints,
 /// and programs that only read the clock there.
 pub const FLOOR_HOOKS: &[Hook] = &[
@@ -313,6 +320,15 @@ impl Probes {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn optional_families_own_their_programs() {
+        assert_eq!(programs_of(RUNQ), ["sched_wakeup", "sched_wakeup_new"]);
+        let tcp = programs_of(TCP);
+        assert!(tcp.contains(&"tcp_probe") && tcp.contains(&"inet_sock_set_state"));
+        assert!(!tcp.contains(&"sched_switch"));
+    }
+
     use super::*;
 
     #[test]
