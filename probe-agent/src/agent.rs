@@ -81,7 +81,6 @@ struct Agent {
     cpus: u32,
     rules: Engine,
     prev_rules_cut: u64,
-    caps_after_attach: u64,
     config_state: ConfigState,
     shedder: Shedder,
     /// Optional probes switched off by the overhead budget, in order.
@@ -101,6 +100,16 @@ struct Agent {
     stats_window: Option<StatsWindow>,
     stats_sample: Option<StatsSample>,
     last: Instant,
+    /// Cost per run of each program, and the run counters at the last interval.
+    prices: crate::overhead::Prices,
+    prev_runs: [u64; probe_common::runs::COUNTED.len()],
+    prev_ctxt: u64,
+    /// Liveness and readiness for /healthz and /readyz.
+    health: std::sync::Arc<crate::metrics::Health>,
+    /// Whether a configuration reload is being read, and whether another
+    /// SIGHUP came meanwhile.
+    reloading: bool,
+    reload_again: bool,
     /// Processes found gone at the previous interval: their slots are freed
     /// after this interval's read, so their last calls are reported once.
     gone: HashSet<u32>,
@@ -117,22 +126,38 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
 
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     crate::aggregate::latency::keep_buckets(cfg.histograms || cfg.metrics_addr.is_some());
-    let metrics = match cfg.metrics_addr {
-        Some(addr) => Some(
-            crate::metrics::Metrics::start(addr, cfg.interval)
-                .map_err(|e| AgentError::Metrics(addr, e))?,
-        ),
+    // Binding may need a privilege (a port below 1024); serving must not.
+    let listener = match cfg.metrics_addr {
+        Some(addr) => {
+            Some(crate::metrics::Listener::bind(addr).map_err(|e| AgentError::Metrics(addr, e))?)
+        }
         None => None,
     };
-    let out = Sinks::start(&cfg.outputs).map_err(AgentError::Output)?;
-    let probes = Probes::start()?;
-    // Everything is loaded and attached: keep only what is still needed.
+    let mut probes = Probes::start()?;
+    let prices = crate::overhead::calibrate(&mut probes);
+    // Everything is loaded, attached and priced: keep only what is still
+    // needed, before any other thread exists (threads are started by
+    // caps::spawn, which drops everything in the new thread as well).
     let keep = caps::needed_after_attach(!cfg.bpf_stats_window.is_zero());
     let remaining = caps::drop_all_but(&keep).unwrap_or_else(|err| {
         warn!("could not drop capabilities: {err}");
         u64::MAX
     });
     debug!("capabilities after attach: {:?}", caps::names(remaining));
+    // The outputs are opened and checked without privileges, as they are
+    // written: a file the agent may not safely write is refused here.
+    let out = Sinks::start(&cfg.outputs).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => AgentError::Usage(e.to_string()),
+        _ => AgentError::Output(e),
+    })?;
+    let health = crate::metrics::Health::new(cfg.interval);
+    let metrics = match listener {
+        Some(l) => Some(
+            crate::metrics::Metrics::start(l, cfg.interval, health.clone())
+                .map_err(AgentError::Output)?,
+        ),
+        None => None,
+    };
     let host = cfg.host.clone().unwrap_or_else(procfs::hostname);
     let start = Instant::now();
     let mut agent = Agent {
@@ -145,7 +170,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         cgroups: Cgroups::detect(),
         rules: Engine::new(&cfg.config),
         prev_rules_cut: 0,
-        caps_after_attach: remaining,
         shedder: Shedder::new(cfg.overhead_budget_pct, OPTIONAL.len() as u32),
         probes_off: Vec::new(),
         shed_alert: None,
@@ -163,6 +187,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         stats_sample: None,
         prev: probes.syscalls.read()?,
         prev_cpu_ns: procfs::self_cpu_ns(),
+        prev_runs: probes.runs()?,
+        prev_ctxt: procfs::context_switches(),
+        prices,
+        health,
+        reloading: false,
+        reload_again: false,
         probes,
         host,
         last: start,
@@ -173,6 +203,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         Err(AgentError::Sink(SinkError::Closed)) => return Ok(()),
         other => other?,
     }
+    agent.health.set_ready();
     agent.open_stats_window();
     info!(
         "attached; writing records every {:?}{}",
@@ -180,6 +211,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         agent.cfg.duration.map(|d| format!(" for {d:?}")).unwrap_or_default()
     );
 
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(1);
     let deadline = agent.cfg.duration.map(|d| start + d);
     let mut next = start + agent.cfg.interval;
     loop {
@@ -194,7 +226,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
             _ = sighup.recv() => {
-                agent.reload();
+                agent.reload(&reload_tx);
+                continue;
+            }
+            Some(result) = reload_rx.recv() => {
+                agent.reloaded(result, &reload_tx);
                 continue;
             }
         };
@@ -202,6 +238,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             Err(AgentError::Sink(SinkError::Closed)) => return Ok(()),
             other => other?,
         }
+        agent.health.beat();
         if last {
             // Let the final interval reach stdout, unless it is stuck.
             agent.out.drain(Duration::from_secs(2));
@@ -220,23 +257,47 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
 impl Agent {
     /// SIGHUP: read the configuration file again; a bad one keeps the
     /// current configuration running and says why.
-    fn reload(&mut self) {
+    fn reload(&mut self, done: &tokio::sync::mpsc::Sender<Reloaded>) {
         let Some(path) = self.cfg.config_path.clone() else {
             info!("SIGHUP: no --config file; the built-in defaults stay");
             return;
         };
-        match crate::config::load(&path) {
+        if self.reloading {
+            // One read at a time; a SIGHUP meanwhile reads again after it.
+            self.reload_again = true;
+            return;
+        }
+        self.reloading = true;
+        // Read on a thread of its own: a file on a hung network mount must
+        // not stop the measuring (or SIGTERM).
+        let done = done.clone();
+        let spawned = caps::spawn("config reload".into(), move || {
+            let _ = done.blocking_send(crate::config::load(&path).map_err(|e| e.to_string()));
+        });
+        if let Err(err) = spawned {
+            self.reloading = false;
+            self.config_state.last_error = Some(format!("could not start the reload: {err}"));
+        }
+    }
+
+    /// A reload's result: the new configuration, or why it was refused.
+    fn reloaded(&mut self, result: Reloaded, done: &tokio::sync::mpsc::Sender<Reloaded>) {
+        self.reloading = false;
+        match result {
             Ok(config) => {
                 self.rules.reconfigure(&config);
                 self.cfg.config = config;
                 self.config_state.reloads += 1;
                 self.config_state.last_error = None;
-                info!("configuration reloaded from {}", path.display());
+                info!("configuration reloaded");
             }
             Err(err) => {
                 error!("keeping the current configuration: {err}");
-                self.config_state.last_error = Some(err.to_string());
+                self.config_state.last_error = Some(err);
             }
+        }
+        if std::mem::take(&mut self.reload_again) {
+            self.reload(done);
         }
     }
 
@@ -272,8 +333,14 @@ impl Agent {
             pid: std::process::id(),
             kpis,
             programs: self.probes.attached().to_vec(),
-            capabilities: caps::names(self.caps_after_attach),
-            no_new_privs: procfs::no_new_privs(),
+            capabilities: caps::names(caps::threads().0),
+            no_new_privs: caps::threads().1,
+            program_cost_ns: self
+                .prices
+                .ns
+                .iter()
+                .map(|(&name, &ns)| (name, round(ns, 1)))
+                .collect(),
         };
         let mut enc = Encoder::new(self.seq, self.cfg.histograms, self.metrics.is_some());
         enc.put(&rec)?;
@@ -695,21 +762,29 @@ impl Agent {
         self.prev_cpu_ns = cpu_ns;
 
         let sample = self.stats_sample.take();
+        if let Some(s) = &sample {
+            self.prices.update(&s.programs);
+        }
         let window_s = sample.as_ref().map(|s| s.window_s);
+        let runs = self.runs(
+            host_calls + lost.syscall_no_start + lost.syscall_bad_nr + lost.syscall_stats_full,
+        );
         let programs = self
             .probes
             .attached()
             .iter()
             .map(|&name| {
-                let (runs, ns) = sample
+                let (sampled, ns) = sample
                     .as_ref()
                     .and_then(|s| s.programs.iter().find(|p| p.0 == name))
                     .map_or((None, 0), |p| (Some(p.1), p.2));
                 ProgramRecord {
                     name,
-                    run_count: runs,
-                    runs_per_s: runs.zip(window_s).map(|(r, w)| round(r as f64 / w, 1)),
-                    avg_ns: runs.filter(|&r| r > 0).map(|r| round(ns as f64 / r as f64, 1)),
+                    run_count: sampled,
+                    runs_per_s: sampled.zip(window_s).map(|(r, w)| round(r as f64 / w, 1)),
+                    avg_ns: sampled.filter(|&r| r > 0).map(|r| round(ns as f64 / r as f64, 1)),
+                    runs: runs.get(name).copied(),
+                    cost_per_run_ns: self.prices.ns.get(name).map(|&ns| round(ns, 1)),
                 }
             })
             .collect();
@@ -717,6 +792,9 @@ impl Agent {
             let ns: u64 = s.programs.iter().map(|p| p.2).sum();
             pct_of_core(ns, s.window_s)
         });
+        let estimated_ns = self.prices.cost_ns(&runs);
+        let programs_estimated_cpu_pct =
+            pct_of_core(estimated_ns.min(u64::MAX as f64) as u64, interval_s);
         let maps = fill
             .into_iter()
             .map(|m| MapRecord {
@@ -726,14 +804,9 @@ impl Agent {
                 fill_pct: pct(m.entries, m.max_entries),
             })
             .collect();
-        // The overhead budget: the agent's own CPU plus its programs'.
-        let prog_cores = match programs_cpu_pct {
-            Some(p) => p / 100.0,
-            None => {
-                let ns_per_call = if self.shedder.every() == 1 { 180.0 } else { 80.0 };
-                host_calls as f64 * ns_per_call / (interval_s.max(1e-3) * 1e9)
-            }
-        };
+        // The overhead budget: the agent's own CPU plus its programs', as
+        // sampled (--bpf-stats-pct) or as estimated from runs and prices.
+        let prog_cores = programs_cpu_pct.unwrap_or(programs_estimated_cpu_pct) / 100.0;
         let cost_pct =
             round((cpu_pct / 100.0 + prog_cores) * 100.0 / f64::from(self.cpus.max(1)), 3);
         let before = self.shedder.step();
@@ -792,6 +865,9 @@ impl Agent {
             cgroup_memory,
             bpf_stats_window_s: window_s,
             programs_cpu_pct,
+            programs_estimated_cpu_pct,
+            capabilities: caps::names(caps::threads().0),
+            no_new_privs: caps::threads().1,
             programs,
             maps,
             lost,
@@ -800,6 +876,29 @@ impl Agent {
             processes_cut_by_top: procs.cut_by_top,
             entries_reclaimed: reclaimed,
         }
+    }
+}
+
+impl Agent {
+    /// Each program's runs since the last call: system calls (`calls`,
+    /// counted by the syscall maps) for `sys_enter` and `sys_exit`,
+    /// context switches for `sched_switch`, the run counters for the rest.
+    fn runs(&mut self, calls: u64) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::from([("sys_enter", calls), ("sys_exit", calls)]);
+        let ctxt = procfs::context_switches();
+        out.insert("sched_switch", ctxt.saturating_sub(self.prev_ctxt));
+        self.prev_ctxt = ctxt;
+        match self.probes.runs() {
+            Ok(now) => {
+                for (i, name) in probe_common::runs::COUNTED.iter().enumerate() {
+                    out.insert(name, now[i].wrapping_sub(self.prev_runs[i]));
+                }
+                self.prev_runs = now;
+            }
+            Err(err) => warn!("reading the programs' run counts: {err}"),
+        }
+        out.retain(|name, _| self.probes.attached().contains(name));
+        out
     }
 }
 
@@ -907,6 +1006,9 @@ impl Agent {
         ));
     }
 }
+
+/// What a configuration reload read: the new configuration, or why not.
+type Reloaded = Result<crate::config::Config, String>;
 
 /// BPF run-time statistics at the opening of a sampled window.
 struct StatsWindow {

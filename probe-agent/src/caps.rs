@@ -25,21 +25,28 @@ const VERSION_3: u32 = 0x2008_0522; // _LINUX_CAPABILITY_VERSION_3
 fn get() -> io::Result<[Data; 2]> {
     let mut h = Header { version: VERSION_3, pid: 0 };
     let mut d = [Data::default(); 2];
+    // SAFETY: capget(2) with a version-3 header writes exactly two Data
+    // structs (64 capability bits), which `d` holds.
     if unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(d)
 }
 
-/// Whether capability `cap` is in the effective set.
+/// Whether capability `cap` is in the calling thread's effective set.
 pub fn has(cap: u32) -> bool {
     get().is_ok_and(|d| d[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
 }
 
-/// Keeps only `keep` (those of it the process has), in the effective,
+/// Keeps only `keep` (those of it the thread has), in the effective,
 /// permitted and inheritable sets, clears the ambient set and the bounding
 /// set as far as allowed, and sets no_new_privs. Returns the effective set
 /// that remains, as a 64-bit mask.
+///
+/// Capabilities and no_new_privs belong to each thread (capset(2) and
+/// prctl(2) act on the caller): a thread started before this call keeps
+/// its own. The agent calls it on the main thread before it starts any
+/// other, and every thread it starts calls [`drop_in_thread`] first.
 pub fn drop_all_but(keep: &[u32]) -> io::Result<u64> {
     let cur = get()?;
     let mut mask = [0u32; 2];
@@ -51,28 +58,77 @@ pub fn drop_all_but(keep: &[u32]) -> io::Result<u64> {
         let m = mask[i] & cur[i].permitted;
         d[i] = Data { effective: m, permitted: m, inheritable: 0 };
     }
-    unsafe {
-        // Ambient and bounding sets first (dropping the bounding set needs
-        // CAP_SETPCAP, which may already be gone: best effort).
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-        for cap in 0..64u32 {
-            if !keep.contains(&cap) {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-            }
+    // Ambient and bounding sets first (dropping the bounding set needs
+    // CAP_SETPCAP, which may already be gone: best effort).
+    prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong);
+    for cap in 0..64u32 {
+        if !keep.contains(&cap) {
+            prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap));
         }
     }
     let mut h = Header { version: VERSION_3, pid: 0 };
+    // SAFETY: capset(2) with a version-3 header reads two Data structs.
     if unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+    if prctl(libc::PR_SET_NO_NEW_PRIVS, 1) != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(u64::from(d[0].effective) | u64::from(d[1].effective) << 32)
 }
 
-/// What the agent keeps after attaching: nothing, or CAP_SYS_ADMIN when it
-/// has it and samples BPF run-time statistics (BPF_ENABLE_STATS requires it).
+/// prctl(2) with one argument (the others zero), as the options used here take.
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> libc::c_int {
+    // SAFETY: the options used take integer arguments only, no pointers.
+    unsafe { libc::prctl(option, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) }
+}
+
+/// Drops every capability of the calling thread and sets its
+/// no_new_privs: the first thing each thread the agent starts does.
+pub fn drop_in_thread() {
+    if let Err(err) = drop_all_but(&[]) {
+        log::warn!("a thread could not drop its capabilities: {err}");
+    }
+}
+
+/// Starts a named thread that holds no capability and has no_new_privs
+/// set, whatever the thread that starts it keeps. Every thread of the
+/// agent is started here.
+pub fn spawn<F>(name: String, f: F) -> io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        drop_in_thread();
+        f()
+    })
+}
+
+/// The privileges of the process's threads, as /proc says: the union of
+/// their effective capability sets, and whether every one has
+/// no_new_privs. What the `status` and `agent` records report: the worst
+/// thread, not just the main one.
+pub fn threads() -> (u64, bool) {
+    let mut eff = 0u64;
+    let mut nnp = true;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return (u64::MAX, false) };
+    for task in dir.flatten() {
+        // A thread that ended since the listing has nothing left to say.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("CapEff:") {
+                eff |= u64::from_str_radix(v.trim(), 16).unwrap_or(u64::MAX);
+            } else if let Some(v) = line.strip_prefix("NoNewPrivs:") {
+                nnp &= v.trim() == "1";
+            }
+        }
+    }
+    (eff, nnp)
+}
+
+/// What the agent keeps after attaching: nothing, or CAP_SYS_ADMIN on the
+/// main thread alone when it samples BPF run-time statistics through the
+/// interval (`--bpf-stats-pct` above 0: BPF_ENABLE_STATS requires it).
 pub fn needed_after_attach(bpf_stats: bool) -> Vec<u32> {
     if bpf_stats && has(CAP_SYS_ADMIN) { vec![CAP_SYS_ADMIN] } else { Vec::new() }
 }

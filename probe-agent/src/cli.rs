@@ -91,10 +91,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
     /// Percent of each interval during which the kernel's BPF run-time
-    /// statistics are on, to measure the programs' own cost (0 = never).
-    /// While on, every BPF program on the host pays two extra clock reads
-    /// per run, so they are sampled rather than left on.
-    #[arg(long, default_value_t = 10, value_name = "PCT")]
+    /// statistics are on, to measure the programs' own cost (0 = never:
+    /// their cost is then estimated from their runs and a cost per run
+    /// measured once at start-up). Above 0 the main thread keeps
+    /// CAP_SYS_ADMIN (BPF_ENABLE_STATS needs it), and while statistics are
+    /// on every BPF program on the host pays two extra clock reads per run.
+    #[arg(long, default_value_t = 0, value_name = "PCT")]
     pub bpf_stats_pct: u8,
     /// The agent's overhead budget, in percent of the host's CPU capacity
     /// (its process plus its kernel programs). Above it, the agent times

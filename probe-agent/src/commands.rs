@@ -1,17 +1,13 @@
 //! Commands that need no probes: configuration, replay of recorded lines,
 //! and the KPI definitions.
 
-use std::{
-    io::{BufRead as _, BufReader, Read, Write as _},
-    path::Path,
-};
+use std::{io::Write as _, path::Path};
 
 use serde_json::Value;
 
 use crate::{
     config::{self, Config},
     rules::Engine,
-    timefmt::parse_rfc3339,
 };
 
 /// Errors of the offline commands: all are bad input (exit status 2).
@@ -44,42 +40,6 @@ pub fn check_config(path: &Path) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// Reads recorded JSON lines from a file or `-` (stdin), grouped by
-/// interval (records sharing a `ts`), in order.
-pub fn read_intervals(path: &Path) -> Result<Vec<(f64, Vec<Value>)>, CommandError> {
-    let shown = path.display().to_string();
-    let input: Box<dyn Read> = if path == Path::new("-") {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(
-            std::fs::File::open(path)
-                .map_err(|source| CommandError::Read { path: shown.clone(), source })?,
-        )
-    };
-    let mut out: Vec<(f64, Vec<Value>)> = Vec::new();
-    let mut last_ts = String::new();
-    for (i, line) in BufReader::new(input).lines().enumerate() {
-        let line = line.map_err(|source| CommandError::Read { path: shown.clone(), source })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad =
-            |message: String| CommandError::Record { path: shown.clone(), line: i + 1, message };
-        let rec: Value =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON record: {e}")))?;
-        let ts = rec["ts"].as_str().ok_or_else(|| bad("record without ts".into()))?.to_string();
-        let secs = parse_rfc3339(&ts).ok_or_else(|| bad(format!("bad ts {ts:?}")))?;
-        if ts != last_ts || out.is_empty() {
-            out.push((secs, Vec::new()));
-            last_ts = ts;
-        }
-        if let Some(last) = out.last_mut() {
-            last.1.push(rec);
-        }
-    }
-    Ok(out)
-}
-
 /// `replay FILE`: the alerts the rules would raise over recorded lines.
 pub fn replay(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
     let cfg = match config {
@@ -88,7 +48,8 @@ pub fn replay(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
     };
     let mut engine = Engine::new(&cfg);
     let mut out = std::io::stdout().lock();
-    for (secs, records) in read_intervals(path)? {
+    let mut rec = crate::recording::Recording::open(path)?;
+    while let Some((secs, records)) = rec.next_interval()? {
         // Alerts recorded by the agent itself are not KPI records.
         let kpis: Vec<Value> = records.into_iter().filter(|r| r["type"] != "alert").collect();
         for alert in engine.evaluate(&kpis, secs) {
@@ -97,6 +58,7 @@ pub fn replay(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
             }
         }
     }
+    rec.finish();
     Ok(())
 }
 

@@ -104,17 +104,38 @@ impl Default for Config {
     }
 }
 
+/// Largest configuration file read.
+const MAX_BYTES: u64 = 1 << 20;
+
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-    if meta.len() > 1 << 20 {
-        return Err(ConfigError::Parse { path: shown, message: "larger than 1 MiB".into() });
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let text =
+        read_bounded(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
     parse(&text, &shown)
+}
+
+/// Reads a regular file of at most [`MAX_BYTES`]. A FIFO, a device or a
+/// directory is refused before anything is read from it (`/dev/zero`
+/// would never end; a FIFO would block until someone writes), and a file
+/// that grows while read stops at the bound.
+pub fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_BYTES + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_BYTES {
+        return Err(bad("larger than 1 MiB".into()));
+    }
+    String::from_utf8(buf).map_err(|_| bad("not UTF-8 text".into()))
 }
 
 /// Parses and validates a configuration text; `path` names it in errors.

@@ -21,8 +21,15 @@ use serde_json::Value;
 
 use crate::{
     aggregate::latency::{Latency, LatencyMs},
-    commands::{CommandError, read_intervals},
+    commands::CommandError,
+    recording::Recording,
 };
+
+/// Most groups merged (record type, syscall, role, port, KPI); the rest
+/// are counted and said.
+const MAX_GROUPS: usize = 100_000;
+/// Most distinct hosts remembered per group (`hosts` stops counting there).
+const MAX_HOSTS: usize = 100_000;
 
 /// One merged group.
 #[derive(Serialize)]
@@ -42,6 +49,11 @@ struct Merged {
     hosts: usize,
     records: u64,
     count: u64,
+    /// True when a total reached the largest count or sum a u64 holds
+    /// and stopped there (the inputs were not real recordings): the
+    /// figures are then not to be trusted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    saturated: bool,
     latency_ms: Option<LatencyMs>,
 }
 
@@ -51,6 +63,7 @@ struct Group {
     max_ns: u64,
     hosts: std::collections::BTreeSet<String>,
     records: u64,
+    saturated: bool,
 }
 
 /// Finds every latency summary with buckets in `v`, with its path.
@@ -80,7 +93,10 @@ fn add(g: &mut Group, summary: &Value) -> Result<(), String> {
             return Err(format!("bad bucket {b}"));
         }
         let upper_ns = (upper_ms * 1e6).round() as u64;
-        g.latency.add(bucket_of(upper_ns), count, (sum_ms * 1e6).round() as u64, upper_ns);
+        let sum_ns = (sum_ms * 1e6).round() as u64;
+        g.saturated |= g.latency.count.checked_add(count).is_none()
+            || g.latency.sum_ns.checked_add(sum_ns).is_none();
+        g.latency.add(bucket_of(upper_ns), count, sum_ns, upper_ns);
     }
     if let Some(max_ms) = summary["max"].as_f64() {
         g.max_ns = g.max_ns.max((max_ms * 1e6).round() as u64);
@@ -93,8 +109,10 @@ pub fn merge(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
     type Key = (String, Option<String>, Option<String>, Option<u64>, String);
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     let mut without = 0u64;
+    let mut cut = 0u64;
     for file in files {
-        for (_, records) in read_intervals(file)? {
+        let mut rec = Recording::open(file)?;
+        while let Some((_, records)) = rec.next_interval()? {
             for r in &records {
                 let scope = r["type"].as_str().unwrap_or_default();
                 if !matches!(scope, "host" | "process" | "container" | "endpoint" | "syscall") {
@@ -116,17 +134,27 @@ pub fn merge(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
                         r["port"].as_u64(),
                         kpi,
                     );
+                    if !groups.contains_key(&key) && groups.len() >= MAX_GROUPS {
+                        cut += 1;
+                        continue;
+                    }
                     let g = groups.entry(key).or_default();
                     add(g, summary).map_err(|message| CommandError::Record {
                         path: file.display().to_string(),
                         line: 0,
                         message,
                     })?;
-                    g.hosts.insert(r["host"].as_str().unwrap_or_default().to_string());
-                    g.records += 1;
+                    if g.hosts.len() < MAX_HOSTS {
+                        g.hosts.insert(r["host"].as_str().unwrap_or_default().to_string());
+                    }
+                    g.records = g.records.saturating_add(1);
                 }
             }
         }
+        rec.finish();
+    }
+    if cut > 0 {
+        eprintln!("probe-agent: merge: {cut} summaries past {MAX_GROUPS} groups were not merged");
     }
     if groups.is_empty() {
         let why = if without > 0 { " (the records were written without --histograms)" } else { "" };
@@ -151,6 +179,7 @@ pub fn merge(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
             hosts: g.hosts.len(),
             records: g.records,
             count: g.latency.count,
+            saturated: g.saturated,
             latency_ms: g.latency.summary_ms(),
         };
         let _ = serde_json::to_writer(&mut out, &m);

@@ -95,12 +95,11 @@ fn text(v: &Value) -> String {
 }
 
 impl Metrics {
-    /// Binds `addr` and serves from a thread of its own.
-    pub fn start(addr: SocketAddr, interval: Duration) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
+    /// Serves from a thread of its own on a bound listener.
+    pub fn start(listener: Listener, interval: Duration, health: Arc<Health>) -> io::Result<Self> {
         let text: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from("")));
         let t = text.clone();
-        std::thread::Builder::new().name("metrics".into()).spawn(move || serve(listener, t))?;
+        crate::caps::spawn("metrics".into(), move || serve(listener.0, t, health))?;
         Ok(Metrics::new(interval, text))
     }
 
@@ -453,36 +452,134 @@ impl Metrics {
     }
 }
 
-/// Answers `GET /metrics` with the latest text, one connection at a time.
-fn serve(listener: TcpListener, text: Arc<Mutex<Arc<str>>>) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-        let mut req = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        let line = req.split(|&b| b == b'\n').next().unwrap_or_default();
-        let mut words = line.split(|&b| b == b' ');
-        let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-        let (status, body): (&str, Arc<str>) = if method == b"GET" && path == b"/metrics" {
-            ("200 OK", text.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        } else {
-            ("404 Not Found", Arc::from("try /metrics\n"))
-        };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body.as_bytes()));
+/// Most connections served at once; past it a new one is closed at once,
+/// so a flood of clients costs a bounded number of threads.
+const MAX_CONNECTIONS: usize = 16;
+/// Most time a client may take to send its request, in all (a client that
+/// trickles a byte at a time is cut off, not waited for).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest request accepted (the request line and headers).
+const MAX_REQUEST_BYTES: usize = 8192;
+
+/// Liveness and readiness, for `/healthz` and `/readyz` (Kubernetes
+/// probes). The agent beats once per interval; it is alive while the last
+/// beat is recent, and ready once its programs are attached.
+pub struct Health {
+    start: std::time::Instant,
+    /// Milliseconds from `start` to the last beat.
+    beat_ms: std::sync::atomic::AtomicU64,
+    ready: std::sync::atomic::AtomicBool,
+    /// Longest gap between beats that is still alive.
+    max_gap: Duration,
+}
+
+impl Health {
+    /// A health state for an agent writing every `interval`: alive while
+    /// it beats at least every three intervals (and 10 s).
+    pub fn new(interval: Duration) -> Arc<Self> {
+        Arc::new(Health {
+            start: std::time::Instant::now(),
+            beat_ms: Default::default(),
+            ready: Default::default(),
+            max_gap: interval * 3 + Duration::from_secs(10),
+        })
     }
+
+    /// The agent's loop is alive.
+    pub fn beat(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.beat_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The programs are attached: the agent measures.
+    pub fn set_ready(&self) {
+        self.beat();
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn alive(&self) -> bool {
+        let last = Duration::from_millis(self.beat_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last) <= self.max_gap
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.alive()
+    }
+}
+
+/// The bound listening socket, before its server thread starts (binding
+/// may need privileges; serving must not have any).
+pub struct Listener(TcpListener);
+
+impl Listener {
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        TcpListener::bind(addr).map(Listener)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz`: a thread per connection,
+/// at most [`MAX_CONNECTIONS`] at once, each with a deadline, so one slow
+/// or stuck client never holds a scrape up.
+fn serve(listener: TcpListener, text: Arc<Mutex<Arc<str>>>, health: Arc<Health>) {
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        use std::sync::atomic::Ordering::SeqCst;
+        if active.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, SeqCst);
+            drop(conn); // closed at once: the client retries
+            continue;
+        }
+        let (text, health, done) = (text.clone(), health.clone(), active.clone());
+        let spawned = crate::caps::spawn("metrics conn".into(), move || {
+            answer(conn, &text, &health);
+            done.fetch_sub(1, SeqCst);
+        });
+        if spawned.is_err() {
+            active.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// Reads one request (within [`REQUEST_DEADLINE`]) and answers it.
+fn answer(mut conn: std::net::TcpStream, text: &Mutex<Arc<str>>, health: &Health) {
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST_BYTES {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = req.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let plain = |ok: bool, what: &str| -> (&'static str, Arc<str>) {
+        if ok {
+            ("200 OK", Arc::from(format!("{what}\n")))
+        } else {
+            ("503 Service Unavailable", Arc::from(format!("not {what}\n")))
+        }
+    };
+    let (status, body): (&str, Arc<str>) = match (method, path) {
+        (b"GET", b"/metrics") => ("200 OK", text.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        (b"GET", b"/healthz") => plain(health.alive(), "alive"),
+        (b"GET", b"/readyz") => plain(health.ready(), "ready"),
+        _ => ("404 Not Found", Arc::from("try /metrics, /healthz or /readyz\n")),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body.as_bytes()));
 }
 
 #[cfg(test)]

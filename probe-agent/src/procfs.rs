@@ -90,11 +90,13 @@ pub fn rss_bytes(tgid: u32) -> Option<u64> {
     Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * page)
 }
 
-/// Whether no_new_privs is set on this process.
-pub fn no_new_privs() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines().any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
-    })
+/// Context switches on the host since boot (`ctxt` in /proc/stat: one per
+/// `sched_switch` event; not namespaced, so the node's figure in a pod).
+pub fn context_switches() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Online CPUs.

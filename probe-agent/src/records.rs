@@ -181,10 +181,13 @@ pub struct StatusRecord<'a> {
     /// Per KPI family: whether it runs, and why not.
     pub kpis: BTreeMap<&'static str, KpiStatus>,
     pub programs: Vec<&'static str>,
-    /// Effective capabilities left after attaching (all others dropped).
+    /// Effective capabilities left after attaching, in any thread (all
+    /// others dropped).
     pub capabilities: Vec<String>,
-    /// Whether no_new_privs is set.
+    /// Whether no_new_privs is set (on every thread).
     pub no_new_privs: bool,
+    /// Each program's cost per run measured at start-up, ns.
+    pub program_cost_ns: BTreeMap<&'static str, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -216,6 +219,14 @@ pub struct AgentRecord<'a> {
     /// Kernel time of all the agent's programs during that window, in
     /// percent of one core (null when not sampled).
     pub programs_cpu_pct: Option<f64>,
+    /// Kernel time of the agent's programs this interval, estimated from
+    /// their runs and cost per run, percent of one core.
+    pub programs_estimated_cpu_pct: f64,
+    /// Effective capabilities of the agent's threads (the union: the worst
+    /// thread), empty when every one holds none.
+    pub capabilities: Vec<String>,
+    /// Whether every thread has no_new_privs set.
+    pub no_new_privs: bool,
     pub programs: Vec<ProgramRecord>,
     pub maps: Vec<MapRecord>,
     /// Events the kernel side could not record, this interval.
@@ -295,6 +306,12 @@ pub struct ProgramRecord {
     pub runs_per_s: Option<f64>,
     /// Average ns per run during the sampled window (null without runs).
     pub avg_ns: Option<f64>,
+    /// Runs this interval, counted whether or not statistics are sampled
+    /// (null when the agent cannot count them).
+    pub runs: Option<u64>,
+    /// The cost of one run used for the estimate: measured at start-up
+    /// (or in the latest sampled window), ns.
+    pub cost_per_run_ns: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,26 +1,47 @@
 //! `report` and `compare`: Markdown for the people around a service, from
 //! recorded KPI lines.
+//!
+//! Both stream the recording an interval at a time and keep, per KPI and
+//! scope, only what they print (count, sum and worst), so their memory is
+//! bounded by the number of scopes (at most [`MAX_SCOPES`] per KPI, the
+//! rest counted and said), not by the length of the recording.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use serde_json::Value;
 
 use crate::{
-    commands::{CommandError, read_intervals},
+    commands::CommandError,
     config::Config,
+    recording::Recording,
     rules::{Engine, number as num},
     timefmt::rfc3339_from_secs,
 };
 
-/// A KPI series: label -> values, one per interval it appeared in.
-type Series = BTreeMap<String, Vec<f64>>;
+/// Most scopes (processes, ports, ...) followed per KPI.
+const MAX_SCOPES: usize = 100_000;
+/// Most alert rows listed; the rest are counted.
+const MAX_ALERT_ROWS: usize = 1000;
+
+/// A KPI's figures for one scope over the intervals it appeared in.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    n: u64,
+    sum: f64,
+    worst: f64,
+}
+
+impl Stat {
+    fn mean(&self) -> f64 {
+        if self.n == 0 { 0.0 } else { self.sum / self.n as f64 }
+    }
+}
+
+/// Scope label -> its figures, for one (record type, KPI).
+type Series = BTreeMap<String, Stat>;
 
 fn get(v: &Value, path: &str) -> Option<f64> {
     path.split('.').try_fold(v, |cur, p| cur.get(p))?.as_f64()
-}
-
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 
 fn unit(kpi: &str) -> &'static str {
@@ -57,105 +78,92 @@ fn label(r: &Value) -> String {
     }
 }
 
-/// Every value of `kpi` in records of `kind`, by who they are about.
-fn series(intervals: &[(f64, Vec<Value>)], kind: &str, kpi: &str) -> Series {
-    let mut out = Series::new();
-    for (_, recs) in intervals {
-        for r in recs.iter().filter(|r| r["type"] == kind) {
-            if let Some(v) = get(r, kpi) {
-                out.entry(label(r)).or_default().push(v);
+/// The series a command follows, filled an interval at a time.
+#[derive(Default)]
+struct Collector {
+    /// (record type, KPI path) -> series. Disk KPIs (`disk.*`) are read per
+    /// mount from the host's `disk` array.
+    series: BTreeMap<(String, String), Series>,
+    /// Values not followed because a KPI had [`MAX_SCOPES`] scopes.
+    cut: u64,
+}
+
+impl Collector {
+    fn want(&mut self, kind: &str, kpi: &str) {
+        self.series.entry((kind.to_string(), kpi.to_string())).or_default();
+    }
+
+    fn observe(&mut self, records: &[Value]) {
+        for ((kind, kpi), series) in &mut self.series {
+            for r in records.iter().filter(|r| r["type"] == kind.as_str()) {
+                let mut put = |who: String, v: f64| {
+                    if !series.contains_key(&who) && series.len() >= MAX_SCOPES {
+                        self.cut += 1;
+                        return;
+                    }
+                    let s = series.entry(who).or_insert(Stat { n: 0, sum: 0.0, worst: f64::MIN });
+                    s.n += 1;
+                    s.sum += v;
+                    s.worst = s.worst.max(v);
+                };
+                if let Some(rest) = kpi.strip_prefix("disk.") {
+                    for d in r["disk"].as_array().into_iter().flatten() {
+                        if let Some(v) = get(d, rest) {
+                            put(format!("{} {}", label(r), d["mount"].as_str().unwrap_or("?")), v);
+                        }
+                    }
+                } else if let Some(v) = get(r, kpi) {
+                    put(label(r), v);
+                }
             }
         }
     }
-    out
+
+    fn get(&self, kind: &str, kpi: &str) -> Series {
+        self.series.get(&(kind.to_string(), kpi.to_string())).cloned().unwrap_or_default()
+    }
 }
+
+/// The top offender tables: (title, record type, KPI).
+const OFFENDERS: [(&str, &str, &str); 4] = [
+    ("Processes by CPU (busy cores)", "process", "cpu.cores"),
+    ("Containers by CPU (busy cores)", "container", "cpu.cores"),
+    ("Ports by average request latency", "endpoint", "requests.latency_ms.avg"),
+    ("Ports by request error rate", "endpoint", "requests.error_rate_pct"),
+];
 
 /// `report FILE`: targets against actuals, alerts and their durations, and
 /// the top offenders.
 pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
-    let intervals = read_intervals(path)?;
-    let mut md = String::new();
-    let (first, last) =
-        (intervals.first().map_or(0.0, |i| i.0), intervals.last().map_or(0.0, |i| i.0));
-    let hosts: std::collections::BTreeSet<&str> =
-        intervals.iter().flat_map(|i| i.1.iter()).filter_map(|r| r["host"].as_str()).collect();
-    let _ = writeln!(md, "# probe KPI report\n");
-    let _ = writeln!(
-        md,
-        "{} intervals from {} to {} on {}.\n",
-        intervals.len(),
-        rfc3339_from_secs(first),
-        rfc3339_from_secs(last),
-        hosts.into_iter().collect::<Vec<_>>().join(", ")
-    );
-
-    let _ = writeln!(md, "## Targets and actuals\n");
-    let _ = writeln!(
-        md,
-        "| KPI | where | target (investigate at) | average | worst interval | status |"
-    );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---|");
-    for rule in config.rules.iter().filter(|r| r.enabled) {
-        let u = unit(&rule.kpi);
+    let rules: Vec<_> = config.rules.iter().filter(|r| r.enabled).collect();
+    let mut c = Collector::default();
+    for rule in &rules {
         for kind in &rule.scopes {
-            // Disk lives in an array of the host record: one row per mount.
-            let rows: Series = if rule.kpi.starts_with("disk.") {
-                let mut s = Series::new();
-                for (_, recs) in &intervals {
-                    for r in recs.iter().filter(|r| r["type"] == kind.as_str()) {
-                        for d in r["disk"].as_array().into_iter().flatten() {
-                            if let Some(v) = get(d, "utilization_pct") {
-                                s.entry(format!(
-                                    "{} {}",
-                                    label(r),
-                                    d["mount"].as_str().unwrap_or("?")
-                                ))
-                                .or_default()
-                                .push(v);
-                            }
-                        }
-                    }
-                }
-                s
-            } else {
-                series(&intervals, kind, &rule.kpi)
-            };
-            // The host row, and the five worst of the others.
-            let mut rows: Vec<(String, Vec<f64>)> = rows.into_iter().collect();
-            rows.sort_by(|a, b| {
-                let worst = |v: &Vec<f64>| v.iter().copied().fold(f64::MIN, f64::max);
-                worst(&b.1).total_cmp(&worst(&a.1))
-            });
-            for (who, values) in rows.into_iter().take(if kind == "host" { usize::MAX } else { 5 })
-            {
-                let worst = values.iter().copied().fold(f64::MIN, f64::max);
-                let avg = mean(&values);
-                let status = if worst > rule.escalate {
-                    "escalate"
-                } else if worst > rule.investigate {
-                    "investigate"
-                } else {
-                    "ok"
-                };
-                let _ = writeln!(
-                    md,
-                    "| {} | {who} | {}{u} | {}{u} | {}{u} | {status} |",
-                    rule.kpi,
-                    num(rule.investigate),
-                    num(avg),
-                    num(worst)
-                );
-            }
+            c.want(kind, &rule.kpi);
         }
     }
-
-    let _ = writeln!(md, "\n## Alerts\n");
+    for (_, kind, kpi) in OFFENDERS {
+        c.want(kind, kpi);
+    }
     let mut engine = Engine::new(config);
     let mut open: BTreeMap<String, (f64, String, String)> = BTreeMap::new();
     let mut rows = Vec::new();
-    for (secs, recs) in &intervals {
-        let kpis: Vec<Value> = recs.iter().filter(|r| r["type"] != "alert").cloned().collect();
-        for a in engine.evaluate(&kpis, *secs) {
+    let mut more_rows = 0u64;
+    let (mut first, mut last, mut intervals) = (None, 0.0, 0u64);
+    let mut hosts = std::collections::BTreeSet::new();
+    let mut rec = Recording::open(path)?;
+    while let Some((secs, recs)) = rec.next_interval()? {
+        first.get_or_insert(secs);
+        last = secs;
+        intervals += 1;
+        for h in recs.iter().filter_map(|r| r["host"].as_str()) {
+            if hosts.len() < 100 {
+                hosts.insert(h.to_string());
+            }
+        }
+        c.observe(&recs);
+        let kpis: Vec<Value> = recs.into_iter().filter(|r| r["type"] != "alert").collect();
+        for a in engine.evaluate(&kpis, secs) {
             let key = format!(
                 "{}|{}|{}|{}|{}|{}",
                 a["rule"], a["scope"], a["pid"], a["port"], a["container_id"], a["mount"]
@@ -165,15 +173,72 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
                 continue;
             }
             if let Some((since, lvl, msg)) = open.remove(&key) {
-                rows.push((since, lvl, msg, Some(*secs - since)));
+                if rows.len() < MAX_ALERT_ROWS {
+                    rows.push((since, lvl, msg, Some(secs - since)));
+                } else {
+                    more_rows += 1;
+                }
             }
             if level != "ok" {
-                open.insert(key, (*secs, level, a["message"].as_str().unwrap_or("").to_string()));
+                open.insert(key, (secs, level, a["message"].as_str().unwrap_or("").to_string()));
             }
         }
     }
+    rec.finish();
+    let first = first.unwrap_or(0.0);
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# probe KPI report\n");
+    let _ = writeln!(
+        md,
+        "{intervals} intervals from {} to {} on {}.\n",
+        rfc3339_from_secs(first),
+        rfc3339_from_secs(last),
+        hosts.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    if rec.long_lines > 0 {
+        let _ = writeln!(md, "{} line(s) too long to be records were skipped.\n", rec.long_lines);
+    }
+
+    let _ = writeln!(md, "## Targets and actuals\n");
+    let _ = writeln!(
+        md,
+        "| KPI | where | target (investigate at) | average | worst interval | status |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---|");
+    for rule in &rules {
+        let u = unit(&rule.kpi);
+        for kind in &rule.scopes {
+            // The host row, and the five worst of the others.
+            let mut rows: Vec<(String, Stat)> = c.get(kind, &rule.kpi).into_iter().collect();
+            rows.sort_by(|a, b| b.1.worst.total_cmp(&a.1.worst));
+            for (who, st) in rows.into_iter().take(if kind == "host" { usize::MAX } else { 5 }) {
+                let status = if st.worst > rule.escalate {
+                    "escalate"
+                } else if st.worst > rule.investigate {
+                    "investigate"
+                } else {
+                    "ok"
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {who} | {}{u} | {}{u} | {}{u} | {status} |",
+                    rule.kpi,
+                    num(rule.investigate),
+                    num(st.mean()),
+                    num(st.worst)
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(md, "\n## Alerts\n");
     for (_, (since, lvl, msg)) in open {
-        rows.push((since, lvl, msg, None));
+        if rows.len() < MAX_ALERT_ROWS {
+            rows.push((since, lvl, msg, None));
+        } else {
+            more_rows += 1;
+        }
     }
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     if rows.is_empty() {
@@ -185,20 +250,15 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
             let lasted = dur.map_or("still open".to_string(), |d| format!("{d:.0}s"));
             let _ = writeln!(md, "| {} | {lvl} | {lasted} | {msg} |", rfc3339_from_secs(since));
         }
+        if more_rows > 0 {
+            let _ = writeln!(md, "\nAnd {more_rows} more alerts, not listed.");
+        }
     }
 
     let _ = writeln!(md, "\n## Top offenders\n");
-    for (title, kind, kpi) in [
-        ("Processes by CPU (busy cores)", "process", "cpu.cores"),
-        ("Containers by CPU (busy cores)", "container", "cpu.cores"),
-        ("Ports by average request latency", "endpoint", "requests.latency_ms.avg"),
-        ("Ports by request error rate", "endpoint", "requests.error_rate_pct"),
-    ] {
-        let mut s: Vec<(String, f64, f64)> = series(&intervals, kind, kpi)
-            .into_iter()
-            .map(|(k, v)| (k, mean(&v), v.iter().copied().fold(f64::MIN, f64::max)))
-            .collect();
-        s.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (title, kind, kpi) in OFFENDERS {
+        let mut s: Vec<(String, Stat)> = c.get(kind, kpi).into_iter().collect();
+        s.sort_by(|a, b| b.1.mean().total_cmp(&a.1.mean()));
         let _ = writeln!(md, "### {title}\n");
         if s.is_empty() {
             let _ = writeln!(md, "None recorded.\n");
@@ -206,11 +266,15 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
         }
         let _ = writeln!(md, "| | average | worst interval |");
         let _ = writeln!(md, "|---|---:|---:|");
-        for (who, avg, worst) in s.into_iter().take(5) {
+        for (who, st) in s.into_iter().take(5) {
             let u = unit(kpi);
-            let _ = writeln!(md, "| {who} | {}{u} | {}{u} |", num(avg), num(worst));
+            let _ = writeln!(md, "| {who} | {}{u} | {}{u} |", num(st.mean()), num(st.worst));
         }
         let _ = writeln!(md);
+    }
+    if c.cut > 0 {
+        let _ =
+            writeln!(md, "{} values of scopes past {MAX_SCOPES} per KPI were not followed.", c.cut);
     }
     Ok(md)
 }
@@ -229,26 +293,40 @@ const COMPARED: &[(&str, &str, &str)] = &[
     ("process", "cpu.cores", "CPU (busy cores)"),
 ];
 
+/// Streams one recording into the series `compare` follows.
+fn compared(path: &Path) -> Result<(u64, Collector), CommandError> {
+    let mut c = Collector::default();
+    for &(kind, kpi, _) in COMPARED {
+        c.want(kind, kpi);
+    }
+    let mut rec = Recording::open(path)?;
+    let mut n = 0;
+    while let Some((_, recs)) = rec.next_interval()? {
+        n += 1;
+        c.observe(&recs);
+    }
+    rec.finish();
+    Ok((n, c))
+}
+
 /// `compare BASELINE CURRENT`: each KPI's change, as numbers and sentences.
 pub fn compare(baseline: &Path, current: &Path) -> Result<String, CommandError> {
-    let (a, b) = (read_intervals(baseline)?, read_intervals(current)?);
+    let ((na, a), (nb, b)) = (compared(baseline)?, compared(current)?);
     let mut md = String::from("# probe comparison\n\n");
     let _ = writeln!(
         md,
-        "Baseline: {} ({} intervals). Current: {} ({} intervals).\n",
+        "Baseline: {} ({na} intervals). Current: {} ({nb} intervals).\n",
         baseline.display(),
-        a.len(),
         current.display(),
-        b.len()
     );
     let _ = writeln!(md, "| KPI | where | baseline | current | change |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|");
     let mut sentences = Vec::new();
     for &(kind, kpi, name) in COMPARED {
-        let (sa, sb) = (series(&a, kind, kpi), series(&b, kind, kpi));
+        let (sa, sb) = (a.get(kind, kpi), b.get(kind, kpi));
         for (who, va) in &sa {
             let Some(vb) = sb.get(who) else { continue };
-            let (ma, mb) = (mean(va), mean(vb));
+            let (ma, mb) = (va.mean(), vb.mean());
             let u = unit(kpi);
             let change = if ma != 0.0 { (mb - ma) / ma * 100.0 } else { 0.0 };
             let _ =

@@ -30,8 +30,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
+
+use crate::runs;
 use probe_common::{
     hist::bucket_of,
+    runs::slot,
     tcp::{
         COUNTERS, Counter, ENDPOINT_MAX_ENTRIES, EndpointKey, ROLE_CLIENT, ROLE_SERVER,
         ROLE_UNKNOWN, SLOT_ERROR, SOCK_MAX_ENTRIES, STATS_MAX_ENTRIES, SockState, TcpKey, TcpValue,
@@ -207,6 +210,7 @@ fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    runs::count(const { slot("inet_sock_set_state") });
     if switched_off() {
         return 0;
     }
@@ -309,6 +313,7 @@ fn owned(sk: u64) -> Option<(*mut SockState, u32)> {
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    runs::count(const { slot("sock_recv_length") });
     if switched_off() {
         return 0;
     }
@@ -345,6 +350,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
+    runs::count(const { slot("sock_send_length") });
     if switched_off() {
         return 0;
     }
@@ -377,6 +383,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
 /// `tcp_rcv_established()`, where `skb->data` is the TCP header.
 #[raw_tracepoint(tracepoint = "tcp_probe")]
 pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
+    runs::count(const { slot("tcp_probe") });
     if switched_off() {
         return 0;
     }
@@ -410,6 +417,7 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    runs::count(const { slot("tcp_retransmit_skb") });
     if switched_off() {
         return 0;
     }
@@ -421,6 +429,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    runs::count(const { slot("tcp_send_reset") });
     if switched_off() {
         return 0;
     }
@@ -436,6 +445,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    runs::count(const { slot("tcp_receive_reset") });
     if switched_off() {
         return 0;
     }
@@ -451,6 +461,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    runs::count(const { slot("tcp_destroy_sock") });
     let sk: u64 = field(&ctx, 8);
     if let Some(s) = TCP_SOCKS.get_ptr_mut(sk) {
         fail_outstanding(s);

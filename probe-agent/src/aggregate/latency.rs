@@ -76,11 +76,12 @@ impl Latency {
         if count == 0 {
             return;
         }
+        // Saturating: `merge` adds other hosts' figures, which may be anything.
         let slot = self.buckets.entry(bucket).or_default();
-        slot.0 += count;
-        slot.1 += sum_ns;
-        self.count += count;
-        self.sum_ns += sum_ns;
+        slot.0 = slot.0.saturating_add(count);
+        slot.1 = slot.1.saturating_add(sum_ns);
+        self.count = self.count.saturating_add(count);
+        self.sum_ns = self.sum_ns.saturating_add(sum_ns);
         self.max_ns = self.max_ns.max(max_ns.min(bucket_upper(bucket)));
     }
 

@@ -17,6 +17,7 @@ use aya::{
     programs::{ProgramError, RawTracePoint},
 };
 use log::{debug, warn};
+use probe_common::runs::{COUNTED, RUNS_MAP};
 
 /// The kernel object, built by build.rs from probe-ebpf (empty when built
 /// without the eBPF toolchain).
@@ -210,6 +211,8 @@ pub struct Probes {
     pub syscalls: syscalls::SyscallMaps,
     pub cpu: cpu::CpuMaps,
     pub tcp: tcp::TcpMaps,
+    /// Run counts of the programs no other figure counts.
+    runs: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
 }
 
 impl Probes {
@@ -271,7 +274,24 @@ impl Probes {
         let syscalls = syscalls::SyscallMaps::take(&mut ebpf)?;
         let cpu = cpu::CpuMaps::take(&mut ebpf)?;
         let tcp = tcp::TcpMaps::take(&mut ebpf)?;
-        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu, tcp })
+        let runs = take(&mut ebpf, RUNS_MAP)?
+            .try_into()
+            .map_err(|source| ProbeError::Map { name: RUNS_MAP, source })?;
+        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu, tcp, runs })
+    }
+
+    /// Cumulative runs of each program of `probe_common::runs::COUNTED`
+    /// (summed over CPUs), in that order.
+    pub fn runs(&self) -> Result<[u64; COUNTED.len()], ProbeError> {
+        let mut out = [0u64; COUNTED.len()];
+        for (slot, n) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .runs
+                .get(&(slot as u32), 0)
+                .map_err(|source| ProbeError::Map { name: RUNS_MAP, source })?;
+            *n = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(out)
     }
 
     /// Names of the attached programs.

@@ -64,11 +64,18 @@ pub enum Target {
         path: PathBuf,
         rotate_bytes: u64,
         keep: u32,
+        /// Permission bits of the file (default 0600).
+        mode: u32,
     },
     /// Newline-delimited JSON over TCP (`host:port`).
     Tcp(String),
-    /// Newline-delimited JSON over a Unix stream socket.
-    Unix(PathBuf),
+    /// Newline-delimited JSON over a Unix stream socket, delivered only to
+    /// a peer running as `peer_uid` (default root: the socket's path could
+    /// be bound first by any user who may create it).
+    Unix {
+        path: PathBuf,
+        peer_uid: u32,
+    },
     /// NDJSON batches POSTed to `http://host:port/path`.
     Http {
         authority: String,
@@ -117,6 +124,8 @@ impl std::str::FromStr for OutputSpec {
         let mut rotate_bytes = 100u64 << 20;
         let mut keep = 5u32;
         let mut gzip = false;
+        let mut mode = 0o600;
+        let mut peer_uid = 0;
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             let Some((k, v)) = kv.split_once('=') else {
                 return bad(format!("option {kv:?} is not key=value"));
@@ -141,6 +150,22 @@ impl std::str::FromStr for OutputSpec {
                     Ok(n) if (1..=1000).contains(&n) => keep = n,
                     _ => return bad(format!("keep must be 1 to 1000, got {v:?}")),
                 },
+                "mode" => match u32::from_str_radix(v, 8) {
+                    // Never writable or readable by others: other users
+                    // would read every process name, port and peer, or
+                    // forge records.
+                    Ok(m) if m & !0o740 == 0 && m & 0o600 == 0o600 => mode = m,
+                    _ => {
+                        return bad(format!(
+                            "mode must let the owner read and write, the group at most read, \
+                             others nothing (0600, 0640), got {v:?}"
+                        ));
+                    }
+                },
+                "peer_uid" => match v.parse() {
+                    Ok(n) => peer_uid = n,
+                    _ => return bad(format!("peer_uid must be a user id, got {v:?}")),
+                },
                 "gzip" => match v {
                     "true" => gzip = true,
                     "false" => gzip = false,
@@ -155,7 +180,7 @@ impl std::str::FromStr for OutputSpec {
             if path.is_empty() {
                 return bad("no file path".into());
             }
-            Target::File { path: path.into(), rotate_bytes, keep }
+            Target::File { path: path.into(), rotate_bytes, keep, mode }
         } else if let Some(addr) = base.strip_prefix("tcp://") {
             match addr.rsplit_once(':') {
                 Some((host, port))
@@ -167,7 +192,7 @@ impl std::str::FromStr for OutputSpec {
             if path.is_empty() {
                 return bad("no socket path".into());
             }
-            Target::Unix(path.into())
+            Target::Unix { path: path.into(), peer_uid }
         } else if let Some(rest) = base.strip_prefix("http://") {
             let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             match authority.rsplit_once(':') {
@@ -350,20 +375,21 @@ impl Sinks {
         for spec in specs {
             let transport: Box<dyn Transport> = match &spec.target {
                 Target::Stdout => Box::new(stdout::Stdout),
-                Target::File { path, rotate_bytes, keep } => {
-                    Box::new(file::File::new(path.clone(), *rotate_bytes, *keep))
+                Target::File { path, rotate_bytes, keep, mode } => {
+                    Box::new(file::File::new(path.clone(), *rotate_bytes, *keep, *mode)?)
                 }
                 Target::Tcp(addr) => Box::new(stream::Stream::tcp(addr.clone())),
-                Target::Unix(path) => Box::new(stream::Stream::unix(path.clone())),
+                Target::Unix { path, peer_uid } => {
+                    Box::new(stream::Stream::unix(path.clone(), *peer_uid))
+                }
                 Target::Http { authority, path, gzip } => {
                     Box::new(http::Http::new(authority.clone(), path.clone(), *gzip))
                 }
             };
             let shared = Arc::new(Shared::new(spec.queue_bytes));
             let s = shared.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("sink {}", sinks.len()))
-                .spawn(move || writer(transport, s))?;
+            let thread =
+                crate::caps::spawn(format!("sink {}", sinks.len()), move || writer(transport, s))?;
             sinks.push(Sink {
                 spec: spec.clone(),
                 shared,
@@ -532,7 +558,7 @@ impl Sink {
                 Target::Stdout => "stdout",
                 Target::File { .. } => "file",
                 Target::Tcp(_) => "tcp",
-                Target::Unix(_) => "unix",
+                Target::Unix { .. } => "unix",
                 Target::Http { .. } => "http",
             },
             policy: self.spec.policy.name(),
@@ -647,7 +673,12 @@ mod tests {
             "file:/var/log/p.jsonl?rotate_bytes=10M&keep=3&policy=block".parse().unwrap();
         assert_eq!(
             s.target,
-            Target::File { path: "/var/log/p.jsonl".into(), rotate_bytes: 10 << 20, keep: 3 }
+            Target::File {
+                path: "/var/log/p.jsonl".into(),
+                rotate_bytes: 10 << 20,
+                keep: 3,
+                mode: 0o600
+            }
         );
         assert_eq!(s.policy, Policy::Block);
         let s: OutputSpec =
@@ -667,8 +698,8 @@ mod tests {
             Target::Tcp("127.0.0.1:5140".into())
         );
         assert_eq!(
-            "unix:/run/vector.sock".parse::<OutputSpec>().unwrap().target,
-            Target::Unix("/run/vector.sock".into())
+            "unix:/run/vector.sock?peer_uid=998".parse::<OutputSpec>().unwrap().target,
+            Target::Unix { path: "/run/vector.sock".into(), peer_uid: 998 }
         );
         assert_eq!("-".parse::<OutputSpec>().unwrap().target, Target::Stdout);
     }
@@ -684,6 +715,9 @@ mod tests {
             ("stdout?queue_bytes=1", "queue_bytes must be"),
             ("stdout?queue_bytes=99999999999999999999G", "queue_bytes must be"),
             ("file:/x?keep=0", "keep must be"),
+            ("file:/x?mode=0644", "mode must let"),
+            ("file:/x?mode=rw", "mode must let"),
+            ("unix:/x?peer_uid=root", "peer_uid must be"),
             ("stdout?color=red", "unknown option"),
             ("stdout?policy", "not key=value"),
         ] {

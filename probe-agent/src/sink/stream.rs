@@ -57,7 +57,28 @@ fn set_send_buffer(fd: i32) {
 
 enum Addr {
     Tcp(String),
-    Unix(PathBuf),
+    /// A socket path, and the only user id a peer there may run as.
+    Unix(PathBuf, u32),
+}
+
+/// The user id of a Unix socket's peer.
+fn peer_uid(s: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes, a ucred, into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 enum Peer {
@@ -140,8 +161,8 @@ impl Stream {
         Stream::new(Addr::Tcp(addr))
     }
 
-    pub fn unix(path: PathBuf) -> Self {
-        Stream::new(Addr::Unix(path))
+    pub fn unix(path: PathBuf, peer_uid: u32) -> Self {
+        Stream::new(Addr::Unix(path, peer_uid))
     }
 
     fn new(addr: Addr) -> Self {
@@ -165,8 +186,22 @@ impl Stream {
                 }
                 Err(last)
             }
-            Addr::Unix(p) => {
+            Addr::Unix(p, uid) => {
                 let s = UnixStream::connect(p)?;
+                // Whoever binds the path first receives the records: send
+                // only to the expected user's listener (SO_PEERCRED: the
+                // credentials the peer had when it called listen()).
+                let peer = peer_uid(&s)?;
+                if peer != *uid {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{}: the listener runs as uid {peer}, not {uid} (set peer_uid= to \
+                             trust it): not sending",
+                            p.display()
+                        ),
+                    ));
+                }
                 s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 set_send_buffer(s.as_raw_fd());
                 Ok(Conn::Unix(s))
