@@ -467,12 +467,13 @@ impl Agent {
         }
 
         // Containers: every process counts, whatever the filters.
-        let mut containers: BTreeMap<String, ContainerAgg> = BTreeMap::new();
+        // Keyed by id and cgroup together: a lookalike elsewhere is not merged.
+        let mut containers: BTreeMap<(String, String), ContainerAgg> = BTreeMap::new();
         for v in views.values() {
-            let Some((path, c)) = &v.container else { continue };
-            let agg = containers.entry(c.id.clone()).or_insert_with(|| ContainerAgg {
+            let Some((_, c)) = &v.container else { continue };
+            let key = (c.id.clone(), c.cgroup.clone());
+            let agg = containers.entry(key).or_insert_with(|| ContainerAgg {
                 container: c.clone(),
-                path: path.clone(),
                 calls: CallStats::default(),
                 run_ns: 0,
                 runq: Latency::default(),
@@ -527,9 +528,11 @@ impl Agent {
             cost: host_cost,
         };
         enc.put(&host)?;
-        for (id, c) in &containers {
-            let (used, limit) =
-                self.cgroups.memory(&c.path).map_or((None, None), |(u, l)| (Some(u), l));
+        for ((id, _), c) in &containers {
+            let (used, limit) = self
+                .cgroups
+                .memory(&c.container.cgroup)
+                .map_or((None, None), |(u, l)| (Some(u), l));
             let cores = c.run_ns as f64 / (span_ns.max(1) as f64);
             let mem = used.unwrap_or(0) as f64;
             let share = cost::container(&self.cfg.config.cost, cores, mem, host_cores, host_mem);
@@ -537,7 +540,7 @@ impl Agent {
                 header: header.with("container"),
                 container_id: id,
                 runtime: c.container.runtime,
-                cgroup: &c.path,
+                cgroup: &c.container.cgroup,
                 pod_uid: c.container.pod_uid.as_deref(),
                 cpu: CpuGroup::new(c.run_ns, &c.runq, span_ns, cpus),
                 memory: ContainerMemory {
@@ -552,6 +555,7 @@ impl Agent {
             };
             enc.put(&rec)?;
         }
+        let (mut endpoints_written, mut endpoints_cut) = (0usize, 0u64);
         for v in &chosen {
             let tgid = v.calls.tgid;
             let container_id = v.container.as_ref().map(|(_, c)| c.id.as_str());
@@ -568,11 +572,20 @@ impl Agent {
                 requests: v.requests.group(interval_s),
             };
             enc.put(&rec)?;
-            for (e, r) in tcp.endpoints.range(Endpoint { tgid, role: 0, port: 0, peer: [0; 16] }..)
-            {
-                if e.tgid != tgid {
-                    break;
-                }
+            // The busiest endpoints of the process, within both bounds;
+            // their requests stay in the process's and host's totals.
+            let mut eps: Vec<(&Endpoint, &Requests)> = tcp
+                .endpoints
+                .range(Endpoint { tgid, role: 0, port: 0, peer: [0; 16] }..)
+                .take_while(|(e, _)| e.tgid == tgid)
+                .collect();
+            eps.sort_by_key(|(e, r)| (std::cmp::Reverse(r.latency.count + r.errors), **e));
+            let room = ENDPOINTS_PER_PROCESS.min(ENDPOINTS_TOTAL.saturating_sub(endpoints_written));
+            endpoints_cut += eps.len().saturating_sub(room) as u64;
+            eps.truncate(room);
+            eps.sort_by_key(|(e, _)| **e);
+            endpoints_written += eps.len();
+            for (e, r) in eps {
                 let rec = EndpointRecord {
                     header: header.with("endpoint"),
                     pid: tgid,
@@ -641,7 +654,8 @@ impl Agent {
             info!("alert: {}", alert["message"].as_str().unwrap_or(""));
             enc.put(&alert)?;
         }
-        let counts = ProcessCounts { active, reported, cut_by_top: matching - reported };
+        let counts =
+            ProcessCounts { active, reported, cut_by_top: matching - reported, endpoints_cut };
         let mut lost = self.lost(&counters, &cpu_counters);
         lost.cgroup_walk_cut = self.cgroups.walk_cut as u64;
         lost.alert_scopes_cut = self.rules.cut.saturating_sub(self.prev_rules_cut);
@@ -874,6 +888,7 @@ impl Agent {
             processes_active: procs.active,
             processes_reported: procs.reported,
             processes_cut_by_top: procs.cut_by_top,
+            endpoints_cut: procs.endpoints_cut,
             entries_reclaimed: reclaimed,
         }
     }
@@ -1041,7 +1056,6 @@ struct ProcessView {
 /// One container's interval, summed over its processes.
 struct ContainerAgg {
     container: Container,
-    path: String,
     calls: CallStats,
     run_ns: u64,
     runq: Latency,
@@ -1113,7 +1127,15 @@ struct ProcessCounts {
     active: u64,
     reported: u64,
     cut_by_top: u64,
+    /// Endpoint records left out by the bounds.
+    endpoints_cut: u64,
 }
+
+/// Most endpoint records per process and per interval: a process with
+/// thousands of sockets (a proxy, a scanner) must not flood the stream or
+/// the metrics page. The busiest are kept; the cut is counted.
+const ENDPOINTS_PER_PROCESS: usize = 100;
+const ENDPOINTS_TOTAL: usize = 2000;
 
 /// One `syscall` record.
 fn syscall_record<'a>(

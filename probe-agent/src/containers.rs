@@ -15,54 +15,102 @@ use std::{
 };
 
 /// A container, as told by its cgroup path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Container {
     /// The runtime's 64-hex-digit container id.
     pub id: String,
     pub runtime: &'static str,
     /// The Kubernetes pod UID (with dashes), when in a pod.
     pub pod_uid: Option<String>,
+    /// The container's own cgroup (a process may be in a cgroup below it):
+    /// with the id, what identifies the container.
+    pub cgroup: String,
 }
 
 fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// `PREFIX<id>SUFFIX` -> the id, if it is one.
+fn id_in<'a>(part: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
+    part.strip_prefix(prefix)?.strip_suffix(suffix).filter(|id| is_id(id))
+}
+
 /// The container a cgroup path belongs to, if any.
+///
+/// A container id is accepted only where a runtime puts it, counted from
+/// the root of the hierarchy, so a cgroup that merely carries a
+/// container's name elsewhere (a user's delegated subtree, or any
+/// directory root made) is not taken for that container:
+/// - docker: `/system.slice/docker-ID.scope` (systemd driver), `/docker/ID` (cgroupfs);
+/// - podman: `/machine.slice/libpod-ID.scope`, `/libpod_parent/libpod-ID`,
+///   and rootless `/user.slice/user-N.slice/user@N.service/.../libpod-ID.scope`;
+/// - Kubernetes, systemd driver: `/kubepods.slice[/kubepods-QOS.slice]/kubepods[-QOS]-podUID.slice/`
+///   then `cri-containerd-ID.scope`, `crio-ID.scope` or `docker-ID.scope`;
+/// - Kubernetes, cgroupfs driver: `/kubepods[/QOS]/podUID/` then `ID` or `crio-ID`.
+///
+/// Processes in cgroups below a container's belong to it. Records are
+/// keyed by the id and the container's cgroup together, so even a rootless
+/// user's lookalike (in their own subtree) stays a record of its own.
 pub fn parse(path: &str) -> Option<Container> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let mut found = None;
-    for (i, part) in parts.iter().enumerate().rev() {
-        let scope = part.strip_suffix(".scope").unwrap_or(part);
-        let (runtime, id) = if let Some(id) = scope.strip_prefix("docker-") {
-            ("docker", id)
-        } else if let Some(id) = scope.strip_prefix("cri-containerd-") {
-            ("containerd", id)
-        } else if let Some(id) = scope.strip_prefix("crio-") {
-            ("cri-o", id)
-        } else if let Some(id) = scope.strip_prefix("libpod-") {
-            ("podman", id)
-        } else if is_id(part) {
-            // cgroupfs driver: the runtime is told by the parent.
-            let parent = if i > 0 { parts[i - 1] } else { "" };
-            let runtime = match parent {
-                "docker" => "docker",
-                "libpod_parent" | "machine.slice" => "podman",
-                _ if parts.iter().any(|p| p.starts_with("kubepods")) => "kubernetes",
-                _ => "unknown",
-            };
-            (runtime, *part)
-        } else {
-            continue;
-        };
-        if is_id(id) {
-            found = Some((runtime, id));
-            break;
+    let found = |runtime: &'static str, id: &str, depth: usize, pod_uid: Option<String>| {
+        Some(Container {
+            id: id.to_string(),
+            runtime,
+            pod_uid,
+            cgroup: format!("/{}", parts[..depth].join("/")),
+        })
+    };
+    match parts.as_slice() {
+        ["system.slice", c, ..] if let Some(id) = id_in(c, "docker-", ".scope") => {
+            found("docker", id, 2, None)
         }
+        ["docker", c, ..] if is_id(c) => found("docker", c, 2, None),
+        ["machine.slice", c, ..] if let Some(id) = id_in(c, "libpod-", ".scope") => {
+            found("podman", id, 2, None)
+        }
+        ["libpod_parent", c, ..] if let Some(id) = id_in(c, "libpod-", "") => {
+            found("podman", id, 2, None)
+        }
+        ["user.slice", user, service, rest @ ..]
+            if user.strip_prefix("user-").and_then(|u| u.strip_suffix(".slice"))
+                == service.strip_prefix("user@").and_then(|u| u.strip_suffix(".service")) =>
+        {
+            let at = rest.iter().position(|c| id_in(c, "libpod-", ".scope").is_some())?;
+            found("podman", id_in(rest[at], "libpod-", ".scope")?, 3 + at + 1, None)
+        }
+        ["kubepods.slice", rest @ ..] => {
+            // An optional QoS slice, then the pod's slice, then the container.
+            let at = rest.iter().position(|p| pod_uid(p).is_some()).filter(|&i| i <= 1)?;
+            let uid = pod_uid(rest[at]);
+            let c = rest.get(at + 1)?;
+            let depth = 1 + at + 2;
+            if let Some(id) = id_in(c, "cri-containerd-", ".scope") {
+                found("containerd", id, depth, uid)
+            } else if let Some(id) = id_in(c, "crio-", ".scope") {
+                found("cri-o", id, depth, uid)
+            } else if let Some(id) = id_in(c, "docker-", ".scope") {
+                found("docker", id, depth, uid)
+            } else {
+                None
+            }
+        }
+        ["kubepods", rest @ ..] => {
+            let at = rest.iter().position(|p| pod_uid(p).is_some()).filter(|&i| i <= 1)?;
+            let uid = pod_uid(rest[at]);
+            let c = rest.get(at + 1)?;
+            let depth = 1 + at + 2;
+            if is_id(c) {
+                found("kubernetes", c, depth, uid)
+            } else if let Some(id) = id_in(c, "crio-", "") {
+                found("cri-o", id, depth, uid)
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
-    let (runtime, id) = found?;
-    let pod_uid = parts.iter().find_map(|p| pod_uid(p));
-    Some(Container { id: id.to_string(), runtime, pod_uid })
 }
 
 /// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd).
@@ -209,11 +257,6 @@ mod tests {
         let cases = [
             (format!("/system.slice/docker-{ID}.scope"), "docker", None),
             (format!("/docker/{ID}"), "docker", None),
-            (
-                format!("/system.slice/containerd.service/cri-containerd-{ID}.scope"),
-                "containerd",
-                None,
-            ),
             (format!("/machine.slice/libpod-{ID}.scope/container"), "podman", None),
             (
                 format!(
@@ -238,6 +281,8 @@ mod tests {
         for (path, runtime, pod) in cases {
             let c = parse(&path).unwrap_or_else(|| panic!("no container in {path}"));
             assert_eq!(c.id, ID, "{path}");
+            assert!(path.starts_with(&c.cgroup), "{path}: {}", c.cgroup);
+            assert!(c.cgroup.contains(ID));
             assert_eq!(c.runtime, runtime, "{path}");
             assert_eq!(c.pod_uid.as_deref(), pod, "{path}");
         }
@@ -255,6 +300,35 @@ mod tests {
         ] {
             assert_eq!(parse(p), None, "{p}");
         }
+    }
+
+    /// A container's name anywhere but where its runtime puts it (a
+    /// user's delegated subtree, a directory made by hand) is not that
+    /// container; processes below a container's cgroup are its own.
+    #[test]
+    fn ids_count_only_where_runtimes_put_them() {
+        for p in [
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope"),
+            format!("/user.slice/user-1000.slice/session-3.scope/docker-{ID}.scope"),
+            format!("/probe-test.slice/docker-{ID}.scope"),
+            format!("/system.slice/foo.service/docker-{ID}.scope"),
+            format!(
+                "/kubepods.slice/a.slice/b.slice/kubepods-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/crio-{ID}.scope"
+            ),
+            format!("/user.slice/user-1000.slice/user@1001.service/libpod-{ID}.scope"),
+        ] {
+            assert_eq!(parse(&p), None, "{p}");
+        }
+        let nested = parse(&format!("/system.slice/docker-{ID}.scope/init.scope")).unwrap();
+        assert_eq!(nested.cgroup, format!("/system.slice/docker-{ID}.scope"));
+        let rootless = parse(&format!(
+            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+        ))
+        .unwrap();
+        assert_eq!(
+            rootless.cgroup,
+            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope")
+        );
     }
 
     #[test]

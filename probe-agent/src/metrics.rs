@@ -9,7 +9,10 @@
 //! layout (so every count is in the right `le`). A series not seen for
 //! five minutes (and five intervals), such as an exited process's, is
 //! dropped; at most
-//! [`MAX_SERIES`] are kept, and what that bound cuts is itself a counter.
+//! [`MAX_SERIES`] sample lines are kept (a histogram counts one per bound,
+//! plus its sum and count), so the page stays under a few MiB however many
+//! processes and endpoints there are; what that bound cuts is itself a
+//! counter.
 
 use std::{
     collections::BTreeMap,
@@ -22,8 +25,9 @@ use std::{
 
 use serde_json::Value;
 
-/// Most series kept.
-pub const MAX_SERIES: usize = 20_000;
+/// Most sample lines kept (a series of a counter or gauge is one line; a
+/// histogram's is one per bound and +Inf, plus `_sum` and `_count`).
+pub const MAX_SERIES: usize = 50_000;
 /// How long a series may go unseen before it is dropped: long enough for
 /// a scraper to see the last of a quiet server or an exited process.
 const STALE_AFTER: Duration = Duration::from_secs(300);
@@ -59,6 +63,13 @@ struct Family {
     kind: Kind,
     help: &'static str,
     series: BTreeMap<String, Series>,
+}
+
+impl Family {
+    /// Sample lines one series of this family renders.
+    fn lines(&self) -> usize {
+        if self.kind == Kind::Histogram { LE_S.len() + 3 } else { 1 }
+    }
 }
 
 /// The exporter's state, updated once per interval.
@@ -128,11 +139,12 @@ impl Metrics {
             series: BTreeMap::new(),
         });
         if !fam.series.contains_key(labels) {
-            if self.series >= MAX_SERIES {
+            let lines = fam.lines();
+            if self.series + lines > MAX_SERIES {
                 self.cut += 1;
                 return None;
             }
-            self.series += 1;
+            self.series += lines;
             fam.series.insert(labels.to_string(), Series::default());
         }
         let s = fam.series.get_mut(labels).expect("inserted above");
@@ -406,7 +418,7 @@ impl Metrics {
         for fam in self.families.values_mut() {
             let before = fam.series.len();
             fam.series.retain(|_, s| now - s.seen < self.stale_after);
-            self.series -= before - fam.series.len();
+            self.series -= (before - fam.series.len()) * fam.lines();
         }
         let text = self.render();
         *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(text);

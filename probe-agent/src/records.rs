@@ -241,6 +241,9 @@ pub struct AgentRecord<'a> {
     pub processes_reported: u64,
     /// Matching processes left out by --top.
     pub processes_cut_by_top: u64,
+    /// Endpoint records left out this interval: past 100 per process or
+    /// 2000 in all, the busiest kept (their requests stay in the totals).
+    pub endpoints_cut: u64,
     /// Map entries of exited processes freed this interval.
     pub entries_reclaimed: u64,
 }

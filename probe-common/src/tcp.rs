@@ -44,7 +44,9 @@ pub struct SockState {
     pub outstanding: u8,
     /// 1 once the accept was counted for `tgid`.
     pub counted: u8,
-    pub _pad: u8,
+    /// Client sockets: 1 once the answer to the outstanding request has
+    /// arrived (it may still be unread when the server closes).
+    pub answered: u8,
     /// Local and remote port, host byte order.
     pub lport: u16,
     pub rport: u16,

@@ -192,6 +192,20 @@ fn fail_outstanding_unless_goodbye(s: *mut SockState, now: u64) {
     fail_outstanding(s);
 }
 
+/// A client's request whose answer arrived but was never read (the
+/// connection closed first) ends answered, at the close.
+#[inline(always)]
+fn end_answered(s: *mut SockState, now: u64) {
+    unsafe {
+        if (*s).role == ROLE_CLIENT && (*s).outstanding != 0 && (*s).answered != 0 {
+            (*s).outstanding = 0;
+            (*s).answered = 0;
+            let ns = now.saturating_sub((*s).req_ns);
+            request(&*s, bucket_of(ns) as u16, ns);
+        }
+    }
+}
+
 /// The remote address as IPv6 (IPv4 mapped to ::ffff:a.b.c.d).
 #[inline(always)]
 fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
@@ -265,11 +279,18 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         stat(tgid, metric::CONNECT_ERRORS, 0, 0);
     }
     if new == TCP_CLOSE {
+        // Closed with the answer arrived but unread: answered all the same.
+        end_answered(s, now);
         fail_outstanding_unless_goodbye(s, now);
         let _ = TCP_SOCKS.remove(sk);
     } else if new == TCP_CLOSE_WAIT || new == TCP_FIN_WAIT1 {
-        // The peer, or this side, closed with a request outstanding.
-        fail_outstanding_unless_goodbye(s, now);
+        // The peer, or this side, closed with a request outstanding: a
+        // failure, unless the answer came first (a server that answers and
+        // closes: the client reads the answer after the FIN) or the
+        // request was a goodbye.
+        if unsafe { (*s).answered } == 0 {
+            fail_outstanding_unless_goodbye(s, now);
+        }
     }
     0
 }
@@ -338,6 +359,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
             // A client's request ends when it reads the answer.
             ROLE_CLIENT if (*s).outstanding != 0 => {
                 (*s).outstanding = 0;
+                (*s).answered = 0;
                 let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
                 request(&*s, bucket_of(ns) as u16, ns);
             }
@@ -405,11 +427,14 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
         let ns = u64::from(srtt_us) * 1000;
         stat(unsafe { (*s).tgid }, metric::RTT, bucket_of(ns) as u16, ns);
     }
-    // A server's request starts when its first bytes arrive.
     unsafe {
+        // A server's request starts when its first bytes arrive; a
+        // client's answer has arrived (it ends when read).
         if (*s).role == ROLE_SERVER && (*s).outstanding == 0 {
             (*s).outstanding = 1;
             (*s).req_ns = bpf_ktime_get_ns();
+        } else if (*s).role == ROLE_CLIENT && (*s).outstanding != 0 {
+            (*s).answered = 1;
         }
     }
     0
@@ -438,6 +463,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RESETS_SENT, 0, 0);
     if let Some(s) = s {
+        end_answered(s, unsafe { bpf_ktime_get_ns() });
         fail_outstanding(s);
     }
     0
@@ -454,6 +480,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RESETS_RECEIVED, 0, 0);
     if let Some(s) = s {
+        end_answered(s, unsafe { bpf_ktime_get_ns() });
         fail_outstanding(s);
     }
     0
@@ -464,6 +491,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     runs::count(const { slot("tcp_destroy_sock") });
     let sk: u64 = field(&ctx, 8);
     if let Some(s) = TCP_SOCKS.get_ptr_mut(sk) {
+        end_answered(s, unsafe { bpf_ktime_get_ns() });
         fail_outstanding(s);
     }
     let _ = TCP_SOCKS.remove(sk);

@@ -335,3 +335,61 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("creating a temporary directory");
     d
 }
+
+/// A system user made for one test (an unprivileged local user, as an
+/// attacker would be), removed with its files on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    pub fn create(tag: &str) -> Result<Self> {
+        let name = format!("probe-{tag}-{}", std::process::id() % 100_000);
+        let _ = Command::new("userdel").arg(&name).output();
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .context("useradd")?;
+        anyhow::ensure!(out.status.success(), "useradd: {}", String::from_utf8_lossy(&out.stderr));
+        let id = |flag: &str| -> Result<u32> {
+            let out = Command::new("id").args([flag, &name]).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+        };
+        Ok(TestUser { uid: id("-u")?, gid: id("-g")?, name })
+    }
+
+    /// A command run as this user, with no capability and no supplementary group.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={}", self.uid),
+            &format!("--regid={}", self.gid),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            program,
+        ]);
+        c
+    }
+
+    /// Runs `sh -c SCRIPT` as this user and waits; fails if it does.
+    pub fn sh(&self, script: &str) -> Result<()> {
+        let out = self.command("sh").args(["-c", script]).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "as {}: {script}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-9", "-u", &self.uid.to_string()]).output();
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}

@@ -341,7 +341,7 @@ fn container_memory_near_its_limit_fires_and_resolves() {
     let dir = tempdir("rules");
     let config = fast_config(&dir);
     let id = "feedfacecafebeef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let rel = format!("probe-test-mem.slice/docker-{id}.scope");
+    let rel = format!("system.slice/docker-{id}.scope");
     let dirs = limited_container(&rel, 128 << 20);
     let mut w = Workload::start(&[
         "alloc",

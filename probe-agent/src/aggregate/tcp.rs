@@ -117,7 +117,7 @@ pub struct RequestsGroup {
 }
 
 /// An endpoint: a process serving a port, or calling a peer's port.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub tgid: u32,
     pub role: u8,

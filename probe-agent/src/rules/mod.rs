@@ -145,7 +145,12 @@ fn observations(rec: &Value, kind: &str, kpi: &str) -> Vec<Observation> {
         "host" => "host".to_string(),
         "container" => {
             labels.insert("container_id".into(), rec["container_id"].clone());
-            rec["container_id"].as_str().unwrap_or("").to_string()
+            // The id and the cgroup: a lookalike is a scope of its own.
+            format!(
+                "{}/{}",
+                rec["container_id"].as_str().unwrap_or(""),
+                rec["cgroup"].as_str().unwrap_or("")
+            )
         }
         "process" => {
             for k in ["pid", "comm", "container_id"] {
