@@ -21,23 +21,32 @@ pub enum CommandError {
     Record { path: String, line: usize, message: String },
 }
 
+/// Writes a command's output to stdout; a reader that went away (`| head`)
+/// is a normal end, not a failure (print! would panic).
+fn out(text: &str) -> Result<(), CommandError> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CommandError::Read { path: "stdout".into(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `config --default`: the commented default configuration.
 pub fn print_default_config() -> Result<(), CommandError> {
-    print!("{}", config::DEFAULT);
-    Ok(())
+    out(config::DEFAULT)
 }
 
 /// `check-config FILE`.
 pub fn check_config(path: &Path) -> Result<(), CommandError> {
     let cfg = config::load(path)?;
     let enabled = cfg.rules.iter().filter(|r| r.enabled).count();
-    println!(
-        "{}: valid ({} rules, {enabled} enabled, profile {})",
+    out(&format!(
+        "{}: valid ({} rules, {enabled} enabled, profile {})\n",
         path.display(),
         cfg.rules.len(),
         cfg.profile
-    );
-    Ok(())
+    ))
 }
 
 /// `replay FILE`: the alerts the rules would raise over recorded lines.
@@ -68,14 +77,12 @@ pub fn report(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
         Some(p) => config::load(p)?,
         None => Config::default(),
     };
-    print!("{}", crate::report::report(path, &cfg)?);
-    Ok(())
+    out(&crate::report::report(path, &cfg)?)
 }
 
 /// `compare BASELINE CURRENT`.
 pub fn compare(baseline: &Path, current: &Path) -> Result<(), CommandError> {
-    print!("{}", crate::report::compare(baseline, current)?);
-    Ok(())
+    out(&crate::report::compare(baseline, current)?)
 }
 
 /// `kpis`: every KPI the agent emits, as a Markdown table.
@@ -235,12 +242,11 @@ pub fn print_kpis() -> Result<(), CommandError> {
             "10 / 20",
         ],
     ];
-    println!(
-        "| KPI | unit | formula | kernel events / source | records | default thresholds (investigate / escalate) |"
+    let mut text = String::from(
+        "| KPI | unit | formula | kernel events / source | records | default thresholds (investigate / escalate) |\n|---|---|---|---|---|---|\n",
     );
-    println!("|---|---|---|---|---|---|");
     for r in ROWS {
-        println!("| `{}` | {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4], r[5]);
+        text += &format!("| `{}` | {} | {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3], r[4], r[5]);
     }
-    Ok(())
+    out(&text)
 }

@@ -193,6 +193,23 @@ mod tests {
     use super::*;
     use crate::aggregate::latency::{keep_buckets, with_buckets};
 
+    /// Three maximal counts saturate at the largest u64 and say so, where
+    /// plain addition would wrap to a small number.
+    #[test]
+    fn maximal_counts_saturate_and_are_flagged() {
+        let summary = serde_json::json!({"avg": 1.0, "max": 1.0,
+            "buckets": [[0.001, u64::MAX, 1.0]]});
+        let mut g = Group::default();
+        for _ in 0..3 {
+            add(&mut g, &summary).unwrap();
+        }
+        assert_eq!(g.latency.count, u64::MAX);
+        assert!(g.saturated);
+        let mut ok = Group::default();
+        add(&mut ok, &serde_json::json!({"buckets": [[0.001, 5, 0.004]]})).unwrap();
+        assert!(!ok.saturated);
+    }
+
     /// Two hosts' summaries merged give the percentiles of all their
     /// values, where averaging their percentiles would not.
     #[test]
