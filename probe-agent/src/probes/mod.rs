@@ -143,6 +143,7 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
             }
         }
     }
+    let switch = cpu::switch_globals(btf.as_ref().ok());
     drop(btf);
     // No kernel BTF for aya: the programs use no CO-RE relocations, and
     // parsing vmlinux BTF would cost the agent tens of MiB.
@@ -153,7 +154,7 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
         .btf(None)
         .map_max_entries(probe_common::syscalls::STATS_MAP, stats_entries)
         .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true);
-    for (global, off) in &tcp_offsets {
+    for (global, off) in tcp_offsets.iter().chain(&switch) {
         loader.override_global(global, off, true);
     }
     let ebpf = loader.load(OBJECT)?;
