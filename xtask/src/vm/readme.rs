@@ -56,7 +56,7 @@ fn cell(g: &Value, family: &str, headline: &str) -> String {
         "syscalls" => format!("counts, errors exact; sleep p50{figure}"),
         "cpu" => format!("1 s burn{figure}"),
         "runq_latency" => format!("present{figure}"),
-        "tcp" => format!("requests, bytes exact; p50 of a 20 ms answer{figure}"),
+        "tcp" => format!("requests, bytes exact; server p50 (20 ms delay){figure}"),
         "memory" => "available".into(),
         "lifecycle" => format!("{} checks passed", checks.len()),
         _ => "available".into(),
