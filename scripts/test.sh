@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what is missing, then
 # runs formatting and lint checks, the pure tests, a stub build (no eBPF
-# toolchain), and the integration tests that load the real programs (root).
+# toolchain), the integration tests that load the real programs (root), and
+# the same programs' ground-truth checks on other kernels and on arm64, in
+# QEMU guests (`cargo xtask vm`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -23,6 +25,9 @@ cargo test --quiet --target aarch64-unknown-linux-gnu -p probe-common -p probe-a
 
 echo "== all tests (integration tests load the real programs, one at a time)"
 cargo test -- --test-threads=1
+
+echo "== kernel matrix: Debian's 5.10, 6.1, 6.12 (x86_64) and 6.1, 6.12 (arm64) under QEMU"
+cargo xtask vm
 
 echo "== deployment files"
 bash scripts/check-packaging.sh
