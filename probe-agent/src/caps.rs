@@ -1,8 +1,9 @@
 //! Least privilege: after the programs are loaded and attached, the agent
 //! drops every capability it no longer needs and sets no_new_privs. Reading
 //! maps needs only their file descriptors, which it already holds, except
-//! on kernels before 5.19 with `kernel.unprivileged_bpf_disabled` set (the
-//! default of Debian 11, Ubuntu and RHEL): these refuse every bpf() command,
+//! on kernels before 5.19 with `kernel.unprivileged_bpf_disabled` set
+//! (Debian 11's default, as of most distributions' kernels built with
+//! CONFIG_BPF_UNPRIV_DEFAULT_OFF): these refuse every bpf() command,
 //! map reads included, to a process without CAP_BPF (or CAP_SYS_ADMIN), so
 //! there the agent keeps CAP_BPF.
 

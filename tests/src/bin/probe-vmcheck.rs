@@ -559,7 +559,7 @@ fn least_privilege(c: &mut Checks, available: &HashSet<String>) -> Result<()> {
             && prm == want_eff
             && nnp == "1",
         format!(
-            "status {} no_new_privs {}; CapEff {eff} CapPrm {prm} NoNewPrivs {nnp}",
+            "kept {} (no_new_privs {}, CapEff {eff}, CapPrm {prm}, NoNewPrivs {nnp})",
             status["capabilities"], status["no_new_privs"]
         ),
         &format!("{want_caps} left on {release}, no_new_privs"),

@@ -78,7 +78,7 @@ fn apt_update() -> Result<()> {
 }
 
 /// Splits into digit and non-digit runs, so 6.1.0-50 sorts after 6.1.0-9.
-fn natural_key(s: &str) -> Vec<(u64, String)> {
+pub fn natural_key(s: &str) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {

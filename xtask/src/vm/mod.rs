@@ -219,7 +219,7 @@ pub fn run(root: &Path, only: &[String], refresh: bool, readme_only: bool) -> Re
         results.iter().filter(|r| r["ok"] != true).filter_map(|r| r["name"].as_str()).collect();
     let all = json!({"seconds": t0.elapsed().as_secs_f64(), "guests": results});
     fs::write(results_path(root), serde_json::to_string_pretty(&all)? + "\n")?;
-    println!("{}", readme::table(&all));
+    println!("{}\n{}", readme::table(&all), readme::oldest(&all));
     println!("kernel matrix: {} guests in {:.0} s", results.len(), t0.elapsed().as_secs_f64());
     if !failed.is_empty() {
         bail!("kernel matrix failed on {failed:?} (consoles in target/vm/NAME/console.log)");
