@@ -240,7 +240,8 @@ fn build(root: &Path, arch: Arch) -> Result<PathBuf> {
         "probe-tests",
         "--bins",
     ]);
-    let mut dir = root.join("target");
+    let mut dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     if let Some(t) = arch.target() {
         cmd.args(["--target", t]);
         dir = dir.join(t);

@@ -143,8 +143,12 @@ pub fn write(root: &Path) -> Result<()> {
         &fs::read_to_string(&path)
             .with_context(|| format!("{} (run `cargo xtask vm` first)", path.display()))?,
     )?;
-    if results["guests"].as_array().is_none_or(|g| g.iter().any(|g| g["ok"] != true)) {
+    let guests = results["guests"].as_array().map_or(&[][..], Vec::as_slice);
+    if guests.iter().any(|g| g["ok"] != true) {
         bail!("the last matrix run failed: the README shows passing runs only");
+    }
+    if let Some(k) = MATRIX.iter().find(|k| !guests.iter().any(|g| g["name"] == k.name)) {
+        bail!("the last run left out {} (--only): the README shows the whole matrix", k.name);
     }
     let readme = root.join("README.md");
     let text = fs::read_to_string(&readme)?;
