@@ -11,8 +11,10 @@ log() { echo "setup: $*" >&2; }
 # server and load generator. bpftool: inspection. util-linux: setpriv and
 # taskset for the tests and the benchmark. syslog-ng-core, prometheus
 # (with promtool) and python3-jsonschema: the real consumers and the
-# independent schema validator of the output tests.
-want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+# independent schema validator of the output tests. qemu-system-x86 and
+# qemu-system-arm boot the kernel matrix (`cargo xtask vm`, which fetches
+# the kernels and busybox itself with apt-get download, into ~/.cache).
+want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

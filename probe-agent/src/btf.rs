@@ -19,11 +19,16 @@ pub enum BtfError {
     NoStruct(String),
     #[error("struct {0} has no member {1}")]
     NoMember(String, String),
+    #[error("no function pointer type {0} in BTF")]
+    NoFnPointer(String),
 }
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC_PROTO: u32 = 13;
 
 /// Parsed BTF: the raw sections and where each type record starts, so a
 /// lookup reads only the types it needs (vmlinux BTF has ~100k types).
@@ -141,6 +146,35 @@ impl Btf {
             .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
     }
 
+    /// (kind, vlen, type id it refers to) of the type record `id`.
+    fn kind_of(&self, id: u32) -> Option<(u32, u32, u32)> {
+        let at = *self.index.get((id as usize).checked_sub(1)?)? as usize;
+        let info = u32_at(&self.types, at + 4)?;
+        Some(((info >> 24) & 0x1f, info & 0xffff, u32_at(&self.types, at + 8)?))
+    }
+
+    /// How many parameters the function pointer typedef `name` takes. Each
+    /// raw tracepoint has one, `btf_trace_<event>`, whose parameters are a
+    /// `void *` and then the tracepoint's arguments: so a kernel tells
+    /// which arguments its tracepoints pass.
+    pub fn fn_pointer_params(&self, name: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::NoFnPointer(name.into());
+        let typedef = self.index.iter().enumerate().find(|&(_, &at)| {
+            let at = at as usize;
+            u32_at(&self.types, at + 4).is_some_and(|info| (info >> 24) & 0x1f == KIND_TYPEDEF)
+                && u32_at(&self.types, at).is_some_and(|off| self.name(off) == name.as_bytes())
+        });
+        let (i, _) = typedef.ok_or_else(missing)?;
+        let (_, _, ptr) = self.kind_of(i as u32 + 1).ok_or_else(missing)?;
+        match self.kind_of(ptr) {
+            Some((KIND_PTR, _, proto)) => match self.kind_of(proto) {
+                Some((KIND_FUNC_PROTO, params, _)) => Ok(params),
+                _ => Err(missing()),
+            },
+            _ => Err(missing()),
+        }
+    }
+
     fn find(&self, ty: &Composite, member: &[u8], base_bits: u32, depth: u32) -> Option<u32> {
         for &(name_off, type_id, off) in &ty.members {
             // With kind_flag, the high 8 bits hold a bitfield size.
@@ -201,6 +235,31 @@ mod tests {
     }
 
     #[test]
+    fn counts_a_function_pointer_typedefs_parameters() {
+        // 1: INT, 2: FUNC_PROTO(int, int) -> void, 3: PTR -> 2, 4: TYPEDEF "f" -> 3.
+        let strings = b"\0int\0f\0".to_vec(); // int=1 f=5
+        let mut t = Vec::new();
+        let mut push =
+            |words: &[u32]| words.iter().for_each(|w| t.extend_from_slice(&w.to_le_bytes()));
+        push(&[1, 1 << 24, 4, 32]);
+        push(&[0, (13 << 24) | 2, 0, 0, 1, 0, 1]);
+        push(&[0, 2 << 24, 2]);
+        push(&[5, 8 << 24, 3]);
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&strings);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.fn_pointer_params("f").unwrap(), 2);
+        assert!(btf.fn_pointer_params("int").is_err());
+        assert!(btf.fn_pointer_params("g").is_err());
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(Btf::parse(b"").is_err());
         assert!(
@@ -221,5 +280,7 @@ mod tests {
         let pid = btf.member_offset("task_struct", "pid").unwrap();
         let tgid = btf.member_offset("task_struct", "tgid").unwrap();
         assert_eq!(tgid, pid + 4, "pid and tgid are adjacent pid_t fields");
+        // void *, preempt, prev, next, prev_state (5.18+).
+        assert_eq!(btf.fn_pointer_params("btf_trace_sched_switch").unwrap(), 5);
     }
 }

@@ -1,10 +1,16 @@
 //! Least privilege: after the programs are loaded and attached, the agent
 //! drops every capability it no longer needs and sets no_new_privs. Reading
-//! maps needs only their file descriptors, which it already holds.
+//! maps needs only their file descriptors, which it already holds, except
+//! on kernels before 5.19 with `kernel.unprivileged_bpf_disabled` set
+//! (Debian 11's default, as of most distributions' kernels built with
+//! CONFIG_BPF_UNPRIV_DEFAULT_OFF): these refuse every bpf() command,
+//! map reads included, to a process without CAP_BPF (or CAP_SYS_ADMIN), so
+//! there the agent keeps CAP_BPF.
 
 use std::io;
 
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
 
 #[repr(C)]
 struct Header {
@@ -126,11 +132,44 @@ pub fn threads() -> (u64, bool) {
     (eff, nnp)
 }
 
-/// What the agent keeps after attaching: nothing, or CAP_SYS_ADMIN on the
-/// main thread alone when it samples BPF run-time statistics through the
-/// interval (`--bpf-stats-pct` above 0: BPF_ENABLE_STATS requires it).
+/// What the main thread keeps after attaching (every other thread keeps
+/// nothing): CAP_SYS_ADMIN when it samples BPF run-time statistics through
+/// the interval (`--bpf-stats-pct` above 0: BPF_ENABLE_STATS requires it),
+/// and CAP_BPF (or CAP_SYS_ADMIN before 5.8) where reading its maps needs it.
 pub fn needed_after_attach(bpf_stats: bool) -> Vec<u32> {
-    if bpf_stats && has(CAP_SYS_ADMIN) { vec![CAP_SYS_ADMIN] } else { Vec::new() }
+    let mut keep = Vec::new();
+    if bpf_stats && has(CAP_SYS_ADMIN) {
+        keep.push(CAP_SYS_ADMIN);
+    }
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .is_ok_and(|s| s.trim() != "0");
+    if keep.is_empty() && map_reads_need_capability(kernel_release().as_deref(), disabled) {
+        keep.push(if has(CAP_BPF) { CAP_BPF } else { CAP_SYS_ADMIN });
+    }
+    keep
+}
+
+/// Whether a kernel of this release (`uname -r`) refuses map reads to a
+/// process without CAP_BPF: before 5.19, any bpf() command is refused to
+/// it while `unprivileged_bpf_disabled` is set (measured: Debian's 5.10
+/// refuses, its 6.1 allows). An unreadable release keeps the capability.
+pub fn map_reads_need_capability(release: Option<&str>, unprivileged_disabled: bool) -> bool {
+    let version = release.and_then(|r| {
+        let mut parts = r.split(|c: char| !c.is_ascii_digit()).map(str::parse::<u32>);
+        Some((parts.next()?.ok()?, parts.next()?.ok()?))
+    });
+    unprivileged_disabled && version.is_none_or(|v| v < (5, 19))
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+fn kernel_release() -> Option<String> {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: uname() wrote a NUL-terminated string into the field.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    Some(release.to_string_lossy().into_owned())
 }
 
 /// Capability names of a mask, for the status record.
@@ -187,6 +226,16 @@ pub fn names(mask: u64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_kernels_with_unprivileged_bpf_off_need_cap_bpf_for_maps() {
+        assert!(map_reads_need_capability(Some("5.10.0-32-cloud-amd64"), true));
+        assert!(map_reads_need_capability(Some("4.18.0-553.el8_10.x86_64"), true));
+        assert!(!map_reads_need_capability(Some("5.19.0"), true));
+        assert!(!map_reads_need_capability(Some("6.1.0-50-cloud-arm64"), true));
+        assert!(!map_reads_need_capability(Some("5.10.0"), false));
+        assert!(map_reads_need_capability(None, true));
+    }
 
     #[test]
     fn names_of_masks() {

@@ -16,6 +16,15 @@ pub const COUNTER_MAP: &str = "CPU_CNT";
 /// Name of the global holding `offsetof(struct task_struct, tgid)`, set by
 /// the loader from the kernel's BTF (0: unknown).
 pub const TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFF";
+/// Name of the global that is 1 when the raw `sched_switch` tracepoint
+/// passes `prev_state` as its fourth argument (Linux 5.18+), set by the
+/// loader from the kernel's BTF.
+pub const SWITCH_STATE_ARG_GLOBAL: &str = "SWITCH_STATE_ARG";
+/// Name of the global holding `offsetof(struct task_struct, __state)`
+/// (`state` before 5.14), from the kernel's BTF (0: unknown): where the
+/// switch reads the outgoing task's state when the tracepoint does not
+/// pass it.
+pub const STATE_OFFSET_GLOBAL: &str = "TASK_STATE_OFF";
 
 /// Default bound of [`TIME_MAP`]: (process, cgroup) pairs that ran.
 pub const TIME_MAX_ENTRIES: u32 = 16384;

@@ -57,6 +57,8 @@ pub struct SockState {
     pub syn_ns: u64,
     /// When the outstanding request started.
     pub req_ns: u64,
+    /// When the peer's FIN came (0: not yet).
+    pub fin_ns: u64,
 }
 
 /// Connection metrics, the `metric` of a [`TcpKey`].
@@ -140,7 +142,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointKey {}
 }
 
-const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+const _: () = assert!(core::mem::size_of::<SockState>() == 56);
 const _: () = assert!(core::mem::size_of::<TcpKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpValue>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 32);

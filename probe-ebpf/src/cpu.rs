@@ -35,6 +35,20 @@ const TASK_DEAD: u32 = 0x80;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFF: u32 = 0;
 
+/// 1 when `sched_switch` passes `prev_state` as its fourth argument: added
+/// in Linux 5.18 (commit fa2c3254d7cf). Before that the program must not
+/// even read the argument: the kernel refuses to attach a raw tracepoint
+/// program whose context reads go past the tracepoint's arguments, and
+/// the verifier counts only the branch this constant leaves alive.
+#[unsafe(no_mangle)]
+static SWITCH_STATE_ARG: u32 = 0;
+
+/// `offsetof(struct task_struct, __state)` (`state`, a long, before 5.14;
+/// its low 32 bits on these little-endian targets), from the kernel's BTF,
+/// for kernels without the argument (0: unknown).
+#[unsafe(no_mangle)]
+static TASK_STATE_OFF: u32 = 0;
+
 #[map(name = "CPU_TIME")]
 static CPU_TIME: PerCpuHashMap<CpuKey, CpuValue> =
     PerCpuHashMap::with_max_entries(TIME_MAX_ENTRIES, 0);
@@ -112,16 +126,32 @@ fn runq_switch_out(ctx: &RawTracePointContext, tgid: u32, began: Option<u64>, no
         }
         unsafe { *wake = 0 };
     }
-    let preempt: u64 = ctx.arg(0);
-    let prev_state = ctx.arg::<u64>(3) as u32;
-    if prev_state & TASK_DEAD != 0 {
+    let preempted = ctx.arg::<u64>(0) & 1 != 0;
+    match prev_state(ctx, task) {
         // Its last switch: nothing will wake it again.
-        let _ = RUNQ_WAKE.remove(task);
-    } else if preempt & 1 != 0 || prev_state == TASK_RUNNING {
+        Some(state) if state & TASK_DEAD != 0 => {
+            let _ = RUNQ_WAKE.remove(task);
+        }
         // Preempted (even between set_current_state() and sleeping): it
         // is still on the run queue, waiting from now.
-        set_wake(task, now);
+        Some(TASK_RUNNING) => set_wake(task, now),
+        _ if preempted => set_wake(task, now),
+        _ => {}
     }
+}
+
+/// The outgoing task's state: the tracepoint's argument where it has one,
+/// else read from the task (`task` is `current`, the outgoing task).
+#[inline(always)]
+fn prev_state(ctx: &RawTracePointContext, task: u64) -> Option<u32> {
+    if unsafe { core::ptr::read_volatile(&SWITCH_STATE_ARG) } != 0 {
+        return Some(ctx.arg::<u64>(3) as u32);
+    }
+    let off = unsafe { core::ptr::read_volatile(&TASK_STATE_OFF) } as u64;
+    if off == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((task + off) as *const u32) }.ok()
 }
 
 /// Called from `sched_wakeup`/`sched_wakeup_new` with the woken task.

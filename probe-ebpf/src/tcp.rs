@@ -58,6 +58,7 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 
 // Offsets in kernel structs, from the kernel's BTF, set by the loader;
 // the raw tracepoints are attached only when all are known.
@@ -180,13 +181,24 @@ fn fail_outstanding(s: *mut SockState) {
     }
 }
 
-/// A close with a request outstanding fails it, unless the request's bytes
-/// came just before the close (see [`GOODBYE_NS`]).
+/// This side closes (FIN_WAIT1, LAST_ACK or CLOSE) with a request
+/// outstanding. A client's request whose answer arrived (unread) ends
+/// answered. Otherwise it failed, unless it was a goodbye: bytes sent just
+/// before the close that followed them (a TLS close_notify, a protocol's
+/// QUIT; see [`GOODBYE_NS`]): for a server, the client's FIN, if it came,
+/// else this close; for a client, its own close.
 #[inline(always)]
-fn fail_outstanding_unless_goodbye(s: *mut SockState, now: u64) {
+fn on_close(s: *mut SockState, now: u64) {
+    end_answered(s, now);
     unsafe {
-        if (*s).outstanding != 0 && now.saturating_sub((*s).req_ns) < GOODBYE_NS {
+        if (*s).outstanding == 0 {
+            return;
+        }
+        let fin = (*s).fin_ns;
+        let closed_at = if (*s).role == ROLE_SERVER && fin != 0 { fin } else { now };
+        if closed_at.saturating_sub((*s).req_ns) < GOODBYE_NS {
             (*s).outstanding = 0;
+            return;
         }
     }
     fail_outstanding(s);
@@ -279,17 +291,23 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         stat(tgid, metric::CONNECT_ERRORS, 0, 0);
     }
     if new == TCP_CLOSE {
-        // Closed with the answer arrived but unread: answered all the same.
-        end_answered(s, now);
-        fail_outstanding_unless_goodbye(s, now);
+        on_close(s, now);
         let _ = TCP_SOCKS.remove(sk);
-    } else if new == TCP_CLOSE_WAIT || new == TCP_FIN_WAIT1 {
-        // The peer, or this side, closed with a request outstanding: a
-        // failure, unless the answer came first (a server that answers and
-        // closes: the client reads the answer after the FIN) or the
-        // request was a goodbye.
-        if unsafe { (*s).answered } == 0 {
-            fail_outstanding_unless_goodbye(s, now);
+    } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
+        // This side closed (first, or after the peer).
+        on_close(s, now);
+    } else if new == TCP_CLOSE_WAIT {
+        // The peer's FIN alone ends nothing: the answer may still come (a
+        // half-closed request) or be on its way already. On loopback the
+        // answer reaches the peer inside the sender's sendmsg, before
+        // sock_send_length fires at its end, and the peer may read it and
+        // close in between (seen under QEMU on 6.12: a request answered in
+        // full counted as failed); and a client may read an answer that
+        // came just before the server's FIN. This side's close decides.
+        unsafe {
+            if (*s).fin_ns == 0 {
+                (*s).fin_ns = now;
+            }
         }
     }
     0

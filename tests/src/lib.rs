@@ -10,7 +10,7 @@ use std::{
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
         OnceLock,
-        mpsc::{Receiver, channel},
+        mpsc::{Receiver, RecvTimeoutError, channel},
     },
     time::{Duration, Instant},
 };
@@ -94,8 +94,12 @@ pub fn agent_bin() -> PathBuf {
 }
 
 /// The workload binary of this crate: cargo builds it next to the test
-/// binaries' `deps/` folder before running integration tests.
+/// binaries' `deps/` folder before running integration tests
+/// (`PROBE_WORKLOAD_BIN` overrides it, as in the QEMU guests).
 pub fn workload_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PROBE_WORKLOAD_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target profile folder");
     dir.join("probe-workload")
@@ -118,7 +122,7 @@ impl Agent {
     /// `cgroup.procs` file is given (so all its memory is charged there).
     pub fn start_in(args: &[&str], cgroup_procs: Option<&std::path::Path>) -> Result<Self> {
         let mut cmd = Command::new(agent_bin());
-        cmd.arg("run").args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("run").args(args);
         if let Some(procs) = cgroup_procs {
             use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
             let path = std::ffi::CString::new(procs.as_os_str().as_bytes())?;
@@ -135,6 +139,13 @@ impl Agent {
                 })
             };
         }
+        Agent::spawn(cmd)
+    }
+
+    /// Starts a prepared agent command (its stdout becomes the records)
+    /// and waits for its `status` record.
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("starting probe-agent")?;
         let stdout = child.stdout.take().context("agent stdout")?;
         let (tx, lines) = channel();
@@ -147,7 +158,8 @@ impl Agent {
             }
         });
         let mut agent = Agent { child, lines, records: Vec::new() };
-        agent.wait_for(|r| r["type"] == "status", Duration::from_secs(60))?;
+        // Generous: loading takes seconds under QEMU's emulation.
+        agent.wait_for(|r| r["type"] == "status", Duration::from_secs(120))?;
         Ok(agent)
     }
 
@@ -156,10 +168,10 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("no matching record within {timeout:?}"))?;
+            let line = self.lines.recv_timeout(left).map_err(|e| match e {
+                RecvTimeoutError::Timeout => anyhow!("no matching record within {timeout:?}"),
+                RecvTimeoutError::Disconnected => anyhow!("the agent closed its output (exited)"),
+            })?;
             let rec = parse_record(&line)?;
             self.records.push(rec.clone());
             if pred(&rec) {
@@ -174,9 +186,19 @@ impl Agent {
     }
 
     /// Sends SIGINT (the agent writes a final partial interval), waits for
-    /// it to exit, and returns every record it wrote.
-    pub fn stop(mut self) -> Result<Vec<Value>> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    /// it to exit, and returns every record it wrote, each checked against
+    /// the schema.
+    pub fn stop(self) -> Result<Vec<Value>> {
+        let records = self.stop_with(libc::SIGINT)?;
+        validate(&records)?;
+        Ok(records)
+    }
+
+    /// Sends `signal`, waits for a clean exit, and returns every record
+    /// written (not checked against the schema: the QEMU guests have no
+    /// validator, their records are checked on the host).
+    pub fn stop_with(mut self, signal: i32) -> Result<Vec<Value>> {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait()?;
         if !status.success() {
             bail!("agent exited with {status}");
@@ -184,7 +206,6 @@ impl Agent {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.records.push(parse_record(&line)?);
         }
-        validate(&self.records)?;
         Ok(std::mem::take(&mut self.records))
     }
 }

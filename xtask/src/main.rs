@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod names;
 mod soak;
+mod vm;
 
 #[derive(Parser)]
 struct Cli {
@@ -38,6 +39,19 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         interval: u64,
     },
+    /// Boot each kernel of the matrix under QEMU and run the ground-truth
+    /// checks inside (as root; about 5 minutes).
+    Vm {
+        /// Only these kernels of the matrix (e.g. 6.1-arm64); repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Fetch the newest package of each kernel series again.
+        #[arg(long)]
+        refresh: bool,
+        /// Run nothing: rewrite the README's kernel table from the last run.
+        #[arg(long)]
+        readme: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,5 +60,6 @@ fn main() -> Result<()> {
         Task::GenNames => names::run(&root),
         Task::Bench { rounds, calls, server_only } => bench::run(&root, rounds, calls, server_only),
         Task::Soak { minutes, interval } => soak::run(&root, minutes, interval),
+        Task::Vm { only, refresh, readme } => vm::run(&root, &only, refresh, readme),
     }
 }

@@ -6,12 +6,31 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
+use log::debug;
 use probe_common::cpu::{
     COUNTER_MAP, COUNTERS, CURRENT_MAP, CpuKey, CpuValue, RUNQ_CONTROL_MAP, RUNQ_MAP, RunqKey,
-    RunqValue, SchedCurrent, TIME_MAP, WAKE_MAP,
+    RunqValue, STATE_OFFSET_GLOBAL, SWITCH_STATE_ARG_GLOBAL, SchedCurrent, TIME_MAP, WAKE_MAP,
 };
 
 use super::{MapFill, ProbeError, max_entries, take};
+
+/// How `sched_switch` learns the outgoing task's state on this kernel, as
+/// the loader's globals: from its fourth argument (5.18+: `btf_trace_sched_switch`
+/// takes 5 parameters with the leading `void *`), else from
+/// `task_struct::__state` (`state` before 5.14). Without BTF, neither: only
+/// preemptions then restart a task's run-queue wait.
+pub fn switch_globals(btf: Option<&crate::btf::Btf>) -> [(&'static str, u32); 2] {
+    let Some(btf) = btf else {
+        return [(SWITCH_STATE_ARG_GLOBAL, 0), (STATE_OFFSET_GLOBAL, 0)];
+    };
+    let has_arg = btf.fn_pointer_params("btf_trace_sched_switch").is_ok_and(|n| n >= 5);
+    let state_off = btf
+        .member_offset("task_struct", "__state")
+        .or_else(|_| btf.member_offset("task_struct", "state"))
+        .unwrap_or(0);
+    debug!("sched_switch: prev_state argument {has_arg}, task_struct state at {state_off}");
+    [(SWITCH_STATE_ARG_GLOBAL, u32::from(has_arg)), (STATE_OFFSET_GLOBAL, state_off)]
+}
 
 /// One read of the CPU maps, with the monotonic time it was taken at.
 #[derive(Clone, Debug, Default)]

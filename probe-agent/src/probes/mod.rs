@@ -37,12 +37,25 @@ pub enum ProbeError {
     MissingProgram(&'static str),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
-    #[error("program {name}: {source}")]
+    #[error("program {name}: {}", causes(source))]
     Program { name: &'static str, source: ProgramError },
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {}", causes(source))]
     Map { name: &'static str, source: MapError },
     #[error("no probe could be attached: {0}")]
     NothingAttached(String),
+}
+
+/// An error and its causes, "a: b: c": aya keeps the OS error (what a
+/// user needs to see, e.g. "No such file or directory" for a tracepoint
+/// this kernel lacks) as a cause of "`bpf_raw_tracepoint_open` failed".
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
 }
 
 /// One row of the attach table: a program of the object, its raw
@@ -144,6 +157,7 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
             }
         }
     }
+    let switch = cpu::switch_globals(btf.as_ref().ok());
     drop(btf);
     // No kernel BTF for aya: the programs use no CO-RE relocations, and
     // parsing vmlinux BTF would cost the agent tens of MiB.
@@ -154,7 +168,7 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
         .btf(None)
         .map_max_entries(probe_common::syscalls::STATS_MAP, stats_entries)
         .override_global(probe_common::cpu::TGID_OFFSET_GLOBAL, &tgid_off, true);
-    for (global, off) in &tcp_offsets {
+    for (global, off) in tcp_offsets.iter().chain(&switch) {
         loader.override_global(global, off, true);
     }
     let ebpf = loader.load(OBJECT)?;
@@ -187,7 +201,11 @@ pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })?;
     program.load().map_err(|source| ProbeError::Program { name, source })?;
-    program.attach(hook.tracepoint).map_err(|source| ProbeError::Program { name, source })?;
+    if let Err(source) = program.attach(hook.tracepoint) {
+        // Nothing will run it: give its kernel memory back now.
+        let _ = program.unload();
+        return Err(ProbeError::Program { name, source });
+    }
     debug!("attached {name} to raw tracepoint {}", hook.tracepoint);
     Ok(())
 }

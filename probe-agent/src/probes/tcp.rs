@@ -138,7 +138,11 @@ pub fn attach(
         .try_into()
         .map_err(|source| ProbeError::Program { name: program, source })?;
     prog.load().map_err(|source| ProbeError::Program { name: program, source })?;
-    prog.attach(category, name).map_err(|source| ProbeError::Program { name: program, source })?;
+    if let Err(source) = prog.attach(category, name) {
+        // Nothing will run it: give its kernel memory back now.
+        let _ = prog.unload();
+        return Err(ProbeError::Program { name: program, source });
+    }
     debug!("attached {program} to tracepoint {category}:{name}");
     Ok(())
 }

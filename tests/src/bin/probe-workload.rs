@@ -71,7 +71,7 @@ fn main() -> Result<()> {
                 }
             }
             took.sort_unstable();
-            let p = |q: f64| took[((q / 100.0 * took.len() as f64).ceil() as usize).max(1) - 1];
+            let p = |q: f64| nearest_rank(&took, q);
             let sum: u64 = took.iter().sum();
             serde_json::json!({"pid": pid, "count": count, "p50_ns": p(50.0), "p95_ns": p(95.0),
                 "p99_ns": p(99.0), "max_ns": took.last(), "avg_ns": sum / count.max(1)})
@@ -134,9 +134,12 @@ fn main() -> Result<()> {
             serde_json::json!({"pid": pid, "count": count, "ns_per_call": ns})
         }
         // --ms M --threads T: T threads each burn the CPU for M ms of wall
-        // time; reports the CPU time the process used (getrusage).
+        // time; reports the CPU time the process used from the go signal
+        // on (getrusage): its start-up before that ran before the agent
+        // attached (tens of ms under emulation).
         "spin" => {
             let (ms, threads) = (num("--ms", 1000)?, num("--threads", 1)?);
+            let before = cpu_ns();
             let burn = move || {
                 let t0 = Instant::now();
                 let mut x = 0u64;
@@ -151,7 +154,7 @@ fn main() -> Result<()> {
             for h in handles {
                 h.join().map_err(|_| anyhow::anyhow!("spinner panicked"))?;
             }
-            serde_json::json!({"pid": pid, "cpu_ns": cpu_ns()})
+            serde_json::json!({"pid": pid, "cpu_ns": cpu_ns() - before})
         }
         // --mib N --hold-ms H: allocates and touches N MiB, holds it H ms.
         "alloc" => {
@@ -214,7 +217,11 @@ fn main() -> Result<()> {
         }
         // --port P --requests N --request-bytes Q [--keepalive]: N requests of
         // Q bytes (newline-terminated) to 127.0.0.1:P, each answered by one
-        // line; one connection for all, or one per request.
+        // line; one connection for all, or one per request. Reports the
+        // median round trip (from sending a request to reading its answer)
+        // and the median wait (from the send's return to the answer read):
+        // what the agent measures, from the end of the client's send to the
+        // end of its first read of the answer.
         "tcp-client" => {
             let port = num("--port", 0)? as u16;
             let (n, q) = (num("--requests", 10)?, num("--request-bytes", 64)?.max(1));
@@ -222,22 +229,31 @@ fn main() -> Result<()> {
             let request: Vec<u8> = (0..q).map(|i| if i + 1 == q { b'\n' } else { b'a' }).collect();
             let (mut received, mut connects) = (0u64, 0u64);
             let mut conn: Option<BufReader<TcpStream>> = None;
+            let (mut took, mut waited) = (Vec::new(), Vec::new());
             for _ in 0..n {
                 if conn.is_none() {
                     conn = Some(BufReader::new(TcpStream::connect(("127.0.0.1", port))?));
                     connects += 1;
                 }
                 let c = conn.as_mut().context("connection")?;
+                let t0 = Instant::now();
                 c.get_mut().write_all(&request)?;
+                let sent = Instant::now();
                 let mut line = Vec::new();
                 c.read_until(b'\n', &mut line)?;
+                took.push(t0.elapsed().as_nanos() as u64);
+                waited.push(sent.elapsed().as_nanos() as u64);
                 received += line.len() as u64;
                 if !keepalive {
                     conn = None;
                 }
             }
+            took.sort_unstable();
+            waited.sort_unstable();
             serde_json::json!({"pid": pid, "requests": n, "connects": connects,
-                "bytes_sent": n * q, "bytes_received": received})
+                "bytes_sent": n * q, "bytes_received": received,
+                "round_trip_p50_ns": nearest_rank(&took, 50.0),
+                "wait_p50_ns": nearest_rank(&waited, 50.0)})
         }
         // --port P --count N: N connects to a port nobody listens on.
         "tcp-refused" => {
@@ -357,6 +373,12 @@ fn tcp_server(delay_ms: u64, bytes: u64, delay_file: Option<std::path::PathBuf>)
         });
     }
     Ok(())
+}
+
+/// The `q`th percentile of sorted values, by nearest rank (0 when empty).
+fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
+    let rank = ((q / 100.0 * sorted.len() as f64).ceil() as usize).max(1);
+    sorted.get(rank - 1).copied().unwrap_or(0)
 }
 
 /// CPU time (user + system) this process has used, in ns.
