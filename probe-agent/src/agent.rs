@@ -25,7 +25,9 @@ use crate::{
     caps,
     cli::RunConfig,
     containers::{self, Cgroups, Container},
-    cost, disk, names,
+    cost, disk,
+    family::Family,
+    names,
     probes::{
         self as probe, MapFill, ProbeError, Probes, ProgramStats, cpu::CpuSnapshot,
         tcp::TcpSnapshot,
@@ -84,7 +86,7 @@ struct Agent {
     config_state: ConfigState,
     shedder: Shedder,
     /// Optional probes switched off by the overhead budget, in order.
-    probes_off: Vec<&'static str>,
+    probes_off: Vec<Family>,
     shed_alert: Option<serde_json::Value>,
     /// Alerts about the agent itself, written after the agent record.
     pending_alerts: Vec<serde_json::Value>,
@@ -170,7 +172,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         cgroups: Cgroups::detect(),
         rules: Engine::new(&cfg.config),
         prev_rules_cut: 0,
-        shedder: Shedder::new(cfg.overhead_budget_pct, OPTIONAL.len() as u32),
+        shedder: Shedder::new(
+            cfg.overhead_budget_pct,
+            Family::ALL.iter().filter(|f| f.optional()).count() as u32,
+        ),
         probes_off: Vec::new(),
         shed_alert: None,
         pending_alerts: Vec::new(),
@@ -303,18 +308,22 @@ impl Agent {
 
     fn kpis(&self) -> BTreeMap<&'static str, KpiStatus> {
         let mut kpis = BTreeMap::new();
-        for family in [probe::SYSCALLS, probe::CPU, probe::RUNQ, probe::TCP] {
-            let reason = self.probes.unavailable(family).map(str::to_string).or_else(|| {
-                self.probes_off
-                    .contains(&family)
-                    .then(|| "switched off by the overhead budget (--overhead-budget-pct)".into())
-            });
-            kpis.insert(family, KpiStatus { available: reason.is_none(), reason });
+        for family in Family::ALL {
+            let reason = match family {
+                Family::Syscalls | Family::Cpu | Family::Runq | Family::Tcp => {
+                    self.probes.unavailable(family).map(str::to_string).or_else(|| {
+                        self.probes_off.contains(&family).then(|| {
+                            "switched off by the overhead budget (--overhead-budget-pct)".into()
+                        })
+                    })
+                }
+                Family::Memory => {
+                    procfs::meminfo().is_none().then(|| "/proc/meminfo unreadable".to_string())
+                }
+                Family::Disk => None,
+            };
+            kpis.insert(family.name(), KpiStatus { available: reason.is_none(), reason });
         }
-        let memory = procfs::meminfo().is_some();
-        let reason = (!memory).then(|| "/proc/meminfo unreadable".to_string());
-        kpis.insert("memory", KpiStatus { available: memory, reason });
-        kpis.insert("disk", KpiStatus { available: true, reason: None });
         kpis
     }
 
@@ -831,15 +840,15 @@ impl Agent {
             if let Err(err) = self.probes.syscalls.set_sample_mask(self.shedder.mask()) {
                 warn!("could not change the latency sampling: {err}");
             }
-            self.switch_optional_probes(sample.as_ref());
+            self.switch_optional_probes(&runs);
             self.shed_alert =
-                Some(shed_alert(&header, cost_pct, &self.shedder, before, &self.probes_off));
+                Some(shed_alert(&header, cost_pct, &self.shedder, before, &self.off_names()));
         }
         let shedding = Shedding {
             budget_pct: self.shedder.budget_pct,
             cost_pct,
             latency_sample_every: self.shedder.every(),
-            probes_off: self.probes_off.clone(),
+            probes_off: self.probes_off.iter().map(|f| f.name()).collect(),
         };
         let (dropped_intervals, sinks) = self.out.report();
         for s in sinks.iter().filter(|s| s.failing || s.dropped_records.total() > 0) {
@@ -917,31 +926,31 @@ impl Agent {
     }
 }
 
-/// Optional probes the overhead budget may switch off.
-const OPTIONAL: [&str; 2] = [probe::TCP, probe::RUNQ];
-
 impl Agent {
-    /// Switches optional probes off or on to match the shedding step: off,
-    /// the costliest of those still on (by the last sampled run time;
-    /// TCP first without a sample); on, the last switched off.
-    fn switch_optional_probes(&mut self, sample: Option<&StatsSample>) {
+    fn off_names(&self) -> Vec<&'static str> {
+        self.probes_off.iter().map(|f| f.name()).collect()
+    }
+
+    /// Switches optional families off or on to match the shedding step:
+    /// off, the costliest of those still on (by their programs' estimated
+    /// cost this interval; TCP first on a tie); on, the last switched off.
+    fn switch_optional_probes(&mut self, runs: &BTreeMap<&'static str, u64>) {
         let want = self.shedder.probes_off() as usize;
         while self.probes_off.len() < want {
-            let cost = |family: &str| -> u64 {
+            let cost = |family: Family| -> u64 {
                 let programs = probe::programs_of(family);
-                sample.map_or(0, |s| {
-                    s.programs.iter().filter(|p| programs.contains(&p.0)).map(|p| p.2).sum()
-                })
+                let ran = runs.iter().filter(|(p, _)| programs.contains(p));
+                self.prices.cost_ns(&ran.map(|(&p, &n)| (p, n)).collect()) as u64
             };
-            let Some(&family) = OPTIONAL
-                .iter()
-                .filter(|f| !self.probes_off.contains(f))
-                .filter(|f| self.probes.unavailable(f).is_none())
-                .max_by_key(|f| (cost(f), **f == probe::TCP))
+            let Some(family) = Family::ALL
+                .into_iter()
+                .filter(|f| f.optional() && !self.probes_off.contains(f))
+                .filter(|&f| self.probes.unavailable(f).is_none())
+                .max_by_key(|&f| (cost(f), f == Family::Tcp))
             else {
                 break;
             };
-            match self.set_optional(family, false) {
+            match self.probes.set_on(family, false) {
                 Ok(()) => self.probes_off.push(family),
                 Err(err) => {
                     warn!("could not switch {family} off: {err}");
@@ -951,17 +960,9 @@ impl Agent {
         }
         while self.probes_off.len() > want {
             let family = self.probes_off.pop().expect("not empty");
-            if let Err(err) = self.set_optional(family, true) {
+            if let Err(err) = self.probes.set_on(family, true) {
                 warn!("could not switch {family} back on: {err}");
             }
-        }
-    }
-
-    fn set_optional(&mut self, family: &str, on: bool) -> Result<(), ProbeError> {
-        if family == probe::TCP {
-            self.probes.tcp.set_on(on)
-        } else {
-            self.probes.cpu.set_runq_on(on)
         }
     }
 }

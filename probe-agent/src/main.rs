@@ -11,6 +11,7 @@ mod config;
 mod containers;
 mod cost;
 mod disk;
+mod family;
 mod merge;
 mod metrics;
 mod names;

@@ -147,22 +147,65 @@ const _: () = assert!(core::mem::size_of::<TcpKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpValue>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 32);
 
-/// The tracepoint fields the programs read, at the offsets they were built
-/// for (from each event's `format` file under tracefs). The agent checks
-/// them against the running kernel before attaching.
-pub const FIELDS: &[(&str, &str, &str, u32, u32)] = &[
-    // (subsystem, event, field, offset, size)
-    ("sock", "inet_sock_set_state", "skaddr", 8, 8),
-    ("sock", "inet_sock_set_state", "oldstate", 16, 4),
-    ("sock", "inet_sock_set_state", "newstate", 20, 4),
-    ("sock", "inet_sock_set_state", "sport", 24, 2),
-    ("sock", "inet_sock_set_state", "dport", 26, 2),
-    ("sock", "inet_sock_set_state", "family", 28, 2),
-    ("sock", "inet_sock_set_state", "protocol", 30, 2),
-    ("sock", "inet_sock_set_state", "daddr", 36, 4),
-    ("sock", "inet_sock_set_state", "daddr_v6", 56, 16),
-    ("tcp", "tcp_retransmit_skb", "skaddr", 16, 8),
-    ("tcp", "tcp_send_reset", "skaddr", 16, 8),
-    ("tcp", "tcp_receive_reset", "skaddr", 8, 8),
-    ("tcp", "tcp_destroy_sock", "skaddr", 8, 8),
+/// A field of a classic tracepoint's record, where the programs read it
+/// (from each event's `format` file under tracefs). The kernel programs
+/// read through these constants and the agent checks the same constants
+/// against the running kernel before attaching: one name for each offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub subsystem: &'static str,
+    pub event: &'static str,
+    pub name: &'static str,
+    pub offset: u32,
+    pub size: u32,
+}
+
+const fn f(
+    subsystem: &'static str,
+    event: &'static str,
+    name: &'static str,
+    offset: u32,
+    size: u32,
+) -> Field {
+    Field { subsystem, event, name, offset, size }
+}
+
+/// `sock:inet_sock_set_state` (include/trace/events/sock.h, 4.16+).
+pub mod set_state {
+    use super::{Field, f};
+    pub const SKADDR: Field = f("sock", "inet_sock_set_state", "skaddr", 8, 8);
+    pub const OLDSTATE: Field = f("sock", "inet_sock_set_state", "oldstate", 16, 4);
+    pub const NEWSTATE: Field = f("sock", "inet_sock_set_state", "newstate", 20, 4);
+    pub const SPORT: Field = f("sock", "inet_sock_set_state", "sport", 24, 2);
+    pub const DPORT: Field = f("sock", "inet_sock_set_state", "dport", 26, 2);
+    pub const FAMILY: Field = f("sock", "inet_sock_set_state", "family", 28, 2);
+    pub const PROTOCOL: Field = f("sock", "inet_sock_set_state", "protocol", 30, 2);
+    pub const DADDR: Field = f("sock", "inet_sock_set_state", "daddr", 36, 4);
+    pub const DADDR_V6: Field = f("sock", "inet_sock_set_state", "daddr_v6", 56, 16);
+}
+
+/// `skaddr` of the `tcp:*` events (include/trace/events/tcp.h).
+pub mod tcp_events {
+    use super::{Field, f};
+    pub const RETRANSMIT_SKADDR: Field = f("tcp", "tcp_retransmit_skb", "skaddr", 16, 8);
+    pub const SEND_RESET_SKADDR: Field = f("tcp", "tcp_send_reset", "skaddr", 16, 8);
+    pub const RECEIVE_RESET_SKADDR: Field = f("tcp", "tcp_receive_reset", "skaddr", 8, 8);
+    pub const DESTROY_SKADDR: Field = f("tcp", "tcp_destroy_sock", "skaddr", 8, 8);
+}
+
+/// Every field the programs read, for the agent's check.
+pub const FIELDS: &[Field] = &[
+    set_state::SKADDR,
+    set_state::OLDSTATE,
+    set_state::NEWSTATE,
+    set_state::SPORT,
+    set_state::DPORT,
+    set_state::FAMILY,
+    set_state::PROTOCOL,
+    set_state::DADDR,
+    set_state::DADDR_V6,
+    tcp_events::RETRANSMIT_SKADDR,
+    tcp_events::SEND_RESET_SKADDR,
+    tcp_events::RECEIVE_RESET_SKADDR,
+    tcp_events::DESTROY_SKADDR,
 ];

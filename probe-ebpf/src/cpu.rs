@@ -8,7 +8,6 @@
 //! own context, so no field of another task is read for it.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
@@ -24,7 +23,8 @@ use probe_common::{
     hist::bucket_of,
 };
 
-const EEXIST: i64 = 17;
+use crate::maps::{self, Upserted};
+
 /// `TASK_RUNNING` (include/linux/sched.h): `prev_state` of a preempted task.
 const TASK_RUNNING: u32 = 0;
 /// `TASK_DEAD`: `prev_state` of an exiting task's final switch.
@@ -78,9 +78,7 @@ static CPU_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
 #[inline(always)]
 fn bump(reason: Counter) {
-    if let Some(slot) = CPU_CNT.get_ptr_mut(reason as u32) {
-        unsafe { *slot += 1 };
-    }
+    maps::bump(&CPU_CNT, reason as u32);
 }
 
 /// Called from `sched_switch` with `current` = the outgoing task.
@@ -173,67 +171,31 @@ pub fn on_thread_exit() {
 #[inline(always)]
 fn set_wake(task: u64, now: u64) {
     // Entries stay until the thread exits, so a wakeup is usually a store.
-    if let Some(slot) = RUNQ_WAKE.get_ptr_mut(task) {
-        unsafe { *slot = now };
-    } else if let Err(err) = RUNQ_WAKE.insert(task, now, BPF_NOEXIST as u64)
-        && err as i64 != -EEXIST
-    {
+    if !maps::store(&RUNQ_WAKE, &task, now) {
         bump(Counter::WakeFull);
     }
 }
 
 #[inline(always)]
 fn add_time(key: &CpuKey, ns: u64) {
-    if let Some(v) = CPU_TIME.get_ptr_mut(key) {
-        unsafe { update_time(v, ns) };
-        return;
-    }
-    match CPU_TIME.insert(key, CpuValue { run_ns: ns, runs: 1 }, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        // Another CPU created it first; this CPU's copy exists, zeroed.
-        Err(err) if err as i64 == -EEXIST => {
-            if let Some(v) = CPU_TIME.get_ptr_mut(key) {
-                unsafe { update_time(v, ns) };
-            }
-        }
-        Err(_) => bump(Counter::TimeFull),
-    }
-}
-
-#[inline(always)]
-unsafe fn update_time(v: *mut CpuValue, ns: u64) {
-    unsafe {
-        (*v).run_ns += ns;
-        (*v).runs += 1;
+    let first = CpuValue { run_ns: ns, runs: 1 };
+    if let Upserted::Full = maps::upsert(&CPU_TIME, key, first, |v| {
+        v.run_ns += ns;
+        v.runs += 1;
+    }) {
+        bump(Counter::TimeFull);
     }
 }
 
 #[inline(always)]
 fn add_runq(tgid: u32, ns: u64) {
     let key = RunqKey { tgid, bucket: bucket_of(ns) };
-    if let Some(v) = RUNQ_LAT.get_ptr_mut(key) {
-        unsafe { update_runq(v, ns) };
-        return;
-    }
     let first = RunqValue { count: 1, sum_ns: ns, max_ns: ns };
-    match RUNQ_LAT.insert(key, first, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(err) if err as i64 == -EEXIST => {
-            if let Some(v) = RUNQ_LAT.get_ptr_mut(key) {
-                unsafe { update_runq(v, ns) };
-            }
-        }
-        Err(_) => bump(Counter::RunqFull),
-    }
-}
-
-#[inline(always)]
-unsafe fn update_runq(v: *mut RunqValue, ns: u64) {
-    unsafe {
-        (*v).count += 1;
-        (*v).sum_ns += ns;
-        if ns > (*v).max_ns {
-            (*v).max_ns = ns;
-        }
+    if let Upserted::Full = maps::upsert(&RUNQ_LAT, &key, first, |v| {
+        v.count += 1;
+        v.sum_ns += ns;
+        v.max_ns = v.max_ns.max(ns);
+    }) {
+        bump(Counter::RunqFull);
     }
 }

@@ -5,6 +5,7 @@
 
 mod cpu;
 mod floor;
+mod maps;
 mod runs;
 mod sched;
 mod syscalls;

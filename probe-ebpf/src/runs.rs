@@ -10,9 +10,5 @@ static PROG_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RUNS_SLOTS, 0
 /// Counts one run of the program in `slot` (`probe_common::runs::slot`).
 #[inline(always)]
 pub fn count(slot: u32) {
-    if let Some(n) = PROG_RUNS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU slot: only this CPU writes it, and our programs
-        // do not nest on one CPU.
-        unsafe { *n += 1 };
-    }
+    crate::maps::bump(&PROG_RUNS, slot);
 }

@@ -11,7 +11,7 @@
 //! scheduler hooks that call into this module are in `sched.rs`.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
     },
@@ -29,7 +29,7 @@ use probe_common::{
     },
 };
 
-const EEXIST: i64 = 17;
+use crate::maps::{self, Upserted};
 
 #[map(name = "SYSCALL_STATS")]
 static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallValue> =
@@ -53,10 +53,7 @@ static SYSCALL_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0
 /// Counts one event lost for `reason`.
 #[inline(always)]
 fn bump(reason: Counter) {
-    if let Some(slot) = SYSCALL_CNT.get_ptr_mut(reason as u32) {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU.
-        unsafe { *slot += 1 };
-    }
+    maps::bump(&SYSCALL_CNT, reason as u32);
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -158,33 +155,16 @@ fn take_start(tid: u32) -> Option<(u64, u32)> {
 /// per-CPU slot, creating it if new.
 #[inline(always)]
 fn add(key: &SyscallKey, delta_ns: u64, errors: u64) {
-    if let Some(value) = SYSCALL_STATS.get_ptr_mut(key) {
-        unsafe { update(value, delta_ns, errors) };
-        return;
-    }
     let first = SyscallValue { count: 1, errors, sum_ns: delta_ns, max_ns: delta_ns };
-    match SYSCALL_STATS.insert(key, first, BPF_NOEXIST as u64) {
-        Ok(()) => remember_comm(key.tgid),
-        // Another CPU created it between our lookup and insert; our CPU's
-        // copy is zero and now exists.
-        Err(err) if err as i64 == -EEXIST => match SYSCALL_STATS.get_ptr_mut(key) {
-            Some(value) => unsafe { update(value, delta_ns, errors) },
-            None => bump(Counter::StatsFull),
-        },
-        Err(_) => bump(Counter::StatsFull),
-    }
-}
-
-#[inline(always)]
-unsafe fn update(value: *mut SyscallValue, delta_ns: u64, errors: u64) {
-    // Per-CPU value: only this CPU writes it.
-    unsafe {
-        (*value).count += 1;
-        (*value).errors += errors;
-        (*value).sum_ns += delta_ns;
-        if delta_ns > (*value).max_ns {
-            (*value).max_ns = delta_ns;
-        }
+    match maps::upsert(&SYSCALL_STATS, key, first, |v| {
+        v.count += 1;
+        v.errors += errors;
+        v.sum_ns += delta_ns;
+        v.max_ns = v.max_ns.max(delta_ns);
+    }) {
+        Upserted::Created => remember_comm(key.tgid),
+        Upserted::Updated => {}
+        Upserted::Full => bump(Counter::StatsFull),
     }
 }
 
@@ -193,9 +173,7 @@ unsafe fn update(value: *mut SyscallValue, delta_ns: u64, errors: u64) {
 #[inline(always)]
 fn remember_comm(tgid: u32) {
     let Ok(bytes) = bpf_get_current_comm() else { return };
-    if let Err(err) = PROC_COMM.insert(tgid, Comm { bytes }, BPF_NOEXIST as u64)
-        && err as i64 != -EEXIST
-    {
+    if !maps::insert_new(&PROC_COMM, &tgid, Comm { bytes }) {
         bump(Counter::CommFull);
     }
 }
@@ -211,9 +189,7 @@ pub fn on_switch_out(tid: u32) {
     }
     unsafe { (*cur).tid = 0 };
     let start = SyscallStart { start_ns: c.start_ns, nr: c.nr, _pad: 0 };
-    if let Some(slot) = SYSCALL_START.get_ptr_mut(c.tid) {
-        unsafe { *slot = start };
-    } else if SYSCALL_START.insert(c.tid, start, BPF_NOEXIST as u64).is_err() {
+    if !maps::store(&SYSCALL_START, &c.tid, start) {
         bump(Counter::StartFull);
     }
 }

@@ -24,25 +24,26 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::runs;
+use crate::{
+    maps::{self, Upserted},
+    runs,
+};
 use probe_common::{
     hist::bucket_of,
     runs::slot,
     tcp::{
-        COUNTERS, Counter, ENDPOINT_MAX_ENTRIES, EndpointKey, ROLE_CLIENT, ROLE_SERVER,
+        COUNTERS, Counter, ENDPOINT_MAX_ENTRIES, EndpointKey, Field, ROLE_CLIENT, ROLE_SERVER,
         ROLE_UNKNOWN, SLOT_ERROR, SOCK_MAX_ENTRIES, STATS_MAX_ENTRIES, SockState, TcpKey, TcpValue,
-        metric,
+        metric, set_state, tcp_events,
     },
 };
 
-const EEXIST: i64 = 17;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
@@ -115,16 +116,21 @@ fn switched_off() -> bool {
 
 #[inline(always)]
 fn bump(reason: Counter) {
-    if let Some(slot) = TCP_CNT.get_ptr_mut(reason as u32) {
-        unsafe { *slot += 1 };
-    }
+    maps::bump(&TCP_CNT, reason as u32);
 }
 
-/// A field of the tracepoint record at `off` (aligned to its size; the
+/// A field of the tracepoint record (see `probe_common::tcp::Field`; the
 /// verifier allows direct reads of a tracepoint's context).
 #[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
-    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<T>()) }
+fn field<T: Copy>(ctx: &TracePointContext, f: Field) -> T {
+    field_at(ctx, f.offset)
+}
+
+#[inline(always)]
+fn field_at<T: Copy>(ctx: &TracePointContext, off: u32) -> T {
+    // SAFETY: the offset is one of the record's fields, checked against the
+    // running kernel's format before the program is attached.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off as usize).cast::<T>()) }
 }
 
 /// Adds one sample (`sum`, and `max` of it) to a connection KPI.
@@ -136,28 +142,13 @@ fn stat(tgid: u32, metric: u16, slot: u16, sum: u64) {
 
 #[inline(always)]
 fn add<K>(map: &PerCpuHashMap<K, TcpValue>, key: &K, sum: u64, full: Counter) {
-    if let Some(v) = map.get_ptr_mut(key) {
-        unsafe {
-            (*v).count += 1;
-            (*v).sum += sum;
-            if sum > (*v).max {
-                (*v).max = sum;
-            }
-        }
-        return;
-    }
     let first = TcpValue { count: 1, sum, max: sum };
-    match map.insert(key, first, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(err) if err as i64 == -EEXIST => {
-            if let Some(v) = map.get_ptr_mut(key) {
-                unsafe {
-                    (*v).count += 1;
-                    (*v).sum += sum;
-                }
-            }
-        }
-        Err(_) => bump(full),
+    if let Upserted::Full = maps::upsert(map, key, first, |v| {
+        v.count += 1;
+        v.sum += sum;
+        v.max = v.max.max(sum);
+    }) {
+        bump(full);
     }
 }
 
@@ -222,14 +213,14 @@ fn end_answered(s: *mut SockState, now: u64) {
 #[inline(always)]
 fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
     if family == AF_INET6 {
-        let hi: [u8; 8] = field(ctx, 56);
-        let lo: [u8; 8] = field(ctx, 64);
+        let hi: [u8; 8] = field_at(ctx, set_state::DADDR_V6.offset);
+        let lo: [u8; 8] = field_at(ctx, set_state::DADDR_V6.offset + 8);
         let mut a = [0u8; 16];
         a[..8].copy_from_slice(&hi);
         a[8..].copy_from_slice(&lo);
         a
     } else {
-        let v4: [u8; 4] = field(ctx, 36);
+        let v4: [u8; 4] = field(ctx, set_state::DADDR);
         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
     }
 }
@@ -240,23 +231,23 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if switched_off() {
         return 0;
     }
-    let protocol: u16 = field(&ctx, 30);
+    let protocol: u16 = field(&ctx, set_state::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return 0;
     }
-    let sk: u64 = field(&ctx, 8);
-    let old: i32 = field(&ctx, 16);
-    let new: i32 = field(&ctx, 20);
+    let sk: u64 = field(&ctx, set_state::SKADDR);
+    let old: i32 = field(&ctx, set_state::OLDSTATE);
+    let new: i32 = field(&ctx, set_state::NEWSTATE);
     let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_SYN_SENT {
         // connect(): runs in the connecting process.
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let family: u16 = field(&ctx, 28);
+        let family: u16 = field(&ctx, set_state::FAMILY);
         let s = SockState {
             tgid,
             role: ROLE_CLIENT,
-            lport: field(&ctx, 24),
-            rport: field(&ctx, 26),
+            lport: field(&ctx, set_state::SPORT),
+            rport: field(&ctx, set_state::DPORT),
             raddr: remote(&ctx, family),
             syn_ns: now,
             ..SockState::default()
@@ -269,11 +260,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // A connection accepted by a listener (softirq: owner not known yet).
-        let family: u16 = field(&ctx, 28);
+        let family: u16 = field(&ctx, set_state::FAMILY);
         let s = SockState {
             role: ROLE_SERVER,
-            lport: field(&ctx, 24),
-            rport: field(&ctx, 26),
+            lport: field(&ctx, set_state::SPORT),
+            rport: field(&ctx, set_state::DPORT),
             raddr: remote(&ctx, family),
             ..SockState::default()
         };
@@ -328,9 +319,7 @@ fn owned(sk: u64) -> Option<(*mut SockState, u32)> {
         None => {
             // Connected before the agent started: bytes only, role unknown.
             let fresh = SockState { tgid, ..SockState::default() };
-            if let Err(err) = TCP_SOCKS.insert(sk, fresh, BPF_NOEXIST as u64)
-                && err as i64 != -EEXIST
-            {
+            if !maps::insert_new(&TCP_SOCKS, &sk, fresh) {
                 bump(Counter::SocksFull);
                 return None;
             }
@@ -464,7 +453,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     if switched_off() {
         return 0;
     }
-    let sk: u64 = field(&ctx, 16);
+    let sk: u64 = field(&ctx, tcp_events::RETRANSMIT_SKADDR);
     let tgid = TCP_SOCKS.get_ptr_mut(sk).map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RETRANSMITS, 0, 0);
     0
@@ -476,7 +465,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     if switched_off() {
         return 0;
     }
-    let sk: u64 = field(&ctx, 16);
+    let sk: u64 = field(&ctx, tcp_events::SEND_RESET_SKADDR);
     let s = if sk != 0 { TCP_SOCKS.get_ptr_mut(sk) } else { None };
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RESETS_SENT, 0, 0);
@@ -493,7 +482,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if switched_off() {
         return 0;
     }
-    let sk: u64 = field(&ctx, 8);
+    let sk: u64 = field(&ctx, tcp_events::RECEIVE_RESET_SKADDR);
     let s = TCP_SOCKS.get_ptr_mut(sk);
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RESETS_RECEIVED, 0, 0);
@@ -507,7 +496,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     runs::count(const { slot("tcp_destroy_sock") });
-    let sk: u64 = field(&ctx, 8);
+    let sk: u64 = field(&ctx, tcp_events::DESTROY_SKADDR);
     if let Some(s) = TCP_SOCKS.get_ptr_mut(sk) {
         end_answered(s, unsafe { bpf_ktime_get_ns() });
         fail_outstanding(s);

@@ -93,48 +93,16 @@ impl CpuMaps {
     /// Reads ended runs first, then what runs now: a run that ends between
     /// the two reads is then counted late (next interval), never twice.
     pub fn read(&self) -> Result<CpuSnapshot, ProbeError> {
-        let mut time = HashMap::new();
-        for item in self.time.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(ProbeError::Map { name: TIME_MAP, source }),
-            };
-            let mut sum = CpuValue::default();
-            for v in per_cpu.iter() {
-                sum.run_ns += v.run_ns;
-                sum.runs += v.runs;
-            }
-            time.insert(key, sum);
-        }
+        let time = super::read_summed(&self.time, TIME_MAP)?;
         let current = self.current.get(&0, 0).map_err(map_err(CURRENT_MAP))?.to_vec();
         let at_ns = monotonic_ns();
-        let mut runq = HashMap::new();
-        for item in self.runq.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(ProbeError::Map { name: RUNQ_MAP, source }),
-            };
-            let mut sum = RunqValue::default();
-            for v in per_cpu.iter() {
-                sum.count += v.count;
-                sum.sum_ns += v.sum_ns;
-                sum.max_ns = sum.max_ns.max(v.max_ns);
-            }
-            runq.insert(key, sum);
-        }
+        let runq = super::read_summed(&self.runq, RUNQ_MAP)?;
         Ok(CpuSnapshot { at_ns, time, current, runq })
     }
 
     /// The kernel's loss counters, summed over CPUs, indexed by `cpu::Counter`.
     pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
-        let mut out = [0u64; COUNTERS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+        super::read_counters(&self.counters, COUNTER_MAP)
     }
 
     /// Frees the entries of processes that have exited (after their last read).

@@ -14,10 +14,12 @@ use std::{collections::BTreeMap, os::fd::OwnedFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{IterableMap, MapError},
-    programs::{ProgramError, RawTracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use log::{debug, warn};
 use probe_common::runs::{COUNTED, RUNS_MAP};
+
+use crate::family::Family;
 
 /// The kernel object, built by build.rs from probe-ebpf (empty when built
 /// without the eBPF toolchain).
@@ -43,6 +45,8 @@ pub enum ProbeError {
     Map { name: &'static str, source: MapError },
     #[error("no probe could be attached: {0}")]
     NothingAttached(String),
+    #[error("the {0} KPIs cannot be switched off")]
+    NotOptional(Family),
 }
 
 /// An error and its causes, "a: b: c": aya keeps the OS error (what a
@@ -58,49 +62,74 @@ fn causes(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// One row of the attach table: a program of the object, its raw
-/// tracepoint, and the KPI families that cannot work without it.
-pub struct Hook {
-    pub program: &'static str,
-    pub tracepoint: &'static str,
-    pub needed_by: &'static [&'static str],
+/// How a program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// A raw tracepoint (Linux 4.17+; no tracefs needed).
+    Raw(&'static str),
+    /// A classic tracepoint (category, name): its id comes from tracefs,
+    /// and its record must have the layout the program was built for.
+    Tracepoint(&'static str, &'static str),
 }
 
-/// KPI families.
-pub const SYSCALLS: &str = "syscalls";
-pub const CPU: &str = "cpu";
-pub const RUNQ: &str = "runq_latency";
-pub const TCP: &str = "tcp";
+/// One row of the attach table: a program of the object, where it
+/// attaches, and the KPI families that cannot work without it.
+pub struct Hook {
+    pub program: &'static str,
+    pub attach: Attach,
+    pub needed_by: &'static [Family],
+}
 
-/// Everything the agent attaches (include/trace/events/syscalls.h and
-/// sched.h; raw tracepoints since Linux 4.17).
+const fn raw(program: &'static str, needed_by: &'static [Family]) -> Hook {
+    Hook { program, attach: Attach::Raw(program), needed_by }
+}
+
+const fn classic(
+    program: &'static str,
+    category: &'static str,
+    needed_by: &'static [Family],
+) -> Hook {
+    Hook { program, attach: Attach::Tracepoint(category, program), needed_by }
+}
+
+/// Everything the agent attaches, in order (include/trace/events/
+/// syscalls.h, sched.h, sock.h, tcp.h). Each program is named after its
+/// hook.
 pub const HOOKS: &[Hook] = &[
-    Hook { program: "sys_enter", tracepoint: "sys_enter", needed_by: &[SYSCALLS] },
-    Hook { program: "sys_exit", tracepoint: "sys_exit", needed_by: &[SYSCALLS] },
+    raw("sys_enter", &[Family::Syscalls]),
+    raw("sys_exit", &[Family::Syscalls]),
     // Moves the start of a call whose thread leaves the CPU, and accounts CPU time.
-    Hook { program: "sched_switch", tracepoint: "sched_switch", needed_by: &[SYSCALLS, CPU, RUNQ] },
-    Hook { program: "sched_wakeup", tracepoint: "sched_wakeup", needed_by: &[RUNQ] },
-    Hook { program: "sched_wakeup_new", tracepoint: "sched_wakeup_new", needed_by: &[RUNQ] },
-    Hook { program: "sched_process_exec", tracepoint: "sched_process_exec", needed_by: &[] },
-    Hook { program: "sched_process_exit", tracepoint: "sched_process_exit", needed_by: &[] },
+    raw("sched_switch", &[Family::Syscalls, Family::Cpu, Family::Runq]),
+    raw("sched_wakeup", &[Family::Runq]),
+    raw("sched_wakeup_new", &[Family::Runq]),
+    raw("sched_process_exec", &[]),
+    raw("sched_process_exit", &[]),
+    // The frequent TCP events (every send, receive and incoming segment)
+    // on raw tracepoints, reading fields at offsets from the kernel's BTF.
+    raw("sock_send_length", &[Family::Tcp]),
+    raw("sock_recv_length", &[Family::Tcp]),
+    raw("tcp_probe", &[Family::Tcp]),
+    classic("inet_sock_set_state", "sock", &[Family::Tcp]),
+    classic("tcp_retransmit_skb", "tcp", &[Family::Tcp]),
+    classic("tcp_send_reset", "tcp", &[Family::Tcp]),
+    classic("tcp_receive_reset", "tcp", &[Family::Tcp]),
+    classic("tcp_destroy_sock", "tcp", &[Family::Tcp]),
 ];
 
 /// The programs that serve `family` alone: what switching it off saves.
-pub fn programs_of(family: &str) -> Vec<&'static str> {
-    let raw = HOOKS.iter().chain(tcp::RAW_HOOKS).filter(|h| h.needed_by == [family]);
-    let classic = tcp::HOOKS.iter().filter(|_| family == TCP).map(|h| h.0);
-    raw.map(|h| h.program).chain(classic).collect()
+pub fn programs_of(family: Family) -> Vec<&'static str> {
+    HOOKS.iter().filter(|h| h.needed_by == [family]).map(|h| h.program).collect()
 }
 
 /// The benchmark's floors: empty programs on the system-call tracepoints,
 /// and programs that only read the clock there.
 pub const FLOOR_HOOKS: &[Hook] = &[
-    Hook { program: "floor_sys_enter", tracepoint: "sys_enter", needed_by: &[] },
-    Hook { program: "floor_sys_exit", tracepoint: "sys_exit", needed_by: &[] },
+    Hook { program: "floor_sys_enter", attach: Attach::Raw("sys_enter"), needed_by: &[] },
+    Hook { program: "floor_sys_exit", attach: Attach::Raw("sys_exit"), needed_by: &[] },
 ];
 pub const FLOOR_CLOCK_HOOKS: &[Hook] = &[
-    Hook { program: "floor_clk_enter", tracepoint: "sys_enter", needed_by: &[] },
-    Hook { program: "floor_clk_exit", tracepoint: "sys_exit", needed_by: &[] },
+    Hook { program: "floor_clk_enter", attach: Attach::Raw("sys_enter"), needed_by: &[] },
+    Hook { program: "floor_clk_exit", attach: Attach::Raw("sys_exit"), needed_by: &[] },
 ];
 
 /// Per-program kernel run-time statistics (cumulative).
@@ -192,22 +221,110 @@ pub fn stats_max_entries(cpus: usize) -> u32 {
     (n as u32).clamp(probe_common::syscalls::STATS_MAX_ENTRIES, 512 * 1024)
 }
 
-/// Loads and attaches one raw-tracepoint program.
+/// Loads and attaches one program where its row says.
 pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
     let name = hook.program;
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(ProbeError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| ProbeError::Program { name, source })?;
-    program.load().map_err(|source| ProbeError::Program { name, source })?;
-    if let Err(source) = program.attach(hook.tracepoint) {
-        // Nothing will run it: give its kernel memory back now.
-        let _ = program.unload();
-        return Err(ProbeError::Program { name, source });
+    let err = |source| ProbeError::Program { name, source };
+    let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
+    match hook.attach {
+        Attach::Raw(tp) => {
+            let p: &mut RawTracePoint = program.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            if let Err(source) = p.attach(tp) {
+                // Nothing will run it: give its kernel memory back now.
+                let _ = p.unload();
+                return Err(err(source));
+            }
+        }
+        Attach::Tracepoint(category, tp) => {
+            let p: &mut TracePoint = program.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            if let Err(source) = p.attach(category, tp) {
+                let _ = p.unload();
+                return Err(err(source));
+            }
+        }
     }
-    debug!("attached {name} to raw tracepoint {}", hook.tracepoint);
+    debug!("attached {name} to {:?}", hook.attach);
     Ok(())
+}
+
+/// A per-CPU value that the agent sums over CPUs: counts and sums add,
+/// maxima take the largest.
+pub trait PerCpu: aya::Pod + Default {
+    fn absorb(&mut self, cpu: &Self);
+}
+
+impl PerCpu for probe_common::syscalls::SyscallValue {
+    fn absorb(&mut self, v: &Self) {
+        self.count += v.count;
+        self.errors += v.errors;
+        self.sum_ns += v.sum_ns;
+        self.max_ns = self.max_ns.max(v.max_ns);
+    }
+}
+
+impl PerCpu for probe_common::tcp::TcpValue {
+    fn absorb(&mut self, v: &Self) {
+        self.count += v.count;
+        self.sum += v.sum;
+        self.max = self.max.max(v.max);
+    }
+}
+
+impl PerCpu for probe_common::cpu::CpuValue {
+    fn absorb(&mut self, v: &Self) {
+        self.run_ns += v.run_ns;
+        self.runs += v.runs;
+    }
+}
+
+impl PerCpu for probe_common::cpu::RunqValue {
+    fn absorb(&mut self, v: &Self) {
+        self.count += v.count;
+        self.sum_ns += v.sum_ns;
+        self.max_ns = self.max_ns.max(v.max_ns);
+    }
+}
+
+/// Every entry of a per-CPU hash, summed over CPUs. Values are cumulative;
+/// the aggregate stage diffs two reads.
+pub fn read_summed<K, V>(
+    map: &aya::maps::PerCpuHashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+) -> Result<std::collections::HashMap<K, V>, ProbeError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: PerCpu,
+{
+    let mut out = std::collections::HashMap::new();
+    for item in map.iter() {
+        let (key, per_cpu) = match item {
+            Ok(kv) => kv,
+            // Deleted between listing its key and reading it: nothing to add.
+            Err(MapError::KeyNotFound) => continue,
+            Err(source) => return Err(ProbeError::Map { name, source }),
+        };
+        let mut sum = V::default();
+        for v in per_cpu.iter() {
+            sum.absorb(v);
+        }
+        out.insert(key, sum);
+    }
+    Ok(out)
+}
+
+/// A per-CPU array of counters, each summed over CPUs.
+pub fn read_counters<const N: usize>(
+    map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    name: &'static str,
+) -> Result<[u64; N], ProbeError> {
+    let mut out = [0u64; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let per_cpu = map.get(&(i as u32), 0).map_err(|source| ProbeError::Map { name, source })?;
+        *slot = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+    }
+    Ok(out)
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
@@ -223,7 +340,7 @@ pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
     /// KPI family -> why it is unavailable (absent: available).
-    unavailable: BTreeMap<&'static str, String>,
+    unavailable: BTreeMap<Family, String>,
     /// Keeps BPF run-time statistics on while held (BPF_ENABLE_STATS, 5.8+).
     run_stats: Option<OwnedFd>,
     pub syscalls: syscalls::SyscallMaps,
@@ -240,7 +357,21 @@ impl Probes {
         let mut attached = Vec::new();
         let mut unavailable = BTreeMap::new();
         let mut failures = Vec::new();
+        // TCP's programs read fields at offsets from the kernel's BTF and
+        // classic tracepoints whose records must have the layout they were
+        // built for: without those, its programs are not attached.
+        let tcp_ready = match tcp_missing {
+            Some(reason) => Err(reason),
+            None => tcp::ensure_tracefs().and_then(|()| tcp::check_layout()),
+        };
+        if let Err(reason) = &tcp_ready {
+            warn!("TCP KPIs unavailable: {reason}");
+            unavailable.insert(Family::Tcp, reason.clone());
+        }
         for hook in HOOKS {
+            if tcp_ready.is_err() && hook.needed_by == [Family::Tcp] {
+                continue;
+            }
             match attach(&mut ebpf, hook) {
                 Ok(()) => attached.push(hook.program),
                 Err(err) => {
@@ -250,40 +381,6 @@ impl Probes {
                     }
                     failures.push(err.to_string());
                 }
-            }
-        }
-        // TCP: classic tracepoints, whose records must have the layout the
-        // programs were built for.
-        let ready = match tcp_missing {
-            Some(reason) => Err(reason),
-            None => tcp::ensure_tracefs().and_then(|()| tcp::check_layout()),
-        };
-        match ready {
-            Ok(()) => {
-                for hook in tcp::RAW_HOOKS {
-                    match attach(&mut ebpf, hook) {
-                        Ok(()) => attached.push(hook.program),
-                        Err(err) => {
-                            warn!("{err}");
-                            unavailable.entry(TCP).or_insert_with(|| err.to_string());
-                            failures.push(err.to_string());
-                        }
-                    }
-                }
-                for &(program, category, name) in tcp::HOOKS {
-                    match tcp::attach(&mut ebpf, program, category, name) {
-                        Ok(()) => attached.push(program),
-                        Err(err) => {
-                            warn!("{err}");
-                            unavailable.entry(TCP).or_insert_with(|| err.to_string());
-                            failures.push(err.to_string());
-                        }
-                    }
-                }
-            }
-            Err(reason) => {
-                warn!("TCP KPIs unavailable: {reason}");
-                unavailable.insert(TCP, reason);
             }
         }
         if attached.is_empty() {
@@ -301,15 +398,7 @@ impl Probes {
     /// Cumulative runs of each program of `probe_common::runs::COUNTED`
     /// (summed over CPUs), in that order.
     pub fn runs(&self) -> Result<[u64; COUNTED.len()], ProbeError> {
-        let mut out = [0u64; COUNTED.len()];
-        for (slot, n) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .runs
-                .get(&(slot as u32), 0)
-                .map_err(|source| ProbeError::Map { name: RUNS_MAP, source })?;
-            *n = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
-        }
-        Ok(out)
+        read_counters(&self.runs, RUNS_MAP)
     }
 
     /// Names of the attached programs.
@@ -318,8 +407,20 @@ impl Probes {
     }
 
     /// Why a KPI family is unavailable, if it is.
-    pub fn unavailable(&self, family: &str) -> Option<&str> {
-        self.unavailable.get(family).map(String::as_str)
+    pub fn unavailable(&self, family: Family) -> Option<&str> {
+        self.unavailable.get(&family).map(String::as_str)
+    }
+
+    /// Switches an optional family's programs off or on (they read a
+    /// control map first); an error for a family that cannot be.
+    pub fn set_on(&mut self, family: Family, on: bool) -> Result<(), ProbeError> {
+        match family {
+            Family::Tcp => self.tcp.set_on(on),
+            Family::Runq => self.cpu.set_runq_on(on),
+            Family::Syscalls | Family::Cpu | Family::Memory | Family::Disk => {
+                Err(ProbeError::NotOptional(family))
+            }
+        }
     }
 
     /// Turns the kernel's BPF run-time statistics on or off; returns whether
@@ -361,8 +462,8 @@ mod tests {
 
     #[test]
     fn optional_families_own_their_programs() {
-        assert_eq!(programs_of(RUNQ), ["sched_wakeup", "sched_wakeup_new"]);
-        let tcp = programs_of(TCP);
+        assert_eq!(programs_of(Family::Runq), ["sched_wakeup", "sched_wakeup_new"]);
+        let tcp = programs_of(Family::Tcp);
         assert!(tcp.contains(&"tcp_probe") && tcp.contains(&"inet_sock_set_state"));
         assert!(!tcp.contains(&"sched_switch"));
     }

@@ -48,36 +48,12 @@ impl SyscallMaps {
     /// Every stats slot, summed over CPUs (max: the largest of any CPU).
     /// Values are cumulative; the aggregate stage diffs two reads.
     pub fn read(&self) -> Result<HashMap<SyscallKey, SyscallValue>, ProbeError> {
-        let mut out = HashMap::new();
-        for item in self.stats.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                // Deleted between listing its key and reading it: nothing to add.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(ProbeError::Map { name: STATS_MAP, source });
-                }
-            };
-            let mut sum = SyscallValue::default();
-            for v in per_cpu.iter() {
-                sum.count += v.count;
-                sum.errors += v.errors;
-                sum.sum_ns += v.sum_ns;
-                sum.max_ns = sum.max_ns.max(v.max_ns);
-            }
-            out.insert(key, sum);
-        }
-        Ok(out)
+        super::read_summed(&self.stats, STATS_MAP)
     }
 
     /// The kernel's loss counters, summed over CPUs, indexed by `Counter`.
     pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
-        let mut out = [0u64; COUNTERS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+        super::read_counters(&self.counters, COUNTER_MAP)
     }
 
     /// The name the kernel recorded for `tgid`, if any.

@@ -6,7 +6,6 @@ use std::{collections::HashMap, fs, path::Path};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
-    programs::TracePoint,
 };
 use log::debug;
 use probe_common::tcp::{
@@ -15,32 +14,6 @@ use probe_common::tcp::{
 };
 
 use super::{MapFill, ProbeError, max_entries, take};
-
-/// The TCP programs on raw tracepoints (the frequent events: every send,
-/// receive and incoming segment), attached when the kernel's BTF gave the
-/// offsets they read.
-pub const RAW_HOOKS: &[super::Hook] = &[
-    super::Hook {
-        program: "sock_send_length",
-        tracepoint: "sock_send_length",
-        needed_by: &[super::TCP],
-    },
-    super::Hook {
-        program: "sock_recv_length",
-        tracepoint: "sock_recv_length",
-        needed_by: &[super::TCP],
-    },
-    super::Hook { program: "tcp_probe", tracepoint: "tcp_probe", needed_by: &[super::TCP] },
-];
-
-/// The TCP programs on classic tracepoints (category, name).
-pub const HOOKS: &[(&str, &str, &str)] = &[
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
-];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -100,7 +73,8 @@ pub fn parse_format(text: &str) -> Format {
 /// tracepoint formats; the reason they cannot run if one differs.
 pub fn check_layout() -> Result<(), String> {
     let mut formats: HashMap<(&str, &str), Format> = HashMap::new();
-    for &(sub, event, field, off, size) in FIELDS {
+    for f in FIELDS {
+        let (sub, event, field, off, size) = (f.subsystem, f.event, f.name, f.offset, f.size);
         if let std::collections::hash_map::Entry::Vacant(slot) = formats.entry((sub, event)) {
             let path = format!("{TRACEFS}/events/{sub}/{event}/format");
             let text = fs::read_to_string(&path)
@@ -125,28 +99,6 @@ pub fn check_layout() -> Result<(), String> {
     Ok(())
 }
 
-/// Loads and attaches one classic tracepoint program.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    category: &str,
-    name: &str,
-) -> Result<(), ProbeError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::Program { name: program, source })?;
-    prog.load().map_err(|source| ProbeError::Program { name: program, source })?;
-    if let Err(source) = prog.attach(category, name) {
-        // Nothing will run it: give its kernel memory back now.
-        let _ = prog.unload();
-        return Err(ProbeError::Program { name: program, source });
-    }
-    debug!("attached {program} to tracepoint {category}:{name}");
-    Ok(())
-}
-
 /// One read of the TCP maps, summed over CPUs.
 #[derive(Clone, Debug, Default)]
 pub struct TcpSnapshot {
@@ -164,28 +116,6 @@ pub struct TcpMaps {
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
     move |source| ProbeError::Map { name, source }
-}
-
-fn read_sum<K: aya::Pod + Eq + std::hash::Hash>(
-    map: &PerCpuHashMap<MapData, K, TcpValue>,
-    name: &'static str,
-) -> Result<HashMap<K, TcpValue>, ProbeError> {
-    let mut out = HashMap::new();
-    for item in map.iter() {
-        let (key, per_cpu) = match item {
-            Ok(kv) => kv,
-            Err(MapError::KeyNotFound) => continue,
-            Err(source) => return Err(ProbeError::Map { name, source }),
-        };
-        let mut sum = TcpValue::default();
-        for v in per_cpu.iter() {
-            sum.count += v.count;
-            sum.sum += v.sum;
-            sum.max = sum.max.max(v.max);
-        }
-        out.insert(key, sum);
-    }
-    Ok(out)
 }
 
 impl TcpMaps {
@@ -216,18 +146,13 @@ impl TcpMaps {
 
     pub fn read(&self) -> Result<TcpSnapshot, ProbeError> {
         Ok(TcpSnapshot {
-            stats: read_sum(&self.stats, STATS_MAP)?,
-            endpoints: read_sum(&self.endpoints, ENDPOINT_MAP)?,
+            stats: super::read_summed(&self.stats, STATS_MAP)?,
+            endpoints: super::read_summed(&self.endpoints, ENDPOINT_MAP)?,
         })
     }
 
     pub fn counters(&self) -> Result<[u64; COUNTERS as usize], ProbeError> {
-        let mut out = [0u64; COUNTERS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err(COUNTER_MAP))?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+        super::read_counters(&self.counters, COUNTER_MAP)
     }
 
     /// Frees the entries of processes that have exited (after their last read).
