@@ -58,7 +58,7 @@ pub enum Command {
     /// benchmark's floor measurement, and wait.
     #[command(hide = true)]
     Floor {
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = crate::timefmt::parse_duration)]
         duration: Option<Duration>,
         /// Read the clock at entry and exit (the floor of a latency tracer).
         #[arg(long)]
@@ -69,10 +69,10 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// How often records are written (e.g. 10s, 500ms, 1m).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::timefmt::parse_duration)]
     pub interval: Duration,
     /// Stop after this long, after a final set of records.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::timefmt::parse_duration)]
     pub duration: Option<Duration>,
     /// Report only this process (repeatable). Host totals are unaffected.
     #[arg(long = "pid", value_name = "PID")]
@@ -204,16 +204,15 @@ impl RunArgs {
             None => crate::config::Config::default(),
         };
         let outputs = if !self.outputs.is_empty() {
-            &self.outputs
+            self.outputs
+                .iter()
+                .map(|o| o.parse::<crate::sink::OutputSpec>().map_err(UsageError))
+                .collect::<Result<Vec<_>, _>>()?
         } else if !config.outputs.is_empty() {
-            &config.outputs
+            config.outputs.clone()
         } else {
-            &vec!["stdout".to_string()]
+            vec!["stdout".parse().map_err(UsageError)?]
         };
-        let outputs = outputs
-            .iter()
-            .map(|o| o.parse::<crate::sink::OutputSpec>().map_err(UsageError))
-            .collect::<Result<Vec<_>, _>>()?;
         let metrics_addr = match self.metrics_addr.as_deref() {
             None => None,
             Some(a) => Some(parse_listen_addr(a).ok_or_else(|| {
@@ -240,29 +239,6 @@ impl RunArgs {
     }
 }
 
-/// Parses `250ms`, `10s`, `5m`, `2h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 =
-        num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
-    let scale = match unit {
-        "ms" => 1e-3,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"));
-        }
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +253,8 @@ mod tests {
         };
         run.validate().map_err(|e| e.0)
     }
+
+    use crate::timefmt::parse_duration;
 
     #[test]
     fn durations() {

@@ -3,10 +3,9 @@
 
 use std::{io::Write as _, path::Path};
 
-use serde_json::Value;
-
 use crate::{
     config::{self, Config},
+    records::Record,
     rules::Engine,
 };
 
@@ -34,7 +33,7 @@ fn out(text: &str) -> Result<(), CommandError> {
 
 /// `config --default`: the commented default configuration.
 pub fn print_default_config() -> Result<(), CommandError> {
-    out(config::DEFAULT)
+    out(&config::default_text())
 }
 
 /// `check-config FILE`.
@@ -45,8 +44,28 @@ pub fn check_config(path: &Path) -> Result<(), CommandError> {
         "{}: valid ({} rules, {enabled} enabled, profile {})\n",
         path.display(),
         cfg.rules.len(),
-        cfg.profile
+        cfg.profile.name()
     ))
+}
+
+/// The KPI records of recorded lines (other types are skipped).
+pub fn typed(values: Vec<serde_json::Value>, path: &Path) -> Result<Vec<Record>, CommandError> {
+    let mut out = Vec::new();
+    for v in values {
+        let seq = v.get("seq").and_then(serde_json::Value::as_u64);
+        match Record::from_value(v) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(CommandError::Record {
+                    path: path.display().to_string(),
+                    line: 0,
+                    message: format!("record seq {seq:?}: {e}"),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `replay FILE`: the alerts the rules would raise over recorded lines.
@@ -58,11 +77,18 @@ pub fn replay(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
     let mut engine = Engine::new(&cfg);
     let mut out = std::io::stdout().lock();
     let mut rec = crate::recording::Recording::open(path)?;
-    while let Some((secs, records)) = rec.next_interval()? {
+    while let Some((secs, values)) = rec.next_interval()? {
         // Alerts recorded by the agent itself are not KPI records.
-        let kpis: Vec<Value> = records.into_iter().filter(|r| r["type"] != "alert").collect();
+        let records = typed(values, path)?;
+        let kpis: Vec<Record> =
+            records.into_iter().filter(|r| r.kind() != crate::records::Kind::Alert).collect();
         for alert in engine.evaluate(&kpis, secs) {
-            if writeln!(out, "{alert}").is_err() {
+            let line = serde_json::to_string(&alert).map_err(|e| CommandError::Record {
+                path: path.display().to_string(),
+                line: 0,
+                message: e.to_string(),
+            })?;
+            if writeln!(out, "{line}").is_err() {
                 return Ok(()); // closed pipe: a normal end
             }
         }
@@ -85,168 +111,7 @@ pub fn compare(baseline: &Path, current: &Path) -> Result<(), CommandError> {
     out(&crate::report::compare(baseline, current)?)
 }
 
-/// `kpis`: every KPI the agent emits, as a Markdown table.
+/// `kpis`: every KPI the agent emits, as a Markdown table (the catalogue).
 pub fn print_kpis() -> Result<(), CommandError> {
-    const ROWS: &[[&str; 6]] = &[
-        [
-            "syscalls.count",
-            "calls",
-            "calls that returned in the interval",
-            "raw_syscalls sys_exit",
-            "host, container, process, syscall",
-            "-",
-        ],
-        [
-            "syscalls.error_rate_pct",
-            "%",
-            "calls returning -1..-4095 / calls x 100",
-            "raw_syscalls sys_exit",
-            "host, container, process, syscall",
-            "-",
-        ],
-        [
-            "syscalls.rate_per_s",
-            "calls/s",
-            "count / interval_s",
-            "raw_syscalls sys_exit",
-            "host, container, process, syscall",
-            "-",
-        ],
-        [
-            "syscalls.latency_ms",
-            "ms",
-            "sys_exit time - sys_enter time of the same thread (avg, p50, p95, p99, max)",
-            "raw_syscalls sys_enter, sys_exit, sched_switch",
-            "host, container, process, syscall",
-            "-",
-        ],
-        [
-            "cpu.cores",
-            "cores",
-            "on-CPU ns / interval ns",
-            "sched_switch",
-            "host, container, process",
-            "-",
-        ],
-        [
-            "cpu.utilization_pct",
-            "%",
-            "on-CPU ns / (CPUs x interval ns) x 100",
-            "sched_switch",
-            "host, container, process",
-            "80 / 95 (host, container)",
-        ],
-        [
-            "cpu.runq_latency_ms",
-            "ms",
-            "switch-in time - time it became runnable",
-            "sched_wakeup, sched_wakeup_new, sched_switch",
-            "host, container, process",
-            "-",
-        ],
-        [
-            "memory.utilization_pct",
-            "%",
-            "host: (MemTotal - MemAvailable) / MemTotal x 100; container: cgroup usage / limit x 100",
-            "/proc/meminfo, cgroup memory files",
-            "host, container",
-            "80 / 95",
-        ],
-        ["memory.rss_bytes", "bytes", "resident set size", "/proc/<pid>/statm", "process", "-"],
-        [
-            "disk.utilization_pct",
-            "%",
-            "used / (used + available) x 100, per filesystem",
-            "statvfs",
-            "host",
-            "80 / 95",
-        ],
-        [
-            "tcp.connect_error_rate_pct",
-            "%",
-            "failed connects / connects x 100",
-            "sock:inet_sock_set_state",
-            "host, container, process",
-            "1 / 5",
-        ],
-        [
-            "tcp.connect_latency_ms",
-            "ms",
-            "SYN sent to established",
-            "sock:inet_sock_set_state",
-            "host, container, process",
-            "-",
-        ],
-        [
-            "tcp.rtt_ms",
-            "ms",
-            "smoothed RTT, sampled on data segments received",
-            "tcp:tcp_probe",
-            "host, container, process",
-            "-",
-        ],
-        [
-            "tcp.retransmits, resets_sent, resets_received",
-            "count",
-            "events in the interval",
-            "tcp:tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset",
-            "host, container, process",
-            "-",
-        ],
-        [
-            "tcp.bytes_sent, bytes_received",
-            "bytes",
-            "payload through send and receive calls",
-            "sock:sock_send_length, sock_recv_length",
-            "host, container, process",
-            "-",
-        ],
-        [
-            "requests.count, rate_per_s",
-            "requests, /s",
-            "requests answered or failed in the interval",
-            "tcp:tcp_probe, sock:sock_send_length, sock_recv_length",
-            "host, container, process, endpoint",
-            "-",
-        ],
-        [
-            "requests.error_rate_pct",
-            "%",
-            "requests on connections reset or closed before the answer / requests x 100",
-            "tcp:tcp_send_reset, tcp_receive_reset, sock:inet_sock_set_state",
-            "host, container, process, endpoint",
-            "1 / 5",
-        ],
-        [
-            "requests.latency_ms",
-            "ms",
-            "server: first request byte arrives -> answer sent; client: request sent -> answer read",
-            "tcp:tcp_probe, sock:sock_send_length, sock_recv_length",
-            "host, container, process, endpoint",
-            "avg: 500 / 1000",
-        ],
-        [
-            "cost.projected_usd_month",
-            "USD/month",
-            "host price, or (busy cores x core-hour price + used GiB x GiB-hour price) x 730",
-            "cpu, memory",
-            "host, container",
-            "-",
-        ],
-        [
-            "cost.over_budget_pct",
-            "%",
-            "(projected - budget) / budget x 100",
-            "cpu, memory, configuration",
-            "host",
-            "10 / 20",
-        ],
-    ];
-    let mut text = String::from(
-        "| KPI | unit | formula | kernel events / source | records | default thresholds (investigate / escalate) |\n|---|---|---|---|---|---|\n",
-    );
-    for r in ROWS {
-        text += &format!("| `{}` | {} | {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3], r[4], r[5]);
-    }
-    out(&text)
+    out(&crate::catalogue::table())
 }

@@ -1,19 +1,45 @@
 //! The configuration file (TOML, `--config`): rules and their thresholds,
-//! the alert lifecycle, and prices for the cost KPI.
+//! the alert lifecycle, prices for the cost KPI, and outputs.
 //!
-//! Parsing is strict (an unknown key is an error naming the key and its
-//! line), and the documented default configuration is the parse of
-//! [`DEFAULT`], so `probe-agent config --default` prints exactly what the
-//! agent runs with.
+//! It is parsed strictly into [`RawConfig`] (an unknown key is an error
+//! naming the key and its line) and validated once into [`Config`], the
+//! only type the agent uses: durations parsed, outputs parsed, each rule's
+//! KPI resolved in the catalogue. The documented default configuration is
+//! [`default_text`] (its rules come from the catalogue's escalation guide),
+//! so `probe-agent config --default` prints exactly what the agent runs with.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::parse_duration;
+use crate::{
+    catalogue::{self, Kpi, Stat},
+    records::Kind,
+    sink::OutputSpec,
+    timefmt::parse_duration,
+};
 
-/// The default configuration, commented. Printed by `config --default`.
-pub const DEFAULT: &str = include_str!("default-config.toml");
+/// The default configuration's header: everything but the rules.
+const HEADER: &str = include_str!("default-config.toml");
+
+/// The default configuration, commented: the header and the escalation
+/// guide's rules from the catalogue. Printed by `config --default`.
+pub fn default_text() -> String {
+    let mut out = HEADER.to_string();
+    for k in catalogue::KPIS {
+        let Some(r) = k.rule else { continue };
+        let scopes: Vec<String> = r.scopes.iter().map(|s| format!("\"{}\"", s.name())).collect();
+        out += &format!(
+            "\n[[rule]]\nname = \"{}\"\nkpi = \"{}\"\nscopes = [{}]\ninvestigate = {:?}\nescalate = {:?}\n",
+            r.name,
+            catalogue::path_of(k, r.stat),
+            scopes.join(", "),
+            r.investigate,
+            r.escalate
+        );
+    }
+    out
+}
 
 /// Errors reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -26,35 +52,90 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// The file as written.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct RawConfig {
     /// An industry profile applied over the rules: "none", "ecommerce", "fintech".
     #[serde(default = "none")]
-    pub profile: String,
-    /// Where records go (optional; `--output` replaces it): the same
-    /// specs as `--output`. Read at start; SIGHUP does not change sinks.
+    profile: String,
+    /// Where records go (optional; `--output` replaces it): the same specs
+    /// as `--output`. Read at start; SIGHUP does not change sinks.
     #[serde(default)]
-    pub outputs: Vec<String>,
-    pub alerts: Alerts,
-    pub cost: Cost,
+    outputs: Vec<String>,
+    alerts: RawAlerts,
+    cost: Cost,
     #[serde(default, rename = "rule")]
-    pub rules: Vec<Rule>,
+    rules: Vec<RawRule>,
 }
 
 fn none() -> String {
     "none".into()
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Alerts {
+struct RawAlerts {
+    hold_intervals: u32,
+    clear_margin_pct: f64,
+    repeat_every: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    kpi: String,
+    scopes: Vec<String>,
+    investigate: f64,
+    escalate: f64,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub profile: Profile,
+    pub outputs: Vec<OutputSpec>,
+    pub alerts: AlertSettings,
+    pub cost: Cost,
+    pub rules: Vec<Rule>,
+}
+
+/// The escalation guide's industry profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    None,
+    /// Latency first: tighter request latency, and p95 as well as the average.
+    Ecommerce,
+    /// Errors first: tighter request and connect error rates.
+    Fintech,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::None => "none",
+            Profile::Ecommerce => "ecommerce",
+            Profile::Fintech => "fintech",
+        }
+    }
+}
+
+/// The alert lifecycle's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertSettings {
     /// Intervals a new level must hold before it fires (and before it clears).
     pub hold_intervals: u32,
-    /// A level clears only once the value is this many percent below its threshold.
-    pub clear_margin_pct: f64,
+    /// A level clears only once the value is this fraction below its threshold.
+    pub clear_margin: f64,
     /// While a level holds, the alert is repeated this often.
-    pub repeat_every: String,
+    pub repeat_every: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -70,37 +151,43 @@ pub struct Cost {
     pub budget_usd_month: f64,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// A rule with its KPI resolved in the catalogue.
+#[derive(Clone, Debug)]
 pub struct Rule {
     pub name: String,
-    /// Path of the KPI in the records, e.g. "requests.latency_ms.avg".
-    pub kpi: String,
-    /// Record types it applies to: host, container, process, endpoint.
-    pub scopes: Vec<String>,
+    pub kpi: &'static Kpi,
+    /// The statistic of a latency group.
+    pub stat: Option<Stat>,
+    /// Record types it applies to.
+    pub scopes: Vec<Kind>,
     pub investigate: f64,
     pub escalate: f64,
-    #[serde(default = "yes")]
     pub enabled: bool,
 }
 
-fn yes() -> bool {
-    true
+impl Rule {
+    /// The KPI's path in the records, e.g. "requests.latency_ms.avg".
+    pub fn path(&self) -> String {
+        catalogue::path_of(self.kpi, self.stat)
+    }
 }
 
-/// The validated alert settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AlertSettings {
-    pub hold_intervals: u32,
-    pub clear_margin: f64,
-    pub repeat_every: Duration,
+impl PartialEq for Rule {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.name, self.path(), &self.scopes, self.investigate, self.escalate, self.enabled)
+            == (&o.name, o.path(), &o.scopes, o.investigate, o.escalate, o.enabled)
+    }
 }
 
-const SCOPES: [&str; 4] = ["host", "container", "process", "endpoint"];
+impl std::fmt::Debug for Kpi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kpi({})", self.path)
+    }
+}
 
 impl Default for Config {
     fn default() -> Self {
-        parse(DEFAULT, "default configuration").expect("the default configuration parses")
+        parse(&default_text(), "default configuration").expect("the default configuration parses")
     }
 }
 
@@ -140,35 +227,37 @@ pub fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
 
 /// Parses and validates a configuration text; `path` names it in errors.
 pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-    if text.len() > 1 << 20 {
+    if text.len() as u64 > MAX_BYTES {
         return Err(ConfigError::Parse { path: path.into(), message: "larger than 1 MiB".into() });
     }
-    let mut cfg: Config = toml::from_str(text)
+    let raw: RawConfig = toml::from_str(text)
         .map_err(|e| ConfigError::Parse { path: path.into(), message: describe(text, &e) })?;
-    let bad = |message: String| ConfigError::Invalid { path: path.into(), message };
-    for o in &cfg.outputs {
-        o.parse::<crate::sink::OutputSpec>().map_err(|e| bad(format!("outputs: {e}")))?;
-    }
-    match cfg.profile.as_str() {
-        "none" => {}
-        "ecommerce" | "fintech" => cfg.rules = apply_profile(&cfg.profile, cfg.rules),
-        other => return Err(bad(format!("profile {other:?}: use none, ecommerce or fintech"))),
-    }
-    let a = &cfg.alerts;
+    validate(raw).map_err(|message| ConfigError::Invalid { path: path.into(), message })
+}
+
+/// The one validation step: a raw configuration into the checked one.
+fn validate(raw: RawConfig) -> Result<Config, String> {
+    let outputs = raw
+        .outputs
+        .iter()
+        .map(|o| o.parse::<OutputSpec>().map_err(|e| format!("outputs: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let profile = match raw.profile.as_str() {
+        "none" => Profile::None,
+        "ecommerce" => Profile::Ecommerce,
+        "fintech" => Profile::Fintech,
+        other => return Err(format!("profile {other:?}: use none, ecommerce or fintech")),
+    };
+    let a = &raw.alerts;
     if a.hold_intervals == 0 || a.hold_intervals > 1000 {
-        return Err(bad(format!(
-            "alerts.hold_intervals must be 1 to 1000, got {}",
-            a.hold_intervals
-        )));
+        return Err(format!("alerts.hold_intervals must be 1 to 1000, got {}", a.hold_intervals));
     }
     if !(0.0..=50.0).contains(&a.clear_margin_pct) {
-        return Err(bad(format!(
-            "alerts.clear_margin_pct must be 0 to 50, got {}",
-            a.clear_margin_pct
-        )));
+        return Err(format!("alerts.clear_margin_pct must be 0 to 50, got {}", a.clear_margin_pct));
     }
-    parse_duration(&a.repeat_every).map_err(|e| bad(format!("alerts.repeat_every: {e}")))?;
-    let c = &cfg.cost;
+    let repeat_every =
+        parse_duration(&a.repeat_every).map_err(|e| format!("alerts.repeat_every: {e}"))?;
+    let c = &raw.cost;
     for (k, v) in [
         ("host_usd_month", c.host_usd_month),
         ("core_hour_usd", c.core_hour_usd),
@@ -176,34 +265,74 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         ("budget_usd_month", c.budget_usd_month),
     ] {
         if !v.is_finite() || !(0.0..=1e12).contains(&v) {
-            return Err(bad(format!("cost.{k} must be a non-negative number, got {v}")));
+            return Err(format!("cost.{k} must be a non-negative number, got {v}"));
         }
     }
     let mut names = std::collections::HashSet::new();
-    for r in &cfg.rules {
+    let mut rules = Vec::new();
+    for r in raw.rules {
         if r.name.is_empty() || !names.insert(r.name.clone()) {
-            return Err(bad(format!("rule name {:?} is empty or used twice", r.name)));
+            return Err(format!("rule name {:?} is empty or used twice", r.name));
         }
-        if r.kpi.is_empty() || r.kpi.split('.').any(str::is_empty) {
-            return Err(bad(format!("rule {}: kpi {:?} is not a dotted path", r.name, r.kpi)));
+        let (kpi, stat) = catalogue::resolve(&r.kpi).ok_or_else(|| {
+            format!(
+                "rule {}: kpi {:?} is not a KPI of the catalogue (`probe-agent kpis` lists them; \
+                 a latency group takes a statistic: .avg, .p50, .p95, .p99 or .max)",
+                r.name, r.kpi
+            )
+        })?;
+        let mut scopes = Vec::new();
+        for s in &r.scopes {
+            match Kind::parse(s).filter(|k| Kind::RULED.contains(k) && kpi.scopes.contains(k)) {
+                Some(k) => scopes.push(k),
+                None => {
+                    let allowed: Vec<&str> = kpi
+                        .scopes
+                        .iter()
+                        .filter(|k| Kind::RULED.contains(k))
+                        .map(|k| k.name())
+                        .collect();
+                    return Err(format!(
+                        "rule {}: scopes must be among {allowed:?} for {}, got {s:?}",
+                        r.name, r.kpi
+                    ));
+                }
+            }
         }
-        if r.scopes.is_empty() || r.scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
-            return Err(bad(format!(
-                "rule {}: scopes must be among {SCOPES:?}, got {:?}",
-                r.name, r.scopes
-            )));
+        if scopes.is_empty() {
+            return Err(format!("rule {}: scopes must not be empty", r.name));
         }
         if !r.investigate.is_finite() || !r.escalate.is_finite() || r.investigate >= r.escalate {
-            return Err(bad(format!(
+            return Err(format!(
                 "rule {}: investigate ({}) must be below escalate ({})",
                 r.name, r.investigate, r.escalate
-            )));
+            ));
         }
         if r.kpi.ends_with("_pct") && (r.investigate < 0.0 || r.escalate > 1e6) {
-            return Err(bad(format!("rule {}: a percentage threshold must be from 0", r.name)));
+            return Err(format!("rule {}: a percentage threshold must be from 0", r.name));
         }
+        rules.push(Rule {
+            name: r.name,
+            kpi,
+            stat,
+            scopes,
+            investigate: r.investigate,
+            escalate: r.escalate,
+            enabled: r.enabled,
+        });
     }
-    Ok(cfg)
+    apply_profile(profile, &mut rules);
+    Ok(Config {
+        profile,
+        outputs,
+        alerts: AlertSettings {
+            hold_intervals: a.hold_intervals,
+            clear_margin: a.clear_margin_pct / 100.0,
+            repeat_every,
+        },
+        cost: raw.cost,
+        rules,
+    })
 }
 
 /// A toml error with the line it is on.
@@ -222,7 +351,7 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
 /// The industry profiles of the escalation guide: e-commerce puts latency
 /// first (tighter request latency, and p95 as well as the average),
 /// fintech puts errors first (tighter request and connect error rates).
-fn apply_profile(profile: &str, mut rules: Vec<Rule>) -> Vec<Rule> {
+fn apply_profile(profile: Profile, rules: &mut Vec<Rule>) {
     let set = |rules: &mut Vec<Rule>, name: &str, inv: f64, esc: f64| {
         if let Some(r) = rules.iter_mut().find(|r| r.name == name) {
             r.investigate = inv;
@@ -230,46 +359,39 @@ fn apply_profile(profile: &str, mut rules: Vec<Rule>) -> Vec<Rule> {
         }
     };
     match profile {
-        "ecommerce" => {
-            set(&mut rules, "request-latency", 300.0, 800.0);
-            if !rules.iter().any(|r| r.name == "request-latency-p95") {
+        Profile::Ecommerce => {
+            set(rules, "request-latency", 300.0, 800.0);
+            if !rules.iter().any(|r| r.name == "request-latency-p95")
+                && let Some((kpi, stat)) = catalogue::resolve("requests.latency_ms.p95")
+            {
                 rules.push(Rule {
                     name: "request-latency-p95".into(),
-                    kpi: "requests.latency_ms.p95".into(),
-                    scopes: vec!["endpoint".into(), "process".into()],
+                    kpi,
+                    stat,
+                    scopes: vec![Kind::Endpoint, Kind::Process],
                     investigate: 800.0,
                     escalate: 1500.0,
                     enabled: true,
                 });
             }
         }
-        "fintech" => {
-            set(&mut rules, "request-errors", 0.1, 1.0);
-            set(&mut rules, "connect-errors", 0.5, 2.0);
+        Profile::Fintech => {
+            set(rules, "request-errors", 0.1, 1.0);
+            set(rules, "connect-errors", 0.5, 2.0);
         }
-        _ => {}
-    }
-    rules
-}
-
-impl Config {
-    pub fn alert_settings(&self) -> AlertSettings {
-        AlertSettings {
-            hold_intervals: self.alerts.hold_intervals,
-            clear_margin: self.alerts.clear_margin_pct / 100.0,
-            repeat_every: parse_duration(&self.alerts.repeat_every)
-                .unwrap_or(Duration::from_secs(1800)),
-        }
+        Profile::None => {}
     }
 }
 
 #[cfg(test)]
+#[allow(non_snake_case)]
 mod tests {
     use super::*;
 
     #[test]
     fn default_round_trips_and_has_the_guide() {
         let c = Config::default();
+        let DEFAULT = &default_text();
         assert_eq!(parse(DEFAULT, "x").unwrap(), c);
         let rule = |n: &str| c.rules.iter().find(|r| r.name == n).unwrap().clone();
         assert_eq!(
@@ -283,11 +405,13 @@ mod tests {
         assert_eq!((rule("cpu").investigate, rule("cpu").escalate), (80.0, 95.0));
         assert_eq!((rule("memory").investigate, rule("disk").escalate), (80.0, 95.0));
         assert_eq!((rule("cost").investigate, rule("cost").escalate), (10.0, 20.0));
-        assert_eq!(c.alert_settings().repeat_every, Duration::from_secs(1800));
+        assert_eq!(c.alerts.repeat_every, Duration::from_secs(1800));
+        assert_eq!(rule("request-latency").path(), "requests.latency_ms.avg");
     }
 
     #[test]
     fn unknown_keys_name_key_and_line() {
+        let DEFAULT = &default_text();
         let text = DEFAULT.replace("hold_intervals = 2", "hold_intervals = 2\nhold_intervalz = 3");
         let err = parse(&text, "f.toml").unwrap_err().to_string();
         assert!(err.contains("hold_intervalz") && err.contains("line "), "{err}");
@@ -295,6 +419,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
+        let DEFAULT = &default_text();
         for (from, to) in [
             ("investigate = 500.0", "investigate = 5000.0"),
             ("hold_intervals = 2", "hold_intervals = 0"),
@@ -303,6 +428,9 @@ mod tests {
             ("profile = \"none\"", "profile = \"retail\""),
             ("budget_usd_month = 0.0", "budget_usd_month = -5.0"),
             ("scopes = [\"host\", \"container\"]", "scopes = [\"galaxy\"]"),
+            ("scopes = [\"host\"]", "scopes = [\"endpoint\"]"),
+            ("kpi = \"cpu.utilization_pct\"", "kpi = \"cpu.utilisation_pct\""),
+            ("kpi = \"requests.latency_ms.avg\"", "kpi = \"requests.latency_ms\""),
         ] {
             assert!(DEFAULT.contains(from), "{from}");
             let text = DEFAULT.replacen(from, to, 1);
@@ -325,7 +453,8 @@ mod tests {
             x ^= x << 17;
             (x % n.max(1) as u64) as usize
         };
-        let base = DEFAULT.as_bytes();
+        let text = default_text();
+        let base = text.as_bytes();
         let mut accepted = 0;
         for case in 0..20_000 {
             let mut b = base.to_vec();
@@ -360,9 +489,10 @@ mod tests {
 
     #[test]
     fn profiles_tighten_the_guide() {
+        let DEFAULT = &default_text();
         let e =
             parse(&DEFAULT.replace("profile = \"none\"", "profile = \"ecommerce\""), "f").unwrap();
-        assert!(e.rules.iter().any(|r| r.kpi == "requests.latency_ms.p95"));
+        assert!(e.rules.iter().any(|r| r.path() == "requests.latency_ms.p95"));
         assert_eq!(
             e.rules.iter().find(|r| r.name == "request-latency").unwrap().investigate,
             300.0

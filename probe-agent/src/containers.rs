@@ -7,6 +7,8 @@
 //! read from the path as the runtimes name it (docker, containerd, cri-o,
 //! podman; cgroupfs and systemd drivers; Kubernetes pod slices).
 
+use crate::records::Runtime;
+
 use std::{
     collections::HashMap,
     fs,
@@ -19,7 +21,7 @@ use std::{
 pub struct Container {
     /// The runtime's 64-hex-digit container id.
     pub id: String,
-    pub runtime: &'static str,
+    pub runtime: Runtime,
     /// The Kubernetes pod UID (with dashes), when in a pod.
     pub pod_uid: Option<String>,
     /// The container's own cgroup (a process may be in a cgroup below it):
@@ -54,7 +56,7 @@ fn id_in<'a>(part: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
 /// user's lookalike (in their own subtree) stays a record of its own.
 pub fn parse(path: &str) -> Option<Container> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let found = |runtime: &'static str, id: &str, depth: usize, pod_uid: Option<String>| {
+    let found = |runtime: Runtime, id: &str, depth: usize, pod_uid: Option<String>| {
         Some(Container {
             id: id.to_string(),
             runtime,
@@ -64,21 +66,21 @@ pub fn parse(path: &str) -> Option<Container> {
     };
     match parts.as_slice() {
         ["system.slice", c, ..] if let Some(id) = id_in(c, "docker-", ".scope") => {
-            found("docker", id, 2, None)
+            found(Runtime::Docker, id, 2, None)
         }
-        ["docker", c, ..] if is_id(c) => found("docker", c, 2, None),
+        ["docker", c, ..] if is_id(c) => found(Runtime::Docker, c, 2, None),
         ["machine.slice", c, ..] if let Some(id) = id_in(c, "libpod-", ".scope") => {
-            found("podman", id, 2, None)
+            found(Runtime::Podman, id, 2, None)
         }
         ["libpod_parent", c, ..] if let Some(id) = id_in(c, "libpod-", "") => {
-            found("podman", id, 2, None)
+            found(Runtime::Podman, id, 2, None)
         }
         ["user.slice", user, service, rest @ ..]
             if user.strip_prefix("user-").and_then(|u| u.strip_suffix(".slice"))
                 == service.strip_prefix("user@").and_then(|u| u.strip_suffix(".service")) =>
         {
             let at = rest.iter().position(|c| id_in(c, "libpod-", ".scope").is_some())?;
-            found("podman", id_in(rest[at], "libpod-", ".scope")?, 3 + at + 1, None)
+            found(Runtime::Podman, id_in(rest[at], "libpod-", ".scope")?, 3 + at + 1, None)
         }
         ["kubepods.slice", rest @ ..] => {
             // An optional QoS slice, then the pod's slice, then the container.
@@ -87,11 +89,11 @@ pub fn parse(path: &str) -> Option<Container> {
             let c = rest.get(at + 1)?;
             let depth = 1 + at + 2;
             if let Some(id) = id_in(c, "cri-containerd-", ".scope") {
-                found("containerd", id, depth, uid)
+                found(Runtime::Containerd, id, depth, uid)
             } else if let Some(id) = id_in(c, "crio-", ".scope") {
-                found("cri-o", id, depth, uid)
+                found(Runtime::CriO, id, depth, uid)
             } else if let Some(id) = id_in(c, "docker-", ".scope") {
-                found("docker", id, depth, uid)
+                found(Runtime::Docker, id, depth, uid)
             } else {
                 None
             }
@@ -102,9 +104,9 @@ pub fn parse(path: &str) -> Option<Container> {
             let c = rest.get(at + 1)?;
             let depth = 1 + at + 2;
             if is_id(c) {
-                found("kubernetes", c, depth, uid)
+                found(Runtime::Kubernetes, c, depth, uid)
             } else if let Some(id) = id_in(c, "crio-", "") {
-                found("cri-o", id, depth, uid)
+                found(Runtime::CriO, id, depth, uid)
             } else {
                 None
             }
@@ -283,7 +285,7 @@ mod tests {
             assert_eq!(c.id, ID, "{path}");
             assert!(path.starts_with(&c.cgroup), "{path}: {}", c.cgroup);
             assert!(c.cgroup.contains(ID));
-            assert_eq!(c.runtime, runtime, "{path}");
+            assert_eq!(serde_json::to_value(c.runtime).unwrap(), runtime, "{path}");
             assert_eq!(c.pod_uid.as_deref(), pod, "{path}");
         }
     }

@@ -2,12 +2,12 @@
 
 use std::{collections::HashSet, ffi::CString, fs};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregate::round;
 
 /// One filesystem in the `host` record's `disk` array.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiskRecord {
     pub mount: String,
     pub fstype: String,

@@ -1,21 +1,23 @@
 //! probe-agent: parse, build the runtime config, run.
 //! Exit status: 0 done, 1 runtime failure, 2 bad usage.
 
-mod agent;
 mod aggregate;
 mod btf;
 mod caps;
+mod catalogue;
 mod cli;
 mod commands;
 mod config;
 mod containers;
 mod cost;
+
 mod disk;
 mod family;
 mod merge;
 mod metrics;
 mod names;
 mod overhead;
+mod pipeline;
 mod probes;
 mod procfs;
 mod recording;
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(cli::Command::Floor { duration, clock }) => {
-            runtime.block_on(agent::floor(duration, clock))
+            runtime.block_on(pipeline::floor(duration, clock))
         }
         Some(cli::Command::Run(args)) => run(&runtime, args),
         None => run(&runtime, cli.run),
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(agent::AgentError::Usage(msg)) => {
+        Err(pipeline::AgentError::Usage(msg)) => {
             eprintln!("probe-agent: {msg}");
             ExitCode::from(2)
         }
@@ -88,7 +90,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(runtime: &tokio::runtime::Runtime, args: cli::RunArgs) -> Result<(), agent::AgentError> {
-    let cfg = args.validate().map_err(|e| agent::AgentError::Usage(e.0))?;
-    runtime.block_on(agent::run(cfg))
+fn run(runtime: &tokio::runtime::Runtime, args: cli::RunArgs) -> Result<(), pipeline::AgentError> {
+    let cfg = args.validate().map_err(|e| pipeline::AgentError::Usage(e.0))?;
+    runtime.block_on(pipeline::run(cfg))
 }

@@ -180,7 +180,7 @@ pub fn merge(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
             records: g.records,
             count: g.latency.count,
             saturated: g.saturated,
-            latency_ms: g.latency.summary_ms(),
+            latency_ms: g.latency.summary_ms(false),
         };
         let _ = serde_json::to_writer(&mut out, &m);
         let _ = std::io::Write::write_all(&mut out, b"\n");
@@ -191,7 +191,6 @@ pub fn merge(files: &[std::path::PathBuf]) -> Result<(), CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::latency::{keep_buckets, with_buckets};
 
     /// Three maximal counts saturate at the largest u64 and say so, where
     /// plain addition would wrap to a small number.
@@ -214,7 +213,6 @@ mod tests {
     /// values, where averaging their percentiles would not.
     #[test]
     fn merged_buckets_are_the_union() {
-        keep_buckets(true);
         let mut a = Latency::default();
         let mut b = Latency::default();
         for _ in 0..60 {
@@ -223,13 +221,12 @@ mod tests {
         for _ in 0..40 {
             b.add(bucket_of(20_000_000), 1, 20_000_000, 20_000_000);
         }
-        let enc =
-            |l: &Latency| with_buckets(true, || serde_json::to_value(l.summary_ms()).unwrap());
+        let enc = |l: &Latency| serde_json::to_value(l.summary_ms(true)).unwrap();
         let mut g = Group::default();
         add(&mut g, &enc(&a)).unwrap();
         add(&mut g, &enc(&b)).unwrap();
         g.latency.max_ns = g.max_ns;
-        let s = g.latency.summary_ms().unwrap();
+        let s = g.latency.summary_ms(false).unwrap();
         assert_eq!((s.p50, s.p95, s.p99, s.avg, s.max), (5.0, 20.0, 20.0, 11.0, 20.0));
         assert_eq!(g.latency.count, 100);
     }

@@ -99,6 +99,13 @@ pub fn context_switches() -> u64 {
         .unwrap_or(0)
 }
 
+/// Gives the allocator's free pages back to the system (after a busy
+/// interval or start-up, rather than keep the peak for the process's life).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Online CPUs.
 pub fn cpus() -> u32 {
     (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as u32

@@ -1,75 +1,157 @@
-//! The JSON records: the product's interface (contract version 1).
+//! The records: the product's interface (contract version 1), and the
+//! typed values the pipeline passes from stage to stage.
 //!
-//! These are output types, built from aggregated data, never the kernel's
-//! wire structs. Field meanings never change; fields may be added. Units are
-//! in the field names.
+//! An interval is built as [`Record`]s; the rules, the metrics endpoint and
+//! the sinks take them as they are, and JSON is written only at the edge
+//! ([`Encoder`]). The offline commands read JSON back through
+//! `recording::Recording` and [`Record::from_value`]. These are output types,
+//! built from aggregated data, never the kernel's wire structs. Field
+//! meanings never change; fields may be added. Units are in the field names.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     aggregate::{
         cpu::CpuGroup,
-        latency::{LatencyMs, with_buckets},
+        latency::LatencyMs,
         syscalls::SyscallsGroup,
         tcp::{RequestsGroup, TcpGroup},
     },
     disk::DiskRecord,
+    rules::lifecycle::Level,
 };
 
 /// Contract version, the `v` of every record.
 pub const VERSION: u32 = 1;
 
+/// The record types (`type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Status,
+    Host,
+    Container,
+    Process,
+    Endpoint,
+    Syscall,
+    Agent,
+    Alert,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Status => "status",
+            Kind::Host => "host",
+            Kind::Container => "container",
+            Kind::Process => "process",
+            Kind::Endpoint => "endpoint",
+            Kind::Syscall => "syscall",
+            Kind::Agent => "agent",
+            Kind::Alert => "alert",
+        }
+    }
+
+    /// The kinds that carry KPIs a rule can watch.
+    pub const RULED: [Kind; 4] = [Kind::Host, Kind::Container, Kind::Process, Kind::Endpoint];
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        [
+            Kind::Status,
+            Kind::Host,
+            Kind::Container,
+            Kind::Process,
+            Kind::Endpoint,
+            Kind::Syscall,
+            Kind::Agent,
+            Kind::Alert,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
 /// Fields every record starts with.
-#[derive(Clone, Debug, Serialize)]
-pub struct Header<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
     pub v: u32,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Kind,
     /// End of the interval, RFC 3339 UTC with milliseconds.
-    pub ts: &'a str,
-    pub host: &'a str,
+    pub ts: String,
+    pub host: String,
     /// Length of the interval the figures cover, in seconds (the final
     /// interval of a run may be shorter than `--interval`).
     pub interval_s: f64,
 }
 
-impl<'a> Header<'a> {
-    pub fn with(&self, kind: &'static str) -> Header<'a> {
+impl Header {
+    pub fn with(&self, kind: Kind) -> Header {
         Header { kind, ..self.clone() }
     }
 }
 
+/// An endpoint's side of its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Answers on a local port.
+    Server,
+    /// Calls a peer's port.
+    Client,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// The runtime a container's cgroup names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Docker,
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    Podman,
+    /// The kubelet's cgroupfs layout, which does not say the runtime.
+    Kubernetes,
+}
+
 /// `type: "syscall"`: one process's calls of one system call.
-#[derive(Debug, Serialize)]
-pub struct SyscallRecord<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyscallRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
+    pub header: Header,
     pub pid: u32,
-    pub comm: &'a str,
+    pub comm: String,
     /// The container the process runs in (null: the host).
-    pub container_id: Option<&'a str>,
-    pub syscall: std::borrow::Cow<'static, str>,
+    pub container_id: Option<String>,
+    pub syscall: String,
     pub nr: u16,
-    pub count: u64,
-    pub errors: u64,
-    pub error_rate_pct: f64,
-    pub rate_per_s: f64,
-    pub latency_ms: Option<LatencyMs>,
+    /// count, errors, error_rate_pct, rate_per_s, latency_ms.
+    #[serde(flatten)]
+    pub calls: SyscallsGroup,
     pub errnos: BTreeMap<String, u64>,
 }
 
 /// `type: "process"`: one process's totals.
-#[derive(Debug, Serialize)]
-pub struct ProcessRecord<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
+    pub header: Header,
     pub pid: u32,
-    pub comm: &'a str,
+    pub comm: String,
     /// cgroup v2 id it ran in (most, this interval); null if unknown.
     pub cgroup_id: Option<u64>,
-    pub container_id: Option<&'a str>,
+    pub container_id: Option<String>,
     pub syscalls: SyscallsGroup,
     pub cpu: CpuGroup,
     pub memory: ProcessMemory,
@@ -79,15 +161,14 @@ pub struct ProcessRecord<'a> {
 }
 
 /// `type: "endpoint"`: one per active (process, role, port[, peer]).
-#[derive(Debug, Serialize)]
-pub struct EndpointRecord<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
+    pub header: Header,
     pub pid: u32,
-    pub comm: &'a str,
-    pub container_id: Option<&'a str>,
-    /// `server` (it answers on a local port) or `client` (it calls a peer).
-    pub role: &'static str,
+    pub comm: String,
+    pub container_id: Option<String>,
+    pub role: Role,
     /// The local listening port for servers, the remote port for clients.
     pub port: u16,
     /// The remote address (clients only).
@@ -95,23 +176,22 @@ pub struct EndpointRecord<'a> {
     pub requests: RequestsGroup,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessMemory {
     /// Resident set size at the end of the interval (null once exited).
     pub rss_bytes: Option<u64>,
 }
 
 /// `type: "container"`: one per container with activity this interval.
-#[derive(Debug, Serialize)]
-pub struct ContainerRecord<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
-    pub container_id: &'a str,
-    /// Runtime told by the cgroup name: docker, containerd, cri-o, podman, kubernetes.
-    pub runtime: &'static str,
-    /// cgroup v2 path.
-    pub cgroup: &'a str,
-    pub pod_uid: Option<&'a str>,
+    pub header: Header,
+    pub container_id: String,
+    pub runtime: Runtime,
+    /// The container's own cgroup (with the id, what identifies it).
+    pub cgroup: String,
+    pub pod_uid: Option<String>,
     pub cpu: CpuGroup,
     pub memory: ContainerMemory,
     pub syscalls: SyscallsGroup,
@@ -120,7 +200,7 @@ pub struct ContainerRecord<'a> {
     pub cost: ContainerCost,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerMemory {
     pub used_bytes: Option<u64>,
     /// null when the container has no limit.
@@ -130,10 +210,10 @@ pub struct ContainerMemory {
 }
 
 /// `type: "host"`: host-wide totals, whatever the process filters.
-#[derive(Debug, Serialize)]
-pub struct HostRecord<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
+    pub header: Header,
     pub syscalls: SyscallsGroup,
     pub cpus: u32,
     pub cpu: CpuGroup,
@@ -145,7 +225,7 @@ pub struct HostRecord<'a> {
 }
 
 /// The host's cost against its budget (null figures when not configured).
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostCost {
     /// The host's monthly price, or its measured use priced per core-hour
     /// and GiB-hour, projected over a month (730 h).
@@ -156,14 +236,14 @@ pub struct HostCost {
 }
 
 /// A container's share of the cost.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerCost {
     /// Its measured CPU and memory priced per core-hour and GiB-hour, or
     /// its share of the host's price (half by CPU, half by memory).
     pub projected_usd_month: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostMemory {
     /// MemTotal - MemAvailable.
     pub used_bytes: u64,
@@ -172,10 +252,10 @@ pub struct HostMemory {
 }
 
 /// `type: "status"`: written once at start, after the probes are attached.
-#[derive(Debug, Serialize)]
-pub struct StatusRecord<'a> {
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
+    pub header: Header,
     pub version: &'static str,
     pub pid: u32,
     /// Per KPI family: whether it runs, and why not.
@@ -197,10 +277,10 @@ pub struct KpiStatus {
 }
 
 /// `type: "agent"`: the agent's own health, so the monitoring is monitored.
-#[derive(Debug, Serialize)]
-pub struct AgentRecord<'a> {
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentRecord {
     #[serde(flatten)]
-    pub header: Header<'a>,
+    pub header: Header,
     pub version: &'static str,
     pub pid: u32,
     /// Per KPI family: whether it runs, and why not (as in `status`).
@@ -233,7 +313,7 @@ pub struct AgentRecord<'a> {
     pub lost: LostRecord,
     /// The overhead budget and what is shed to keep to it.
     pub shedding: Shedding,
-    /// Stdout: what waits, and what a reader that does not keep up cost.
+    /// The sinks: what waits, and what a reader that does not keep up cost.
     pub output: OutputState,
     /// Processes with system-call activity this interval.
     pub processes_active: u64,
@@ -269,7 +349,7 @@ pub struct ConfigState {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct OutputState {
     /// Intervals, since the last agent record, of which some records were
     /// dropped at some sink because it did not keep up (details in `sinks`).
@@ -283,13 +363,13 @@ pub struct OutputState {
     pub sinks: Vec<crate::sink::SinkState>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Shedding {
     /// The budget, percent of the host's CPU capacity (0: no shedding).
     pub budget_pct: f64,
     /// This interval's cost: the agent process plus its kernel programs
     /// (measured when BPF run-time statistics were sampled, else estimated
-    /// at 180 ns per timed and 80 ns per untimed system call).
+    /// from the programs' runs and cost per run).
     pub cost_pct: f64,
     /// 1 in this many system calls is timed for latency (1: all); every
     /// call is counted either way.
@@ -300,7 +380,7 @@ pub struct Shedding {
     pub probes_off: Vec<&'static str>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ProgramRecord {
     pub name: &'static str,
     /// Runs during the sampled window (null when not sampled).
@@ -317,7 +397,7 @@ pub struct ProgramRecord {
     pub cost_per_run_ns: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MapRecord {
     pub name: &'static str,
     pub entries: u64,
@@ -325,7 +405,7 @@ pub struct MapRecord {
     pub fill_pct: f64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct LostRecord {
     /// Calls not recorded because SYSCALL_STATS was full.
     pub syscall_stats_full: u64,
@@ -355,18 +435,281 @@ pub struct LostRecord {
     pub alert_scopes_cut: u64,
 }
 
+impl LostRecord {
+    /// Each counter by its field name.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("syscall_stats_full", self.syscall_stats_full),
+            ("syscall_start_full", self.syscall_start_full),
+            ("comm_full", self.comm_full),
+            ("syscall_bad_nr", self.syscall_bad_nr),
+            ("syscall_no_start", self.syscall_no_start),
+            ("cpu_time_full", self.cpu_time_full),
+            ("runq_full", self.runq_full),
+            ("runq_wake_full", self.runq_wake_full),
+            ("cgroup_walk_cut", self.cgroup_walk_cut),
+            ("tcp_socks_full", self.tcp_socks_full),
+            ("tcp_stats_full", self.tcp_stats_full),
+            ("tcp_endpoints_full", self.tcp_endpoints_full),
+            ("alert_scopes_cut", self.alert_scopes_cut),
+        ]
+    }
+}
+
+/// `type: "alert"`: a rule's level changed, or held and is said again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    #[serde(flatten)]
+    pub header: Header,
+    pub rule: String,
+    /// The KPI's path in the records.
+    pub kpi: String,
+    pub level: Level,
+    pub previous_level: Level,
+    pub repeat: bool,
+    pub value: f64,
+    pub threshold: f64,
+    /// The record type the KPI was read from (or `agent`).
+    pub scope: Kind,
+    /// The labels of that scope.
+    #[serde(flatten)]
+    pub place: Place,
+    /// When the level began (RFC 3339).
+    pub since: String,
+    pub message: String,
+}
+
+/// Where an alert is: the labels of its scope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Place {
+    Endpoint {
+        pid: u32,
+        comm: String,
+        container_id: Option<String>,
+        role: Role,
+        port: u16,
+        peer: Option<String>,
+    },
+    Process {
+        pid: u32,
+        comm: String,
+        container_id: Option<String>,
+    },
+    /// The agent itself (its overhead, its memory).
+    Agent {
+        pid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latency_sample_every: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probes_off: Option<Vec<String>>,
+    },
+    Container {
+        container_id: String,
+    },
+    /// The host, and the filesystem for a disk KPI.
+    Host {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mount: Option<String>,
+    },
+}
+
+/// Any record.
+#[derive(Clone, Debug)]
+pub enum Record {
+    Status(StatusRecord),
+    Host(HostRecord),
+    Container(ContainerRecord),
+    Process(ProcessRecord),
+    Endpoint(EndpointRecord),
+    Syscall(SyscallRecord),
+    Agent(Box<AgentRecord>),
+    Alert(AlertRecord),
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Record::Status(r) => r.serialize(s),
+            Record::Host(r) => r.serialize(s),
+            Record::Container(r) => r.serialize(s),
+            Record::Process(r) => r.serialize(s),
+            Record::Endpoint(r) => r.serialize(s),
+            Record::Syscall(r) => r.serialize(s),
+            Record::Agent(r) => r.serialize(s),
+            Record::Alert(r) => r.serialize(s),
+        }
+    }
+}
+
+/// The figures a record carries, by KPI group: what the catalogue's
+/// readers take (a record without a group leaves it empty).
+#[derive(Default)]
+pub struct Groups<'a> {
+    pub syscalls: Option<&'a SyscallsGroup>,
+    pub cpu: Option<&'a CpuGroup>,
+    pub tcp: Option<&'a TcpGroup>,
+    pub requests: Option<&'a RequestsGroup>,
+    pub host_memory: Option<&'a HostMemory>,
+    pub container_memory: Option<&'a ContainerMemory>,
+    pub process_memory: Option<&'a ProcessMemory>,
+    pub disk: &'a [DiskRecord],
+    pub host_cost: Option<&'a HostCost>,
+    pub container_cost: Option<&'a ContainerCost>,
+}
+
+impl Record {
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::Status(r) => &r.header,
+            Record::Host(r) => &r.header,
+            Record::Container(r) => &r.header,
+            Record::Process(r) => &r.header,
+            Record::Endpoint(r) => &r.header,
+            Record::Syscall(r) => &r.header,
+            Record::Agent(r) => &r.header,
+            Record::Alert(r) => &r.header,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.header().kind
+    }
+
+    /// The record's KPI groups.
+    pub fn groups(&self) -> Groups<'_> {
+        match self {
+            Record::Host(r) => Groups {
+                syscalls: Some(&r.syscalls),
+                cpu: Some(&r.cpu),
+                tcp: Some(&r.tcp),
+                requests: Some(&r.requests),
+                host_memory: Some(&r.memory),
+                disk: &r.disk,
+                host_cost: Some(&r.cost),
+                ..Groups::default()
+            },
+            Record::Container(r) => Groups {
+                syscalls: Some(&r.syscalls),
+                cpu: Some(&r.cpu),
+                tcp: Some(&r.tcp),
+                requests: Some(&r.requests),
+                container_memory: Some(&r.memory),
+                container_cost: Some(&r.cost),
+                ..Groups::default()
+            },
+            Record::Process(r) => Groups {
+                syscalls: Some(&r.syscalls),
+                cpu: Some(&r.cpu),
+                tcp: Some(&r.tcp),
+                requests: Some(&r.requests),
+                process_memory: Some(&r.memory),
+                ..Groups::default()
+            },
+            Record::Endpoint(r) => Groups { requests: Some(&r.requests), ..Groups::default() },
+            Record::Syscall(r) => Groups { syscalls: Some(&r.calls), ..Groups::default() },
+            Record::Status(_) | Record::Agent(_) | Record::Alert(_) => Groups::default(),
+        }
+    }
+
+    /// The labels of the record's scope, for alerts.
+    pub fn place(&self) -> Option<Place> {
+        Some(match self {
+            Record::Host(_) => Place::Host { mount: None },
+            Record::Container(r) => Place::Container { container_id: r.container_id.clone() },
+            Record::Process(r) => Place::Process {
+                pid: r.pid,
+                comm: r.comm.clone(),
+                container_id: r.container_id.clone(),
+            },
+            Record::Endpoint(r) => Place::Endpoint {
+                pid: r.pid,
+                comm: r.comm.clone(),
+                container_id: r.container_id.clone(),
+                role: r.role,
+                port: r.port,
+                peer: r.peer.clone(),
+            },
+            _ => return None,
+        })
+    }
+
+    /// A KPI record read back from JSON (the offline commands): `None` for
+    /// the other types, which carry no KPI a rule or merge reads.
+    pub fn from_value(v: serde_json::Value) -> Result<Option<Record>, serde_json::Error> {
+        let kind = v.get("type").and_then(|t| t.as_str()).and_then(Kind::parse);
+        Ok(Some(match kind {
+            Some(Kind::Host) => Record::Host(serde_json::from_value(v)?),
+            Some(Kind::Container) => Record::Container(serde_json::from_value(v)?),
+            Some(Kind::Process) => Record::Process(serde_json::from_value(v)?),
+            Some(Kind::Endpoint) => Record::Endpoint(serde_json::from_value(v)?),
+            Some(Kind::Syscall) => Record::Syscall(serde_json::from_value(v)?),
+            Some(Kind::Alert) => Record::Alert(serde_json::from_value(v)?),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Drops the histogram buckets of every latency group (the lines carry
+    /// them only with `--histograms`).
+    pub fn strip_buckets(&mut self) {
+        fn strip(l: &mut Option<LatencyMs>) {
+            if let Some(l) = l {
+                l.buckets = None;
+            }
+        }
+        fn groups(
+            s: Option<&mut SyscallsGroup>,
+            c: Option<&mut CpuGroup>,
+            t: Option<&mut TcpGroup>,
+            r: Option<&mut RequestsGroup>,
+        ) {
+            if let Some(s) = s {
+                strip(&mut s.latency_ms);
+            }
+            if let Some(c) = c {
+                strip(&mut c.runq_latency_ms);
+            }
+            if let Some(t) = t {
+                strip(&mut t.connect_latency_ms);
+                strip(&mut t.rtt_ms);
+            }
+            if let Some(r) = r {
+                strip(&mut r.latency_ms);
+            }
+        }
+        match self {
+            Record::Host(r) => groups(
+                Some(&mut r.syscalls),
+                Some(&mut r.cpu),
+                Some(&mut r.tcp),
+                Some(&mut r.requests),
+            ),
+            Record::Container(r) => groups(
+                Some(&mut r.syscalls),
+                Some(&mut r.cpu),
+                Some(&mut r.tcp),
+                Some(&mut r.requests),
+            ),
+            Record::Process(r) => groups(
+                Some(&mut r.syscalls),
+                Some(&mut r.cpu),
+                Some(&mut r.tcp),
+                Some(&mut r.requests),
+            ),
+            Record::Endpoint(r) => groups(None, None, None, Some(&mut r.requests)),
+            Record::Syscall(r) => groups(Some(&mut r.calls), None, None, None),
+            Record::Status(_) | Record::Agent(_) | Record::Alert(_) => {}
+        }
+    }
+}
+
 /// Encodes one run's records as lines, numbering them: `seq` counts the
 /// records of a run from 0 (the `status` record), so a reader sees a gap
 /// wherever a sink dropped records (the `agent` record counts them).
 pub struct Encoder {
     /// The next record's number.
     pub seq: u64,
-    /// Whether lines carry their histogram buckets (`--histograms`).
-    histograms: bool,
     pub lines: bytes::BytesMut,
-    /// The same records with their buckets, when the lines do not carry
-    /// them and the metrics endpoint needs them.
-    pub with_buckets: Option<bytes::BytesMut>,
 }
 
 #[derive(Serialize)]
@@ -377,21 +720,12 @@ struct Numbered<'a, T> {
 }
 
 impl Encoder {
-    pub fn new(seq: u64, histograms: bool, metrics: bool) -> Self {
-        Encoder {
-            seq,
-            histograms,
-            lines: bytes::BytesMut::with_capacity(64 * 1024),
-            with_buckets: (metrics && !histograms).then(bytes::BytesMut::new),
-        }
+    pub fn new(seq: u64) -> Self {
+        Encoder { seq, lines: bytes::BytesMut::with_capacity(64 * 1024) }
     }
 
     pub fn put<T: Serialize>(&mut self, rec: &T) -> Result<(), serde_json::Error> {
-        let rec = Numbered { rec, seq: self.seq };
-        with_buckets(self.histograms, || encode(&mut self.lines, &rec))?;
-        if let Some(buf) = &mut self.with_buckets {
-            with_buckets(true, || encode(buf, &rec))?;
-        }
+        encode(&mut self.lines, &Numbered { rec, seq: self.seq })?;
         self.seq += 1;
         Ok(())
     }
@@ -413,6 +747,25 @@ pub fn encode<T: Serialize>(
 mod tests {
     use super::*;
 
+    fn syscall(comm: String, host: String, count: u64, rate: f64) -> SyscallRecord {
+        SyscallRecord {
+            header: Header { v: 1, kind: Kind::Syscall, ts: "t".into(), host, interval_s: 1.0 },
+            pid: 1,
+            comm: comm.clone(),
+            container_id: None,
+            syscall: "read".into(),
+            nr: 0,
+            calls: SyscallsGroup {
+                count,
+                errors: 0,
+                error_rate_pct: 0.0,
+                rate_per_s: rate,
+                latency_ms: None,
+            },
+            errnos: BTreeMap::from([(comm, 1)]),
+        }
+    }
+
     /// Property: any bytes as a process name or host name give exactly one
     /// line of valid JSON that reads back as the lossy string (a small
     /// deterministic fuzzer: xorshift, fixed seed, 20000 cases).
@@ -430,21 +783,8 @@ mod tests {
             let comm = String::from_utf8_lossy(&raw).into_owned();
             let host_raw: Vec<u8> = (0..next(20)).map(|_| next(256) as u8).collect();
             let host = String::from_utf8_lossy(&host_raw).into_owned();
-            let header = Header { v: 1, kind: "syscall", ts: "t", host: &host, interval_s: 1.0 };
-            let rec = SyscallRecord {
-                header,
-                pid: next(1 << 22) as u32,
-                comm: &comm,
-                container_id: None,
-                syscall: "read".into(),
-                nr: 0,
-                count: next(u64::MAX),
-                errors: 0,
-                error_rate_pct: 0.0,
-                rate_per_s: f64::from(next(1000) as u32) / 7.0,
-                latency_ms: None,
-                errnos: BTreeMap::from([(comm.clone(), 1)]),
-            };
+            let rate = f64::from(next(1000) as u32) / 7.0;
+            let rec = syscall(comm.clone(), host.clone(), next(u64::MAX), rate);
             let mut buf = bytes::BytesMut::new();
             encode(&mut buf, &rec).unwrap();
             let line = std::str::from_utf8(&buf).unwrap();
@@ -452,38 +792,55 @@ mod tests {
             let back: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(back["comm"], comm.as_str());
             assert_eq!(back["host"], host.as_str());
+            // And the offline commands read it back as it was.
+            let Some(Record::Syscall(again)) = Record::from_value(back).unwrap() else {
+                panic!("not a syscall record")
+            };
+            assert_eq!(again, rec);
         }
     }
 
     #[test]
     fn hostile_names_stay_one_valid_line() {
         let raw: &[u8] = b"a\"b\\c\nd\te\x01\xff\xfe";
-        let comm = String::from_utf8_lossy(raw);
-        let header = Header { v: 1, kind: "process", ts: "t", host: "h\n\"", interval_s: 1.0 };
-        let rec = SyscallRecord {
-            header,
-            pid: 1,
-            comm: &comm,
-            container_id: None,
-            syscall: "read".into(),
-            nr: 0,
-            count: 0,
-            errors: 0,
-            error_rate_pct: 0.0,
-            rate_per_s: 0.0,
-            latency_ms: None,
-            errnos: BTreeMap::new(),
-        };
+        let comm = String::from_utf8_lossy(raw).into_owned();
+        let rec = syscall(comm.clone(), "h\n\"".into(), 0, 0.0);
         let mut buf = bytes::BytesMut::new();
         encode(&mut buf, &rec).unwrap();
         let line = std::str::from_utf8(&buf).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
-        assert!(line.ends_with('\n'));
         let back: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(back["comm"], comm.as_ref());
-        assert_eq!(back["type"], "process");
-        assert_eq!(back["v"], 1);
-        assert!(back["latency_ms"].is_null());
-        assert!(back["container_id"].is_null());
+        assert_eq!(back["comm"], comm.as_str());
+    }
+
+    /// An alert's labels are its scope's, and nothing else.
+    #[test]
+    fn alert_places_serialize_their_labels() {
+        let header =
+            Header { v: 1, kind: Kind::Alert, ts: "t".into(), host: "h".into(), interval_s: 1.0 };
+        let mut a = AlertRecord {
+            header,
+            rule: "disk".into(),
+            kpi: "disk.utilization_pct".into(),
+            level: Level::Escalate,
+            previous_level: Level::Ok,
+            repeat: false,
+            value: 97.0,
+            threshold: 95.0,
+            scope: Kind::Host,
+            place: Place::Host { mount: Some("/".into()) },
+            since: "t".into(),
+            message: "m".into(),
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!((v["mount"].as_str(), v["scope"].as_str()), (Some("/"), Some("host")));
+        assert!(v.get("pid").is_none());
+        a.place = Place::Process { pid: 7, comm: "x".into(), container_id: None };
+        a.scope = Kind::Process;
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["pid"], 7);
+        assert!(v["container_id"].is_null() && v.get("mount").is_none());
+        let back: AlertRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, a);
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     commands::CommandError,
     config::Config,
     recording::Recording,
+    records::{Kind, Record},
     rules::{Engine, number as num},
     timefmt::rfc3339_from_secs,
 };
@@ -139,7 +140,7 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
     let mut c = Collector::default();
     for rule in &rules {
         for kind in &rule.scopes {
-            c.want(kind, &rule.kpi);
+            c.want(kind.name(), &rule.path());
         }
     }
     for (_, kind, kpi) in OFFENDERS {
@@ -162,14 +163,14 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
             }
         }
         c.observe(&recs);
-        let kpis: Vec<Value> = recs.into_iter().filter(|r| r["type"] != "alert").collect();
+        let kpis: Vec<Record> = crate::commands::typed(recs, path)?
+            .into_iter()
+            .filter(|r| r.kind() != Kind::Alert)
+            .collect();
         for a in engine.evaluate(&kpis, secs) {
-            let key = format!(
-                "{}|{}|{}|{}|{}|{}",
-                a["rule"], a["scope"], a["pid"], a["port"], a["container_id"], a["mount"]
-            );
-            let level = a["level"].as_str().unwrap_or("").to_string();
-            if a["repeat"] == true {
+            let key = format!("{}|{}|{:?}", a.rule, a.scope.name(), a.place);
+            let level = a.level.name().to_string();
+            if a.repeat {
                 continue;
             }
             if let Some((since, lvl, msg)) = open.remove(&key) {
@@ -180,7 +181,7 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
                 }
             }
             if level != "ok" {
-                open.insert(key, (secs, level, a["message"].as_str().unwrap_or("").to_string()));
+                open.insert(key, (secs, level, a.message.clone()));
             }
         }
     }
@@ -207,10 +208,12 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
     );
     let _ = writeln!(md, "|---|---|---:|---:|---:|---|");
     for rule in &rules {
-        let u = unit(&rule.kpi);
+        let path = rule.path();
+        let u = unit(&path);
         for kind in &rule.scopes {
+            let kind = kind.name();
             // The host row, and the five worst of the others.
-            let mut rows: Vec<(String, Stat)> = c.get(kind, &rule.kpi).into_iter().collect();
+            let mut rows: Vec<(String, Stat)> = c.get(kind, &path).into_iter().collect();
             rows.sort_by(|a, b| b.1.worst.total_cmp(&a.1.worst));
             for (who, st) in rows.into_iter().take(if kind == "host" { usize::MAX } else { 5 }) {
                 let status = if st.worst > rule.escalate {
@@ -222,8 +225,7 @@ pub fn report(path: &Path, config: &Config) -> Result<String, CommandError> {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {who} | {}{u} | {}{u} | {}{u} | {status} |",
-                    rule.kpi,
+                    "| {path} | {who} | {}{u} | {}{u} | {}{u} | {status} |",
                     num(rule.investigate),
                     num(st.mean()),
                     num(st.worst)

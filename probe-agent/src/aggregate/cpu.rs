@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use probe_common::cpu::SchedCurrent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     latency::{Latency, LatencyMs},
@@ -106,7 +106,7 @@ pub fn interval(
 }
 
 /// The `cpu` group of process and container records.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CpuGroup {
     /// Busy cores: 1.0 is one core busy for the whole interval.
     pub cores: f64,
@@ -119,13 +119,13 @@ pub struct CpuGroup {
 impl CpuGroup {
     /// `run_ns` of CPU time over `span_ns`; at most `cpus` cores (a read
     /// racing a switch can count a few microseconds twice).
-    pub fn new(run_ns: u64, runq: &Latency, span_ns: u64, cpus: u32) -> Self {
+    pub fn new(run_ns: u64, runq: &Latency, span_ns: u64, cpus: u32, buckets: bool) -> Self {
         let cores = if span_ns > 0 { run_ns as f64 / span_ns as f64 } else { 0.0 };
         let cores = cores.min(f64::from(cpus.max(1)));
         CpuGroup {
             cores: round(cores, 3),
             utilization_pct: round(cores * 100.0 / f64::from(cpus.max(1)), 2),
-            runq_latency_ms: runq.summary_ms(),
+            runq_latency_ms: runq.summary_ms(buckets),
         }
     }
 }
@@ -210,7 +210,7 @@ mod tests {
         );
         let d = interval(&s0, &s1, &mut HashMap::new());
         assert_eq!(d.procs[&3].runq.count, 3);
-        let g = CpuGroup::new(d.procs[&3].run_ns, &d.procs[&3].runq, d.span_ns, 2);
+        let g = CpuGroup::new(d.procs[&3].run_ns, &d.procs[&3].runq, d.span_ns, 2, false);
         assert_eq!((g.cores, g.utilization_pct), (0.5, 25.0));
         assert_eq!(g.runq_latency_ms.unwrap().avg, 2.0);
     }

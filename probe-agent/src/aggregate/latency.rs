@@ -5,14 +5,10 @@
 //! its rank: never further from the truth than the bucket's width (3.1%, see
 //! `probe_common::hist`), and exact when the values in that bucket are equal.
 
-use std::{
-    cell::Cell,
-    collections::BTreeMap,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::collections::BTreeMap;
 
 use probe_common::hist::{bucket_lower, bucket_upper};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::round;
 
@@ -28,45 +24,19 @@ pub struct Latency {
 }
 
 /// The latency summary every KPI record carries, in milliseconds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyMs {
     pub avg: f64,
     pub p50: f64,
     pub p95: f64,
     pub p99: f64,
     pub max: f64,
-    /// With `--histograms`: the non-empty buckets, each
-    /// `[upper_bound_ms, count, sum_ms]`, in the layout of
-    /// `probe_common::hist` (so buckets of many hosts merge by their
-    /// upper bound; see `probe-agent merge`).
-    #[serde(skip_serializing_if = "hide_buckets")]
+    /// The non-empty buckets, each `[upper_bound_ms, count, sum_ms]`, in
+    /// the layout of `probe_common::hist` (so buckets of many hosts merge by
+    /// their upper bound; see `probe-agent merge`). Kept when `--histograms`
+    /// or the metrics endpoint needs them; written only with `--histograms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<Vec<(f64, u64, f64)>>,
-}
-
-/// Whether summaries keep their buckets (`--histograms` or the metrics
-/// endpoint, which needs them).
-static KEEP_BUCKETS: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    /// Whether records being encoded on this thread show their buckets.
-    static SHOW_BUCKETS: Cell<bool> = const { Cell::new(true) };
-}
-
-/// Has every summary made from now on keep its buckets.
-pub fn keep_buckets(on: bool) {
-    KEEP_BUCKETS.store(on, Ordering::Relaxed);
-}
-
-/// Runs `f` (an encoding) with the buckets shown or hidden.
-pub fn with_buckets<R>(show: bool, f: impl FnOnce() -> R) -> R {
-    let was = SHOW_BUCKETS.with(|s| s.replace(show));
-    let r = f();
-    SHOW_BUCKETS.with(|s| s.set(was));
-    r
-}
-
-fn hide_buckets(b: &Option<Vec<(f64, u64, f64)>>) -> bool {
-    b.is_none() || !SHOW_BUCKETS.with(Cell::get)
 }
 
 impl Latency {
@@ -116,8 +86,9 @@ impl Latency {
         Some(self.max_ns as f64)
     }
 
-    /// avg, p50, p95, p99 and max in milliseconds; `None` when empty.
-    pub fn summary_ms(&self) -> Option<LatencyMs> {
+    /// avg, p50, p95, p99 and max in milliseconds, and the buckets if
+    /// asked; `None` when empty.
+    pub fn summary_ms(&self, buckets: bool) -> Option<LatencyMs> {
         if self.count == 0 {
             return None;
         }
@@ -128,7 +99,7 @@ impl Latency {
             p95: ms(self.percentile_ns(95.0)?),
             p99: ms(self.percentile_ns(99.0)?),
             max: ms(self.max_ns as f64),
-            buckets: KEEP_BUCKETS.load(Ordering::Relaxed).then(|| {
+            buckets: buckets.then(|| {
                 self.buckets
                     .iter()
                     .map(|(&b, &(count, sum))| (ms(bucket_upper(b) as f64), count, ms(sum as f64)))
@@ -161,7 +132,7 @@ mod tests {
     #[test]
     fn equal_values_are_exact() {
         let l = from_values(&[10_062_345; 100]);
-        let s = l.summary_ms().unwrap();
+        let s = l.summary_ms(false).unwrap();
         assert_eq!((s.avg, s.p50, s.p99, s.max), (10.062345, 10.062345, 10.062345, 10.062345));
     }
 
@@ -199,6 +170,6 @@ mod tests {
 
     #[test]
     fn empty_has_no_summary() {
-        assert_eq!(Latency::default().summary_ms(), None);
+        assert_eq!(Latency::default().summary_ms(false), None);
     }
 }

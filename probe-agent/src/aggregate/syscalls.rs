@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use probe_common::syscalls::{SLOT_ERRNO, SLOT_UNTIMED, SyscallKey, SyscallValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     latency::{Latency, LatencyMs},
@@ -41,13 +41,13 @@ impl CallStats {
     }
 
     /// The `syscalls` group of process and host records.
-    pub fn group(&self, interval_s: f64) -> SyscallsGroup {
+    pub fn group(&self, interval_s: f64, buckets: bool) -> SyscallsGroup {
         SyscallsGroup {
             count: self.count(),
             errors: self.errors,
             error_rate_pct: pct(self.errors, self.count()),
             rate_per_s: rate(self.count(), interval_s),
-            latency_ms: self.latency.summary_ms(),
+            latency_ms: self.latency.summary_ms(buckets),
         }
     }
 }
@@ -58,7 +58,7 @@ pub fn rate(count: u64, interval_s: f64) -> f64 {
 }
 
 /// System-call totals as they appear in `process` and `host` records.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyscallsGroup {
     pub count: u64,
     pub errors: u64,
@@ -170,7 +170,7 @@ mod tests {
         cur.insert(key(3, 0, SLOT_UNTIMED), failed(60, 15, 0, 0));
         cur.insert(key(3, 0, SLOT_ERRNO | 2), val(16, 0, 0));
         let d = interval(&Snapshot::new(), &cur);
-        let g = d[&(3, 0)].group(1.0);
+        let g = d[&(3, 0)].group(1.0, false);
         assert_eq!((g.count, g.errors, g.error_rate_pct), (64, 16, 25.0));
         assert_eq!(d[&(3, 0)].latency.count, 4, "latency from the timed calls only");
         assert_eq!(g.latency_ms.unwrap().avg, 0.001);
@@ -193,7 +193,7 @@ mod tests {
         cur.insert(key(1, 2, b), failed(200, 3, 400_000_000, 2_000_000));
         cur.insert(key(1, 2, SLOT_ERRNO | 13), val(3, 0, 0));
         let d = interval(&Snapshot::new(), &cur);
-        let g = d[&(1, 2)].group(10.0);
+        let g = d[&(1, 2)].group(10.0, false);
         assert_eq!((g.count, g.errors, g.error_rate_pct, g.rate_per_s), (200, 3, 1.5, 20.0));
         assert_eq!(g.latency_ms.unwrap().avg, 2.0);
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use probe_common::tcp::{EndpointKey, ROLE_SERVER, SLOT_ERROR, TcpKey, TcpValue, metric};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     latency::{Latency, LatencyMs},
@@ -45,17 +45,17 @@ impl TcpStats {
         self.bytes_received += o.bytes_received;
     }
 
-    pub fn group(&self) -> TcpGroup {
+    pub fn group(&self, buckets: bool) -> TcpGroup {
         TcpGroup {
             connects: self.connects,
             connect_errors: self.connect_errors,
             connect_error_rate_pct: pct(self.connect_errors, self.connects),
-            connect_latency_ms: self.connect_latency.summary_ms(),
+            connect_latency_ms: self.connect_latency.summary_ms(buckets),
             accepts: self.accepts,
             retransmits: self.retransmits,
             resets_sent: self.resets_sent,
             resets_received: self.resets_received,
-            rtt_ms: self.rtt.summary_ms(),
+            rtt_ms: self.rtt.summary_ms(buckets),
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
         }
@@ -63,7 +63,7 @@ impl TcpStats {
 }
 
 /// The `tcp` group of process, container and host records.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TcpGroup {
     pub connects: u64,
     pub connect_errors: u64,
@@ -91,20 +91,20 @@ impl Requests {
         self.errors += o.errors;
     }
 
-    pub fn group(&self, interval_s: f64) -> RequestsGroup {
+    pub fn group(&self, interval_s: f64, buckets: bool) -> RequestsGroup {
         let count = self.latency.count + self.errors;
         RequestsGroup {
             count,
             rate_per_s: rate(count, interval_s),
             errors: self.errors,
             error_rate_pct: pct(self.errors, count),
-            latency_ms: self.latency.summary_ms(),
+            latency_ms: self.latency.summary_ms(buckets),
         }
     }
 }
 
 /// The `requests` group.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestsGroup {
     /// Requests that ended in the interval: answered or failed.
     pub count: u64,
@@ -126,8 +126,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn role_name(&self) -> &'static str {
-        if self.role == ROLE_SERVER { "server" } else { "client" }
+    pub fn role(&self) -> crate::records::Role {
+        use crate::records::Role;
+        if self.role == ROLE_SERVER { Role::Server } else { Role::Client }
     }
 
     /// The peer address for clients (IPv4 shown as a.b.c.d), none for servers.
@@ -260,20 +261,20 @@ mod tests {
             TcpValue { count: 3, sum: 4500, max: 2000 },
         );
         let d = interval(&prev, &cur);
-        let served = d.served(5).group(2.0);
+        let served = d.served(5).group(2.0, false);
         assert_eq!((served.count, served.errors, served.rate_per_s), (22, 2, 11.0));
         assert_eq!(served.latency_ms.unwrap().p50, 20.0);
         assert_eq!(served.error_rate_pct, 9.091);
-        assert_eq!(d.served(6).group(1.0).count, 0, "client requests are not served");
-        let g = d.procs[&6].group();
+        assert_eq!(d.served(6).group(1.0, false).count, 0, "client requests are not served");
+        let g = d.procs[&6].group(false);
         assert_eq!(
             (g.connects, g.connect_errors, g.connect_error_rate_pct, g.bytes_sent),
             (5, 1, 20.0, 4500)
         );
         let client = d.endpoints.keys().find(|e| e.tgid == 6).unwrap();
         assert_eq!(
-            (client.role_name(), client.peer_addr().as_deref()),
-            ("client", Some("127.0.0.1"))
+            (client.role(), client.peer_addr().as_deref()),
+            (crate::records::Role::Client, Some("127.0.0.1"))
         );
     }
 }

@@ -322,7 +322,7 @@ struct Reported {
 }
 
 /// One sink's state for the `agent` record: figures since the previous one.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct SinkState {
     pub name: String,
     pub kind: &'static str,
@@ -345,7 +345,7 @@ pub struct SinkState {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct DroppedRecords {
     pub queue_full: u64,
     pub too_large: u64,
@@ -355,6 +355,17 @@ pub struct DroppedRecords {
 }
 
 impl DroppedRecords {
+    /// Each reason by its field name.
+    pub fn fields(&self) -> [(&'static str, u64); 5] {
+        [
+            ("queue_full", self.queue_full),
+            ("too_large", self.too_large),
+            ("rejected", self.rejected),
+            ("unconfirmed", self.unconfirmed),
+            ("closed", self.closed),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
         self.queue_full + self.too_large + self.rejected + self.unconfirmed + self.closed
     }

@@ -1,0 +1,305 @@
+//! The join: one interval's figures per process, with its name, cgroup and
+//! container; container and host totals; the filters and bounds (`--pid`,
+//! `--comm`, `--top`, endpoints per process); and the KPI records.
+
+use std::collections::BTreeMap;
+
+use probe_common::tcp::ROLE_SERVER;
+
+use super::read::Reading;
+use crate::{
+    aggregate::{
+        cpu::{CpuGroup, ProcCpu},
+        latency::Latency,
+        pct,
+        syscalls::{CallStats, ProcessCalls},
+        tcp::{Endpoint, Requests, TcpStats},
+    },
+    cli::RunConfig,
+    containers::{self, Cgroups, Container},
+    cost, disk, names,
+    probes::Probes,
+    procfs,
+    records::{
+        ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord, Header, HostMemory,
+        HostRecord, Kind, ProcessMemory, ProcessRecord, Record, SyscallRecord,
+    },
+};
+
+/// Most endpoint records per process and per interval: a process with
+/// thousands of sockets (a proxy, a scanner) must not flood the stream or
+/// the metrics page. The busiest are kept; the cut is counted.
+const ENDPOINTS_PER_PROCESS: usize = 100;
+const ENDPOINTS_TOTAL: usize = 2000;
+
+/// How many processes were active, reported, and cut by the bounds.
+#[derive(Default)]
+pub struct Counts {
+    pub active: u64,
+    pub reported: u64,
+    pub cut_by_top: u64,
+    /// Endpoint records left out by the bounds.
+    pub endpoints_cut: u64,
+    /// System calls counted on the host (timed or not).
+    pub host_calls: u64,
+}
+
+/// One process's interval: its calls (`calls.tgid` is its id), CPU,
+/// name and cgroup.
+#[derive(Default)]
+struct ProcessView {
+    calls: ProcessCalls,
+    cpu: ProcCpu,
+    tcp: TcpStats,
+    /// Requests it served.
+    requests: Requests,
+    comm: String,
+    /// cgroup v2 id and path.
+    cgroup: Option<(u64, String)>,
+    container: Option<Container>,
+}
+
+/// One container's interval, summed over its processes.
+struct ContainerAgg {
+    container: Container,
+    calls: CallStats,
+    run_ns: u64,
+    runq: Latency,
+    tcp: TcpStats,
+    requests: Requests,
+}
+
+/// What the join needs besides the reading.
+pub struct Context<'a> {
+    pub cfg: &'a RunConfig,
+    pub probes: &'a Probes,
+    pub cgroups: &'a mut Cgroups,
+    pub cpus: u32,
+    pub header: &'a Header,
+    /// Whether latency groups keep their buckets (`--histograms` or metrics).
+    pub buckets: bool,
+}
+
+/// The KPI records of one interval: host, containers, then each reported
+/// process followed by its endpoints and system calls.
+pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> Counts {
+    let interval_s = cx.header.interval_s;
+    let (cpus, buckets) = (cx.cpus, cx.buckets);
+    let span_ns = r.cpu.span_ns;
+    cx.cgroups.next_interval();
+
+    // Every process that made calls, ran, or used TCP.
+    let mut views: BTreeMap<u32, ProcessView> = BTreeMap::new();
+    for p in std::mem::take(&mut r.procs) {
+        let tgid = p.tgid;
+        views.entry(tgid).or_default().calls = p;
+    }
+    for (tgid, c) in r.cpu.procs.drain() {
+        if c.run_ns > 0 || c.runq.count > 0 {
+            views.entry(tgid).or_default().cpu = c;
+        }
+    }
+    let mut host_tcp = TcpStats::default();
+    for (&tgid, t) in &r.tcp.procs {
+        host_tcp.merge(t);
+        if tgid != 0 {
+            views.entry(tgid).or_default().tcp = t.clone();
+        }
+    }
+    let mut host_requests = Requests::default();
+    for (e, req) in &r.tcp.endpoints {
+        if e.role == ROLE_SERVER {
+            host_requests.merge(req);
+        }
+        if e.tgid != 0 {
+            views.entry(e.tgid).or_default();
+        }
+    }
+    for (&tgid, v) in views.iter_mut() {
+        v.requests = r.tcp.served(tgid);
+        v.calls.tgid = tgid;
+        v.comm = comm(cx.probes, tgid);
+        v.cgroup = cgroup_of(cx.cgroups, tgid, v.cpu.cgroup);
+        v.container = container_of(tgid, v.cgroup.as_ref().map(|c| c.1.as_str()));
+    }
+    let mut counts = Counts {
+        active: views.len() as u64,
+        host_calls: r.host_calls.count(),
+        ..Counts::default()
+    };
+
+    // Containers: every process counts, whatever the filters. Keyed by id
+    // and cgroup together: a lookalike elsewhere is not merged.
+    let mut containers: BTreeMap<(String, String), ContainerAgg> = BTreeMap::new();
+    for v in views.values() {
+        let Some(c) = &v.container else { continue };
+        let agg =
+            containers.entry((c.id.clone(), c.cgroup.clone())).or_insert_with(|| ContainerAgg {
+                container: c.clone(),
+                calls: CallStats::default(),
+                run_ns: 0,
+                runq: Latency::default(),
+                tcp: TcpStats::default(),
+                requests: Requests::default(),
+            });
+        agg.calls.merge(&v.calls.total);
+        agg.run_ns += v.cpu.run_ns;
+        agg.runq.merge(&v.cpu.runq);
+        agg.tcp.merge(&v.tcp);
+        agg.requests.merge(&v.requests);
+    }
+
+    // Process filters, then the top N by CPU time plus system-call time.
+    let cfg = cx.cfg;
+    let mut chosen: Vec<&ProcessView> = views
+        .iter()
+        .filter(|(tgid, _)| cfg.pids.is_empty() || cfg.pids.contains(tgid))
+        .map(|(_, v)| v)
+        .filter(|v| cfg.comms.is_empty() || cfg.comms.contains(&v.comm))
+        .collect();
+    let matching = chosen.len() as u64;
+    chosen.sort_by_key(|v| {
+        (std::cmp::Reverse(v.cpu.run_ns + v.calls.total.latency.sum_ns), v.calls.tgid)
+    });
+    chosen.truncate(cfg.top);
+    counts.reported = chosen.len() as u64;
+    counts.cut_by_top = matching - counts.reported;
+
+    let memory = procfs::meminfo().map_or(
+        HostMemory { used_bytes: 0, total_bytes: 0, utilization_pct: 0.0 },
+        |(total, avail)| {
+            let used = total.saturating_sub(avail);
+            HostMemory { used_bytes: used, total_bytes: total, utilization_pct: pct(used, total) }
+        },
+    );
+    let host_cores = r.cpu.host_run_ns as f64 / (span_ns.max(1) as f64);
+    let host_mem = memory.used_bytes as f64;
+    let prices = &cfg.config.cost;
+    out.push(Record::Host(HostRecord {
+        header: cx.header.with(Kind::Host),
+        syscalls: r.host_calls.group(interval_s, buckets),
+        cpus,
+        cpu: CpuGroup::new(r.cpu.host_run_ns, &r.cpu.host_runq, span_ns, cpus, buckets),
+        memory,
+        disk: disk::disks(),
+        tcp: host_tcp.group(buckets),
+        requests: host_requests.group(interval_s, buckets),
+        cost: cost::host(prices, host_cores, host_mem),
+    }));
+    for ((id, _), c) in &containers {
+        let (used, limit) =
+            cx.cgroups.memory(&c.container.cgroup).map_or((None, None), |(u, l)| (Some(u), l));
+        let cores = c.run_ns as f64 / (span_ns.max(1) as f64);
+        let mem = used.unwrap_or(0) as f64;
+        out.push(Record::Container(ContainerRecord {
+            header: cx.header.with(Kind::Container),
+            container_id: id.clone(),
+            runtime: c.container.runtime,
+            cgroup: c.container.cgroup.clone(),
+            pod_uid: c.container.pod_uid.clone(),
+            cpu: CpuGroup::new(c.run_ns, &c.runq, span_ns, cpus, buckets),
+            memory: ContainerMemory {
+                used_bytes: used,
+                limit_bytes: limit,
+                utilization_pct: used.zip(limit).map(|(u, l)| pct(u, l)),
+            },
+            syscalls: c.calls.group(interval_s, buckets),
+            tcp: c.tcp.group(buckets),
+            requests: c.requests.group(interval_s, buckets),
+            cost: ContainerCost {
+                projected_usd_month: cost::container(prices, cores, mem, host_cores, host_mem),
+            },
+        }));
+    }
+    let mut endpoints_written = 0usize;
+    for v in &chosen {
+        let tgid = v.calls.tgid;
+        let container_id = v.container.as_ref().map(|c| c.id.clone());
+        out.push(Record::Process(ProcessRecord {
+            header: cx.header.with(Kind::Process),
+            pid: tgid,
+            comm: v.comm.clone(),
+            cgroup_id: v.cgroup.as_ref().map(|c| c.0),
+            container_id: container_id.clone(),
+            syscalls: v.calls.total.group(interval_s, buckets),
+            cpu: CpuGroup::new(v.cpu.run_ns, &v.cpu.runq, span_ns, cpus, buckets),
+            memory: ProcessMemory { rss_bytes: procfs::rss_bytes(tgid) },
+            tcp: v.tcp.group(buckets),
+            requests: v.requests.group(interval_s, buckets),
+        }));
+        // The busiest endpoints of the process, within both bounds; their
+        // requests stay in the process's and host's totals.
+        let mut eps: Vec<(&Endpoint, &Requests)> = r
+            .tcp
+            .endpoints
+            .range(Endpoint { tgid, role: 0, port: 0, peer: [0; 16] }..)
+            .take_while(|(e, _)| e.tgid == tgid)
+            .collect();
+        eps.sort_by_key(|(e, req)| (std::cmp::Reverse(req.latency.count + req.errors), **e));
+        let room = ENDPOINTS_PER_PROCESS.min(ENDPOINTS_TOTAL.saturating_sub(endpoints_written));
+        counts.endpoints_cut += eps.len().saturating_sub(room) as u64;
+        eps.truncate(room);
+        eps.sort_by_key(|(e, _)| **e);
+        endpoints_written += eps.len();
+        for (e, req) in eps {
+            out.push(Record::Endpoint(EndpointRecord {
+                header: cx.header.with(Kind::Endpoint),
+                pid: tgid,
+                comm: v.comm.clone(),
+                container_id: container_id.clone(),
+                role: e.role(),
+                port: e.port,
+                peer: e.peer_addr(),
+                requests: req.group(interval_s, buckets),
+            }));
+        }
+        for &(nr, ref stats) in &v.calls.calls {
+            out.push(Record::Syscall(SyscallRecord {
+                header: cx.header.with(Kind::Syscall),
+                pid: tgid,
+                comm: v.comm.clone(),
+                container_id: container_id.clone(),
+                syscall: names::syscall(nr).into_owned(),
+                nr,
+                calls: stats.group(interval_s, buckets),
+                errnos: stats
+                    .errnos
+                    .iter()
+                    .map(|(&e, &n)| (names::errno(e).into_owned(), n))
+                    .collect(),
+            }));
+        }
+    }
+    counts
+}
+
+/// The process's name: /proc while it lives (it may have renamed itself),
+/// else what the kernel recorded, else empty.
+fn comm(probes: &Probes, tgid: u32) -> String {
+    procfs::comm(tgid)
+        .or_else(|| probes.syscalls.comm(tgid).map(|c| procfs::comm_from_kernel(&c.bytes)))
+        .unwrap_or_default()
+}
+
+/// The cgroup (v2 id and path) a process ran in: the one its CPU time was
+/// charged to, else the one /proc says it is in now.
+fn cgroup_of(cgroups: &mut Cgroups, tgid: u32, from_cpu: Option<u64>) -> Option<(u64, String)> {
+    if let Some(id) = from_cpu
+        && let Some(path) = cgroups.path(id)
+    {
+        return Some((id, path.to_string()));
+    }
+    let path = procfs::cgroup_paths(tgid).into_iter().next()?;
+    let id = cgroups.id_of(&path)?;
+    Some((id, path))
+}
+
+/// The container a process runs in: told by its v2 cgroup, else (hybrid
+/// hosts, where runtimes may use only the v1 hierarchies) any of its v1
+/// cgroups.
+fn container_of(tgid: u32, v2_path: Option<&str>) -> Option<Container> {
+    if let Some(c) = v2_path.and_then(containers::parse) {
+        return Some(c);
+    }
+    procfs::cgroup_paths(tgid).iter().find_map(|p| containers::parse(p))
+}
