@@ -163,7 +163,9 @@ pub fn map_reads_need_capability(release: Option<&str>, unprivileged_disabled: b
 
 /// The running kernel's release, as `uname -r` prints it.
 fn kernel_release() -> Option<String> {
+    // SAFETY: utsname is plain C data (arrays of chars): all zeros is valid.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname(2) fills the struct it is given and nothing else.
     if unsafe { libc::uname(&mut u) } != 0 {
         return None;
     }

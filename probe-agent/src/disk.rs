@@ -98,7 +98,10 @@ pub fn real_mounts(mountinfo: &str) -> Vec<(String, String, String)> {
 /// statvfs of `mount`: (size, free, available), in bytes.
 pub fn statvfs(mount: &str) -> Option<(u64, u64, u64)> {
     let path = CString::new(mount).ok()?;
+    // SAFETY: statvfs is plain C data (integers): all zeros is valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path that outlives the call, and the struct
+    // statvfs(3) fills.
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return None;
     }

@@ -24,6 +24,7 @@ pub fn alive(tgid: u32) -> bool {
 /// This host's name (`gethostname`).
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `buf.len()` bytes into `buf`.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     if rc != 0 {
         return "unknown".into();
@@ -33,7 +34,9 @@ pub fn hostname() -> String {
 
 /// CPU time (user + system) this process has used, in ns.
 pub fn self_cpu_ns() -> u64 {
+    // SAFETY: rusage is plain C data (integers): all zeros is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage(2) fills the struct it is given.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return 0;
     }
@@ -43,7 +46,7 @@ pub fn self_cpu_ns() -> u64 {
 
 /// Resident set size of this process, in bytes.
 pub fn self_rss_bytes() -> u64 {
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    let page = page_size();
     fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -85,7 +88,7 @@ pub fn meminfo() -> Option<(u64, u64)> {
 
 /// Resident set size of a process, in bytes.
 pub fn rss_bytes(tgid: u32) -> Option<u64> {
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    let page = page_size();
     let statm = fs::read_to_string(format!("/proc/{tgid}/statm")).ok()?;
     Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * page)
 }
@@ -106,9 +109,19 @@ pub fn trim_heap() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// A sysconf(3) value (negative when unknown).
+fn sysconf(name: libc::c_int) -> i64 {
+    // SAFETY: sysconf takes an integer and reads no memory of ours.
+    unsafe { libc::sysconf(name) }
+}
+
+fn page_size() -> u64 {
+    sysconf(libc::_SC_PAGESIZE).max(0) as u64
+}
+
 /// Online CPUs.
 pub fn cpus() -> u32 {
-    (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as u32
+    sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as u32
 }
 
 /// A process's cgroup paths from /proc/<pid>/cgroup, the v2 one (`0::`)

@@ -99,10 +99,20 @@ pub const COUNTERS: u32 = 3;
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for CpuKey {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for CpuValue {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for SchedCurrent {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for RunqKey {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for RunqValue {}
 }
 

@@ -23,6 +23,8 @@ pub struct Comm {
 }
 
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+// every byte is initialized and any bit pattern is a valid value.
 unsafe impl aya::Pod for Comm {}
 
 const _: () = assert!(core::mem::size_of::<Comm>() == 16);

@@ -128,9 +128,17 @@ pub const COUNTERS: u32 = 5;
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for SyscallKey {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for SyscallValue {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for SyscallStart {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for SyscallCurrent {}
 }
 

@@ -136,9 +136,17 @@ pub const COUNTERS: u32 = 3;
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for SockState {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for TcpKey {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for TcpValue {}
+    // SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+    // every byte is initialized and any bit pattern is a valid value.
     unsafe impl aya::Pod for EndpointKey {}
 }
 

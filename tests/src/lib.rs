@@ -18,9 +18,34 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
+/// Sends `sig` to process `pid` (gone already: nothing happens).
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// statvfs(3) of a path: (fragment size, blocks, free blocks, available blocks).
+pub fn statvfs(path: &std::path::Path) -> Option<(u64, u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain C data (integers): all zeros is valid.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path that outlives the call, and the struct it fills.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_frsize as u64, st.f_blocks as u64, st.f_bfree as u64, st.f_bavail as u64))
+}
+
 /// Why BPF tests cannot run here, if they cannot.
 pub fn bpf_unavailable() -> Option<String> {
-    if unsafe { libc::geteuid() } != 0 {
+    if euid() != 0 {
         return Some("not root".into());
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -128,6 +153,8 @@ impl Agent {
             let path = std::ffi::CString::new(procs.as_os_str().as_bytes())?;
             // Between fork and exec only raw system calls: open, write "0"
             // (meaning: this process), close.
+            // SAFETY: the closure calls only async-signal-safe functions and
+            // allocates nothing (the path was made before the fork).
             unsafe {
                 cmd.pre_exec(move || {
                     let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
@@ -198,7 +225,7 @@ impl Agent {
     /// written (not checked against the schema: the QEMU guests have no
     /// validator, their records are checked on the host).
     pub fn stop_with(mut self, signal: i32) -> Result<Vec<Value>> {
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        kill(self.child.id(), signal);
         let status = self.child.wait()?;
         if !status.success() {
             bail!("agent exited with {status}");

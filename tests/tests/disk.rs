@@ -1,6 +1,6 @@
 //! Disk KPIs: every real filesystem the agent reports matches statvfs.
 
-use std::{ffi::CString, time::Duration};
+use std::time::Duration;
 
 use probe_tests::{Agent, require_bpf};
 
@@ -18,13 +18,11 @@ fn disk_figures_match_statvfs() {
             !["proc", "sysfs", "tmpfs", "cgroup2", "devtmpfs"]
                 .contains(&d["fstype"].as_str().unwrap())
         );
-        let path = CString::new(mount).unwrap();
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
-        let f = st.f_frsize as f64;
-        let size = st.f_blocks as f64 * f;
-        let used = (st.f_blocks - st.f_bfree) as f64 * f;
-        let avail = st.f_bavail as f64 * f;
+        let (f, blocks, free, avail) = probe_tests::statvfs(mount.as_ref()).unwrap();
+        let f = f as f64;
+        let size = blocks as f64 * f;
+        let used = (blocks - free) as f64 * f;
+        let avail = avail as f64 * f;
         let got_size = d["size_bytes"].as_f64().unwrap();
         let got_used = d["used_bytes"].as_f64().unwrap();
         assert!((got_size - size).abs() <= 0.01 * size, "{mount}: size {got_size} vs {size}");

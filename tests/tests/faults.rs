@@ -81,6 +81,7 @@ fn a_sink_that_never_reads() {
     // The smallest receive buffer: the peer's kernel takes little before
     // the agent's socket (128 KiB) and queue (64 KiB) fill.
     let small: libc::c_int = 4096;
+    // SAFETY: SO_RCVBUF reads one c_int from `small`, whose size is given.
     unsafe {
         libc::setsockopt(
             l.as_raw_fd(),
@@ -121,7 +122,7 @@ fn a_sink_that_never_reads() {
     // How long the agent takes to exit after SIGINT (until it is a zombie,
     // before the harness reaps it and checks its records).
     let t0 = Instant::now();
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGINT) };
+    probe_tests::kill(agent.pid(), libc::SIGINT);
     let exited = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
@@ -161,6 +162,7 @@ fn a_sink_that_never_reads() {
 /// Sets SO_LINGER to zero, so that closing sends a reset.
 fn reset(c: std::net::TcpStream) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: SO_LINGER reads one linger struct, whose size is given.
     unsafe {
         libc::setsockopt(
             c.as_raw_fd(),

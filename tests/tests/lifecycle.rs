@@ -67,7 +67,7 @@ fn sigterm_flushes_and_detaches_everything() {
     assert_eq!(loaded.len(), PROGRAMS.len(), "the agent's programs are loaded: {loaded:?}");
     w.go().unwrap();
     let truth = w.finish().unwrap();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    probe_tests::kill(child.id(), libc::SIGTERM);
     let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
     assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
     validate(&records).unwrap();
@@ -124,7 +124,7 @@ fn runs_with_only_bpf_and_perfmon_and_drops_them_after_attach() {
     // ... and it keeps measuring with the file descriptors it holds.
     w.go().unwrap();
     let truth = w.finish().unwrap();
-    unsafe { libc::kill(agent_pid as i32, libc::SIGINT) };
+    probe_tests::kill(agent_pid, libc::SIGINT);
     let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
     assert!(child.wait().unwrap().success());
     validate(&records).unwrap();
@@ -153,7 +153,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     let pid = agent.pid();
 
     std::fs::write(&path, "profile = \"none\"\n[alerts\n").unwrap();
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    probe_tests::kill(pid, libc::SIGHUP);
     let rec = agent
         .wait_for(
             |r| r["type"] == "agent" && !r["config"]["last_error"].is_null(),
@@ -169,7 +169,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     );
     assert_ne!(hot, default);
     std::fs::write(&path, hot).unwrap();
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    probe_tests::kill(pid, libc::SIGHUP);
     let rec = agent
         .wait_for(|r| r["type"] == "agent" && r["config"]["reloads"] == 1, Duration::from_secs(5))
         .unwrap();
@@ -198,7 +198,7 @@ fn a_stalled_reader_neither_stops_measuring_nor_blocks_sigterm() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     assert!(!status.contains("State:\tZ"), "still running");
     let t0 = std::time::Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    probe_tests::kill(child.id(), libc::SIGTERM);
     loop {
         if let Some(s) = child.try_wait().unwrap() {
             assert!(s.success(), "{s}");

@@ -278,7 +278,7 @@ struct Consumer(Child);
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        probe_tests::kill(self.0.id(), libc::SIGTERM);
         let _ = self.0.wait();
     }
 }

@@ -414,10 +414,8 @@ fn a_filling_disk_fires_and_resolves() {
             .unwrap();
     // Fill it past 95%, hold, then empty it.
     // Fill all but 256 KiB of what is available: above 95%.
-    let path = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
-    let avail = st.f_bavail as u64 * st.f_frsize as u64;
+    let (frsize, _, _, bavail) = probe_tests::statvfs(&mnt).unwrap();
+    let avail = bavail * frsize;
     let fill = mnt.join("fill");
     ok(Command::new("fallocate").args(["-l", &(avail - (256 << 10)).to_string()]).arg(&fill));
     let mount = mnt.to_str().unwrap().to_string();
@@ -481,7 +479,7 @@ fn cost_over_budget_fires_and_resolves_when_the_budget_grows() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("budget_usd_month = 100.0", "budget_usd_month = 200.0"))
         .unwrap();
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    probe_tests::kill(agent.pid(), libc::SIGHUP);
     // The rule keeps its level across the reload, so it resolves.
     let resolved = agent
         .wait_for(

@@ -285,7 +285,7 @@ fn configuration_reads_are_bounded_and_never_block() {
     agent.wait_for(|r| r["type"] == "agent", Duration::from_secs(10)).unwrap();
     fs::remove_file(&config).unwrap();
     assert!(Command::new("mkfifo").arg(&config).status().unwrap().success());
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    probe_tests::kill(agent.pid(), libc::SIGHUP);
     let refused = agent
         .wait_for(
             |r| r["type"] == "agent" && r["config"]["last_error"].is_string(),
@@ -315,7 +315,9 @@ fn run_measured(cmd: &mut Command) -> (i32, u64, String) {
         s
     });
     let mut status = 0;
+    // SAFETY: rusage is plain C data (integers): all zeros is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4(2) fills the status and rusage it is given.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(rc, pid);
     (libc::WEXITSTATUS(status), ru.ru_maxrss as u64, reader.join().unwrap())

@@ -81,7 +81,7 @@ impl Tracer {
 
     /// Stops it with SIGINT; returns every JSON record it wrote.
     fn stop_all(mut self) -> Vec<Value> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        crate::kill(self.child.id(), libc::SIGINT);
         let _ = self.child.wait();
         let mut out = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
@@ -94,7 +94,7 @@ impl Tracer {
 
     /// Stops it with SIGINT; returns the last agent record seen, if any.
     fn stop(mut self) -> Option<Value> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        crate::kill(self.child.id(), libc::SIGINT);
         let _ = self.child.wait();
         let mut last = None;
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
@@ -144,7 +144,7 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 /// Checks for root and builds the release agent and workload; returns
 /// their paths.
 pub(crate) fn build_release(root: &Path, what: &str) -> Result<(PathBuf, PathBuf)> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         bail!("the {what} loads eBPF programs: run it as root");
     }
     let status = Command::new("cargo")
@@ -331,7 +331,7 @@ pub mod server {
 
     impl Drop for Nginx {
         fn drop(&mut self) {
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
+            crate::kill(self.0.id(), libc::SIGQUIT);
             let _ = self.0.wait();
         }
     }

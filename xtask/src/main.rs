@@ -63,3 +63,15 @@ fn main() -> Result<()> {
         Task::Vm { only, refresh, readme } => vm::run(&root, &only, refresh, readme),
     }
 }
+
+/// Sends `sig` to process `pid` (gone already: nothing happens).
+pub(crate) fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

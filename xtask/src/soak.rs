@@ -146,7 +146,7 @@ pub fn run(root: &Path, minutes: f64, interval_s: u64) -> Result<()> {
         samples.push(json!({"t_s": t, "cpu_pct": rec["cpu_pct"], "rss_bytes": rec["rss_bytes"], "max_fill_pct": fill, "lost": lost, "dropped": dropped}));
     }
     stop.store(true, Ordering::Relaxed);
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    crate::kill(agent.id(), libc::SIGTERM);
     let _ = agent.wait();
     for l in loads {
         let _ = l.join();

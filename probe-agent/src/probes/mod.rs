@@ -203,7 +203,7 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
     let ebpf = loader.load(OBJECT)?;
     // Give the pages of what loading parsed back to the system rather than
     // let the allocator keep them for the agent's lifetime.
-    unsafe { libc::malloc_trim(0) };
+    crate::procfs::trim_heap();
     Ok((ebpf, tcp_missing))
 }
 

@@ -23,6 +23,7 @@ pub fn ensure_tracefs() -> Result<(), String> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());
     }
+    // SAFETY: NUL-terminated static strings and no data argument.
     let rc = unsafe {
         libc::mount(
             c"tracefs".as_ptr(),

@@ -41,11 +41,13 @@ impl Transport for Stdout {
 /// The capacity of a pipe on stdout and the bytes waiting in it, or None
 /// when stdout is not a pipe (a file or terminal takes whole writes).
 fn pipe_state() -> Option<(usize, usize)> {
+    // SAFETY: fcntl on fd 1 with an integer command reads no memory of ours.
     let cap = unsafe { libc::fcntl(1, libc::F_GETPIPE_SZ) };
     if cap <= 0 {
         return None;
     }
     let mut used: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into `used`.
     if unsafe { libc::ioctl(1, libc::FIONREAD, &mut used) } != 0 {
         return None;
     }
@@ -60,6 +62,7 @@ fn write_fd(buf: &[u8]) -> io::Result<()> {
     let mut off = 0;
     while off < buf.len() {
         let rest = &buf[off..];
+        // SAFETY: write(2) reads `rest.len()` bytes of `rest`, which lives.
         let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();

@@ -44,6 +44,7 @@ const SEND_BUFFER: libc::c_int = 128 << 10;
 
 fn set_send_buffer(fd: i32) {
     let size = SEND_BUFFER;
+    // SAFETY: SO_SNDBUF reads one c_int from `size`, whose size is given.
     unsafe {
         libc::setsockopt(
             fd,
@@ -116,6 +117,7 @@ impl Conn {
     fn peer(&mut self) -> Peer {
         let mut buf = [0u8; 512];
         loop {
+            // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
             let n = unsafe {
                 libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
             };
@@ -138,6 +140,7 @@ impl Conn {
         let Conn::Tcp(_) = self else { return None };
         let mut n: libc::c_int = 0;
         // SIOCOUTQ == TIOCOUTQ.
+        // SAFETY: the ioctl writes one c_int into `n`.
         (unsafe { libc::ioctl(self.fd(), libc::TIOCOUTQ, &mut n) } == 0)
             .then_some(n.max(0) as usize)
     }

@@ -56,6 +56,7 @@ fn main() -> Result<()> {
                     tv_nsec: (ms % 1000 * 1_000_000) as i64,
                 };
                 let t0 = Instant::now();
+                // SAFETY: clock_nanosleep reads `ts`, which lives; no remainder.
                 let rc = unsafe {
                     libc::syscall(
                         libc::SYS_clock_nanosleep,
@@ -88,6 +89,7 @@ fn main() -> Result<()> {
                         std::thread::sleep(std::time::Duration::from_millis(pause));
                     }
                     if i < ok {
+                        // SAFETY: openat reads a static NUL-terminated path.
                         let fd = unsafe {
                             libc::syscall(
                                 libc::SYS_openat,
@@ -97,10 +99,11 @@ fn main() -> Result<()> {
                             )
                         };
                         assert!(fd >= 0);
-                        unsafe { libc::syscall(libc::SYS_close, fd) };
-                        unsafe { libc::syscall(libc::SYS_getppid) };
+                        sys(libc::SYS_close, fd);
+                        sys(libc::SYS_getppid, 0);
                     }
                     if i < fail {
+                        // SAFETY: openat reads a static NUL-terminated path.
                         let rc = unsafe {
                             libc::syscall(
                                 libc::SYS_openat,
@@ -128,7 +131,7 @@ fn main() -> Result<()> {
             let count = num("--count", 1_000_000)?;
             let t0 = Instant::now();
             for _ in 0..count {
-                unsafe { libc::syscall(libc::SYS_getppid) };
+                sys(libc::SYS_getppid, 0);
             }
             let ns = t0.elapsed().as_nanos() as f64 / count as f64;
             serde_json::json!({"pid": pid, "count": count, "ns_per_call": ns})
@@ -189,6 +192,7 @@ fn main() -> Result<()> {
         "pingpong" => {
             let count = num("--count", 100_000)?;
             let (mut a, mut b) = ([0i32; 2], [0i32; 2]);
+            // SAFETY: pipe(2) writes two fds into each two-element array.
             unsafe {
                 libc::pipe(a.as_mut_ptr());
                 libc::pipe(b.as_mut_ptr());
@@ -197,6 +201,7 @@ fn main() -> Result<()> {
             let echo = std::thread::spawn(move || {
                 let mut byte = 0u8;
                 for _ in 0..count {
+                    // SAFETY: one byte read into and written from `byte`.
                     unsafe {
                         libc::read(a_r, (&raw mut byte).cast(), 1);
                         libc::write(b_w, (&raw const byte).cast(), 1);
@@ -206,6 +211,7 @@ fn main() -> Result<()> {
             let t0 = Instant::now();
             let mut byte = 1u8;
             for _ in 0..count {
+                // SAFETY: one byte written from and read into `byte`.
                 unsafe {
                     libc::write(a_w, (&raw const byte).cast(), 1);
                     libc::read(b_r, (&raw mut byte).cast(), 1);
@@ -275,6 +281,7 @@ fn main() -> Result<()> {
             s.write_all(b"reset me\n")?;
             std::thread::sleep(std::time::Duration::from_millis(num("--after-ms", 50)?));
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: SO_LINGER reads one linger struct, whose size is given.
             unsafe {
                 libc::setsockopt(
                     s.as_raw_fd(),
@@ -293,24 +300,28 @@ fn main() -> Result<()> {
         "churn" => {
             let (procs, threads) = (num("--procs", 1000)?, num("--threads", 0)?);
             for _ in 0..procs {
+                // SAFETY: the child makes raw system calls only and exits
+                // with _exit (no destructors, no allocation after the fork).
                 match unsafe { libc::fork() } {
-                    0 => unsafe {
+                    0 => {
                         for _ in 0..3 {
-                            libc::syscall(libc::SYS_getppid);
+                            sys(libc::SYS_getppid, 0);
                         }
-                        libc::_exit(0);
-                    },
+                        // SAFETY: ends the child at once, as after a fork it must.
+                        unsafe { libc::_exit(0) };
+                    }
                     -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
-                    child => unsafe {
+                    child => {
                         let mut status = 0;
-                        libc::waitpid(child, &mut status, 0);
-                    },
+                        // SAFETY: waitpid(2) writes the child's status into `status`.
+                        unsafe { libc::waitpid(child, &mut status, 0) };
+                    }
                 }
             }
             for _ in 0..threads {
-                std::thread::spawn(|| unsafe {
+                std::thread::spawn(|| {
                     for _ in 0..3 {
-                        libc::syscall(libc::SYS_getppid);
+                        sys(libc::SYS_getppid, 0);
                     }
                 })
                 .join()
@@ -326,7 +337,7 @@ fn main() -> Result<()> {
             let mut n = 0u64;
             while t0.elapsed().as_secs() < secs {
                 for _ in 0..1000 {
-                    unsafe { libc::syscall(libc::SYS_getppid) };
+                    sys(libc::SYS_getppid, 0);
                 }
                 n += 1000;
             }
@@ -381,9 +392,18 @@ fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
     sorted.get(rank - 1).copied().unwrap_or(0)
 }
 
+/// A raw system call with one integer argument (or none), through
+/// `libc::syscall` so the C library adds no call of its own.
+fn sys(nr: libc::c_long, arg: libc::c_long) -> libc::c_long {
+    // SAFETY: the calls used (getppid, close) take integers only.
+    unsafe { libc::syscall(nr, arg) }
+}
+
 /// CPU time (user + system) this process has used, in ns.
 fn cpu_ns() -> u64 {
+    // SAFETY: rusage is plain C data (integers): all zeros is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage(2) fills the struct it is given.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
     tv(ru.ru_utime) + tv(ru.ru_stime)
@@ -394,5 +414,6 @@ fn set_name(name: &[u8]) {
     let mut buf = [0u8; 16];
     let n = name.len().min(15);
     buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads up to 16 bytes, NUL-terminated, from `buf`.
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
 }
