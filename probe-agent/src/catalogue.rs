@@ -779,4 +779,85 @@ mod tests {
         assert!(resolve("requests.latency_ms.p42").is_none());
         assert!(resolve("requests.nope").is_none());
     }
+
+    fn repo(path: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// The schema node at `path` (dotted, from a record type's
+    /// properties), following `$ref`, `allOf` and arrays' `items`.
+    fn schema_node<'a>(
+        schema: &'a serde_json::Value,
+        kind: &str,
+        path: &str,
+    ) -> Option<&'a serde_json::Value> {
+        let defs = &schema["$defs"];
+        let resolve = |mut v: &'a serde_json::Value| {
+            while let Some(r) = v.get("$ref").and_then(|r| r.as_str()) {
+                v = &defs[r.trim_start_matches("#/$defs/")];
+            }
+            v
+        };
+        let child = |v: &'a serde_json::Value, part: &str| -> Option<&'a serde_json::Value> {
+            let v = resolve(v);
+            let v = if v["type"] == "array" { resolve(&v["items"]) } else { v };
+            let parts = v["allOf"].as_array().into_iter().flatten().map(resolve);
+            std::iter::once(v).chain(parts).find_map(|p| p.get("properties")?.get(part))
+        };
+        let mut node = &defs[kind];
+        for part in path.split('.') {
+            node = child(node, part)?;
+        }
+        Some(node)
+    }
+
+    /// The catalogue is the only list of KPIs: every KPI is in the schema
+    /// of each record type that carries it, the README shows exactly the
+    /// `kpis` table, and its Prometheus table names exactly the metrics.
+    #[test]
+    #[allow(clippy::items_after_statements)]
+    fn the_schema_and_the_readme_agree_with_the_catalogue() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&repo("schema/probe-v1.schema.json")).unwrap();
+        for k in KPIS {
+            for &kind in k.scopes {
+                // A syscall record carries the group's fields at its top level.
+                let path = if kind == S { k.path.split_once('.').unwrap().1 } else { k.path };
+                let node = schema_node(&schema, kind.name(), path);
+                assert!(
+                    node.is_some(),
+                    "{} is not in the schema of {} records",
+                    k.path,
+                    kind.name()
+                );
+            }
+        }
+        let readme = repo("README.md");
+        let (begin, end) = ("<!-- kpis:begin -->\n", "<!-- kpis:end -->");
+        let at = readme.find(begin).expect("README has the kpis table") + begin.len();
+        let shown = &readme[at..at + readme[at..].find(end).unwrap()];
+        assert_eq!(shown, table(), "README's KPI table differs from `probe-agent kpis`");
+        let names: std::collections::BTreeSet<&str> =
+            KPIS.iter().filter_map(|k| k.metric.map(|m| m.name)).collect();
+        for n in &names {
+            assert!(readme.contains(n), "README does not list the metric {n}");
+        }
+        let listed: std::collections::BTreeSet<String> = readme
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| {
+                w.starts_with("probe_")
+                    && !w.starts_with("probe_agent")
+                    && !w.starts_with("probe_metrics")
+            })
+            .filter(|w| !w.ends_with('_'))
+            .map(str::to_string)
+            .collect();
+        for n in &listed {
+            assert!(
+                names.contains(n.as_str()),
+                "README lists {n}, which the catalogue does not export"
+            );
+        }
+    }
 }
