@@ -305,6 +305,11 @@ impl Metrics {
         if let Some(v) = r["cost"]["projected_usd_month"].as_f64() {
             self.gauge("probe_cost_projected_usd_per_month", "Projected monthly cost.", l, v);
         }
+        // The budget beside the projection, so that a rule can say how far
+        // over budget a host is (packaging/prometheus/probe-rules.yaml).
+        if let Some(v) = r["cost"]["budget_usd_month"].as_f64() {
+            self.gauge("probe_cost_budget_usd_per_month", "Monthly budget.", l, v);
+        }
     }
 
     /// Takes one interval's lines.
