@@ -528,6 +528,25 @@ mod tests {
         assert!(t.contains(&format!("probe_syscall_latency_seconds_count{{{l}}} 20\n")));
     }
 
+    /// The host's budget is exported beside its projected cost, with the
+    /// same labels, so a rule can divide one by the other.
+    #[test]
+    fn cost_and_budget_share_their_labels() {
+        let mut m = metrics();
+        m.update(br#"{"type":"host","host":"h","cost":{"projected_usd_month":120.5,"budget_usd_month":100.0,"over_budget_pct":20.5}}"#);
+        m.update(br#"{"type":"host","host":"g","cost":{"projected_usd_month":null,"budget_usd_month":null}}"#);
+        let t = m.render();
+        assert!(
+            t.contains("probe_cost_projected_usd_per_month{host=\"h\",scope=\"host\"} 120.5\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("probe_cost_budget_usd_per_month{host=\"h\",scope=\"host\"} 100\n"),
+            "{t}"
+        );
+        assert!(!t.contains("host=\"g\""), "{t}");
+    }
+
     #[test]
     fn quiet_series_are_dropped() {
         let mut m = metrics();
