@@ -26,3 +26,5 @@ cargo test -- --test-threads=1
 
 echo "== deployment files"
 bash scripts/check-packaging.sh
+# What the agent used in its container in the image smoke test (tests/tests/image.rs).
+cat target/image-smoke.txt 2>/dev/null || true

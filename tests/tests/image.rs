@@ -505,12 +505,17 @@ fn the_image_runs_as_the_daemonset_runs_it() {
     if let Some(own) = own {
         assert_eq!(own, aid.as_str(), "the agent's own process is in its container");
     }
-    // What it used, for the manifest's requests and limits.
+    // Its own memory cgroup is the container's, with the manifest's limit
+    // (what its agent-memory alert watches).
     let agents: Vec<&Value> = records.iter().filter(|r| r["type"] == "agent").collect();
+    let own_cg = &agents[0]["cgroup_memory"];
+    assert_eq!(own_cg["cgroup"], acgroup.as_str(), "{own_cg}");
+    assert_eq!(own_cg["limit_bytes"], shape.memory_limit, "{own_cg}");
+    // What it used, for the manifest's requests and limits.
     let rss_max = agents.iter().filter_map(|r| r["rss_bytes"].as_u64()).max().unwrap();
     let cpu_pct: Vec<f64> = agents.iter().filter_map(|r| r["cpu_pct"].as_f64()).collect();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    eprintln!(
+    let figures = format!(
         "agent in its container: attached in {attach_s:.1} s; RSS up to {:.1} MiB; its cgroup \
          (BPF maps included) {:.1} MiB now, peak {:.1} MiB, limit {:.0} MiB; CPU {:.1} millicores \
          over {wall_s:.0} s after attaching (agent records: {cpu_pct:?} % of a core), limit {:.0} \
@@ -522,5 +527,11 @@ fn the_image_runs_as_the_daemonset_runs_it() {
         cpu_s / wall_s * 1000.0,
         shape.cpu_limit * 1000.0,
     );
+    eprintln!("{figures}");
+    // scripts/test.sh prints it after the tests: what the manifest's
+    // requests and limits are checked against, each run.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
+    std::fs::write(target.join("image-smoke.txt"), format!("{figures}\n")).unwrap();
     assert!(now_mem < shape.memory_limit / 2, "the agent uses more than half its memory limit");
 }
