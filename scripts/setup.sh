@@ -14,7 +14,10 @@ log() { echo "setup: $*" >&2; }
 # independent schema validator of the output tests. qemu-system-x86 and
 # qemu-system-arm boot the kernel matrix (`cargo xtask vm`, which fetches
 # the kernels and busybox itself with apt-get download, into ~/.cache).
-want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring)
+# podman, buildah, runc and debootstrap: the container image, built and run
+# without a registry (scripts/image.sh, tests/tests/image.rs). python3-venv:
+# the manifest validators' own environment (below).
+want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring podman buildah runc debootstrap python3-venv)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -36,6 +39,35 @@ if ((${#missing[@]})); then
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
+fi
+
+# kubectl (with its built-in kustomize) validates the Kustomize base: the
+# Kubernetes project's package where its apt source is configured, else
+# Debian's older kubernetes-client.
+if ! command -v kubectl >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  if apt-cache show kubectl >/dev/null 2>&1; then
+    log "installing kubectl"
+    apt-get install -y -qq --no-install-recommends kubectl >/dev/null
+  else
+    log "installing kubernetes-client (kubectl)"
+    apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+  fi
+fi
+
+# --- Python tools for the deployment files, in their own environment ------
+# kubernetes-validate (the built-in kinds' schemas, offline) and the
+# Prometheus Operator's CRD models (the PodMonitor), pinned, from PyPI.
+venv="$HOME/.cache/probe/venv-deploy"
+want_py="kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0 PyYAML"
+if [ "$(cat "$venv/.wants" 2>/dev/null)" != "$want_py" ]; then
+  log "making $venv ($want_py)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $want_py
+  echo "$want_py" > "$venv/.wants"
 fi
 
 # --- Rust toolchains -------------------------------------------------------

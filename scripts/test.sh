@@ -33,4 +33,6 @@ cargo xtask vm
 
 step "deployment files"
 bash scripts/check-packaging.sh
+# What the agent used in its container in the image smoke test (tests/tests/image.rs).
+cat target/image-smoke.txt 2>/dev/null || true
 echo "== all passed in ${SECONDS}s"

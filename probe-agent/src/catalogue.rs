@@ -602,7 +602,9 @@ pub static KPIS: &[Kpi] = &[
         source: "configuration",
         scopes: &[H],
         read: Read::Value(|g| g.host_cost?.budget_usd_month),
-        metric: None,
+        // Beside the projection, so a Prometheus rule can say how far over
+        // budget a host is (packaging/prometheus/probe-rules.yaml).
+        metric: gauge("probe_cost_budget_usd_per_month", "Monthly budget.", 1.0),
         rule: None,
         actions: COST_ACT,
     },

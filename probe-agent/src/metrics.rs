@@ -535,6 +535,36 @@ mod tests {
         assert!(t.contains(&format!("probe_memory_used_bytes{{{l}}} 4096\n")), "{t}");
     }
 
+    /// The host's budget is exported beside its projected cost, with the
+    /// same labels, so a rule can divide one by the other.
+    #[test]
+    fn cost_and_budget_share_their_labels() {
+        let host = |name: &str, projected: Option<f64>, budget: Option<f64>| {
+            let v = serde_json::json!({"v":1,"type":"host","ts":"t","host":name,"interval_s":1.0,
+                "syscalls":{"count":0,"errors":0,"error_rate_pct":0.0,"rate_per_s":0.0,"latency_ms":null},
+                "cpus":2,"cpu":{"cores":0.0,"utilization_pct":0.0,"runq_latency_ms":null},
+                "memory":{"used_bytes":1,"total_bytes":100,"utilization_pct":1.0},"disk":[],
+                "tcp":{"connects":0,"connect_errors":0,"connect_error_rate_pct":0.0,"connect_latency_ms":null,
+                       "accepts":0,"retransmits":0,"resets_sent":0,"resets_received":0,"rtt_ms":null,
+                       "bytes_sent":0,"bytes_received":0},
+                "requests":{"count":0,"rate_per_s":0.0,"errors":0,"error_rate_pct":0.0,"latency_ms":null},
+                "cost":{"projected_usd_month":projected,"budget_usd_month":budget,"over_budget_pct":null}});
+            Record::from_value(v).unwrap().unwrap()
+        };
+        let mut m = metrics();
+        m.update(&[host("h", Some(120.5), Some(100.0)), host("g", None, None)]);
+        let t = m.render();
+        assert!(
+            t.contains("probe_cost_projected_usd_per_month{host=\"h\",scope=\"host\"} 120.5\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("probe_cost_budget_usd_per_month{host=\"h\",scope=\"host\"} 100\n"),
+            "{t}"
+        );
+        assert!(!t.contains("cost_budget_usd_per_month{host=\"g\""), "{t}");
+    }
+
     #[test]
     fn quiet_series_are_dropped() {
         let mut m = metrics();

@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
         OnceLock,
@@ -22,6 +22,12 @@ use serde_json::Value;
 pub fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.
     unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Online CPUs, as the agent counts them (sysconf).
+pub fn online_cpus() -> u64 {
+    // SAFETY: sysconf takes an integer and reads no memory of ours.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64
 }
 
 /// This process's effective user id.
@@ -439,5 +445,82 @@ impl Drop for TestUser {
     fn drop(&mut self) {
         let _ = Command::new("pkill").args(["-9", "-u", &self.uid.to_string()]).output();
         let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// A cgroup made for a test in every hierarchy that can hold it (the v2
+/// hierarchy, and the v1 memory controller on hybrid hosts), removed on
+/// drop: a stand-in for a container runtime's cgroup, named as one names it.
+pub struct TestCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    /// Makes `rel` (e.g. `probe-test.slice/docker-<id>.scope`).
+    pub fn create(rel: &str) -> Result<Self> {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let bases = if root.join("cgroup.controllers").exists() {
+            vec![root]
+        } else {
+            vec![root.join("unified"), root.join("memory")]
+        };
+        let mut dirs = Vec::new();
+        for base in bases {
+            let dir = base.join(rel);
+            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            dirs.push(dir);
+        }
+        Ok(TestCgroup { dirs })
+    }
+
+    /// Sets a memory limit: v1 `memory.limit_in_bytes` on hybrid hosts
+    /// (their v2 hierarchy has no memory controller), else v2 `memory.max`,
+    /// with the controller enabled down to it.
+    pub fn limit_memory(&self, bytes: u64) -> Result<()> {
+        let root = Path::new("/sys/fs/cgroup");
+        for d in &self.dirs {
+            let file = if d.starts_with(root.join("unified")) {
+                continue;
+            } else if d.starts_with(root.join("memory")) {
+                d.join("memory.limit_in_bytes")
+            } else {
+                let mut parents: Vec<&Path> =
+                    d.ancestors().skip(1).take_while(|p| p.starts_with(root)).collect();
+                parents.reverse();
+                for p in parents {
+                    let _ = std::fs::write(p.join("cgroup.subtree_control"), "+memory");
+                }
+                d.join("memory.max")
+            };
+            std::fs::write(&file, bytes.to_string())
+                .with_context(|| format!("{}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` in.
+    pub fn enter(&self, pid: u32) -> Result<()> {
+        for d in &self.dirs {
+            std::fs::write(d.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("moving {pid} to {}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            // Empty once the workload has exited; the leaf first.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(parent) = d.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
     }
 }

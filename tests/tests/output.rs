@@ -17,7 +17,7 @@ use std::{
 };
 
 use probe_tests::{
-    Agent, Workload, agent_bin, rel_err, require_bpf, tempdir, validate, validate_lines,
+    Agent, TestCgroup, Workload, agent_bin, rel_err, require_bpf, tempdir, validate, validate_lines,
 };
 use serde_json::Value;
 
@@ -490,6 +490,201 @@ fn prometheus_scrapes_the_endpoint() {
         "without --histograms the JSON carries no buckets"
     );
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Percent-encodes a query string value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// GET over HTTP/1.0, so that a large answer (Prometheus' rules) comes
+/// whole rather than chunked: the body of a 200, or an error.
+fn http10_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    anyhow::ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(body.to_string())
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The deployment's Prometheus side against the real thing: a real
+/// Prometheus scrapes a real agent (a server answering requests, one reset
+/// before its answer, a container with a memory limit, cost prices and a
+/// budget), loads packaging/prometheus/probe-rules.yaml, and every query of
+/// the Grafana dashboard (packaging/grafana/probe-dashboard.json), its host
+/// variable included, returns data; every rule evaluates without error,
+/// and every recording rule returns data.
+#[test]
+fn dashboard_queries_and_rules_run_on_a_real_prometheus() {
+    require_bpf!();
+    let dir = tempdir("dash");
+    // Cost: priced by use, against a budget.
+    let out = Command::new(agent_bin()).args(["config", "--default"]).output().unwrap();
+    let config = String::from_utf8(out.stdout)
+        .unwrap()
+        .replace("core_hour_usd = 0.0", "core_hour_usd = 0.05")
+        .replace("gib_hour_usd = 0.0", "gib_hour_usd = 0.01")
+        .replace("budget_usd_month = 0.0", "budget_usd_month = 10.0");
+    assert!(config.contains("budget_usd_month = 10.0"), "{config}");
+    std::fs::write(dir.join("probe.toml"), config).unwrap();
+    let cg = TestCgroup::create(
+        "probe-test.slice/docker-5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed.scope",
+    )
+    .unwrap();
+    cg.limit_memory(256 << 20).unwrap();
+    let mut spin = Workload::start(&["spin", "--name", "pw-dash", "--ms", "20000"]).unwrap();
+    cg.enter(spin.pid).unwrap();
+    let server =
+        Workload::start(&["tcp-server", "--name", "pw-dashs", "--delay-ms", "20"]).unwrap();
+    let port = server.ready[0].clone();
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("probe.toml");
+    let agent = Agent::start(&[
+        "--interval",
+        "1s",
+        "--metrics-addr",
+        &maddr,
+        "--host",
+        "dash-host",
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .unwrap();
+    spin.go().unwrap();
+    let mut client = Workload::start(&[
+        "tcp-client",
+        "--name",
+        "pw-dashc",
+        "--port",
+        &port,
+        "--requests",
+        "200",
+        "--keepalive",
+    ])
+    .unwrap();
+    client.go().unwrap();
+    client.finish().unwrap();
+    // Reset 5 ms after its request, before the 20 ms answer (and after the
+    // 1 ms within which a close is a goodbye): one failed request.
+    let mut reset = Workload::start(&["tcp-reset", "--port", &port, "--after-ms", "5"]).unwrap();
+    reset.go().unwrap();
+    reset.finish().unwrap();
+
+    let web = format!("127.0.0.1:{}", free_port());
+    let rules = workspace().join("packaging/prometheus/probe-rules.yaml");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: probe\n    static_configs:\n      - targets: ['{maddr}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let prom = Consumer(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by scripts/setup.sh)"),
+    );
+    let query = |q: &str| -> Vec<Value> {
+        http10_get(&web, &format!("/api/v1/query?query={}", urlencode(q)))
+            .ok()
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    // Grafana's variables, as a dashboard showing every host would set them.
+    let grafana = |e: &str| e.replace("$__rate_interval", "1m").replace("$host", ".*");
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("packaging/grafana/probe-dashboard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<(String, String)> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"].as_array().into_iter().flatten().map(move |t| {
+                (p["title"].as_str().unwrap().to_string(), grafana(t["expr"].as_str().unwrap()))
+            })
+        })
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    // The recording rules too.
+    let rule_text = std::fs::read_to_string(&rules).unwrap();
+    for l in rule_text.lines() {
+        if let Some(name) = l.trim().strip_prefix("- record: ") {
+            exprs.push(("recording rule".into(), name.to_string()));
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut missing = exprs.clone();
+    while !missing.is_empty() && Instant::now() < until {
+        missing.retain(|(_, e)| query(e).is_empty());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every rule evaluated, none in error.
+    let body = http10_get(&web, "/api/v1/rules").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let rules: Vec<&Value> = v["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        rules.len(),
+        rule_text.matches("- record: ").count() + rule_text.matches("- alert: ").count()
+    );
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "{r}");
+    }
+    assert!(missing.is_empty(), "no data from the real Prometheus for: {missing:#?}");
+    // What the panels show is what the agent measured: 200 requests
+    // answered, one reset.
+    let server_series = |name: &str| {
+        let r = query(&format!("{name}{{scope=\"endpoint\",role=\"server\",port=\"{port}\"}}"));
+        r.first().map(|r| r["value"][1].as_str().unwrap().to_string())
+    };
+    assert_eq!(server_series("probe_requests_total").as_deref(), Some("201"));
+    assert_eq!(server_series("probe_request_errors_total").as_deref(), Some("1"));
+    // The dashboard's host variable.
+    let hosts = http10_get(
+        &web,
+        &format!(
+            "/api/v1/label/host/values?match[]={}",
+            urlencode("probe_cpu_utilization_ratio{scope=\"host\"}")
+        ),
+    )
+    .unwrap();
+    assert!(hosts.contains("\"dash-host\""), "{hosts}");
+    stop(prom);
+    let _ = agent.stop().unwrap();
+    drop(spin);
+    drop(server);
+    drop(cg);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
