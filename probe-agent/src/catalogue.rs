@@ -839,7 +839,11 @@ mod tests {
         let (begin, end) = ("<!-- kpis:begin -->\n", "<!-- kpis:end -->");
         let at = readme.find(begin).expect("README has the kpis table") + begin.len();
         let shown = &readme[at..at + readme[at..].find(end).unwrap()];
-X
+        assert_eq!(
+            shown,
+            table(),
+            "README's KPI table differs from `probe-agent kpis`: run scripts/readme-kpis.sh"
+        );
         let names: std::collections::BTreeSet<&str> =
             KPIS.iter().filter_map(|k| k.metric.map(|m| m.name)).collect();
         for n in &names {
