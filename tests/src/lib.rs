@@ -136,6 +136,26 @@ pub fn workload_bin() -> PathBuf {
     dir.join("probe-workload")
 }
 
+/// The agent's programs, in the order it attaches them on this kernel
+/// (bpftool shows the full names, from BTF).
+pub const PROGRAMS: [&str; 15] = [
+    "sys_enter",
+    "sys_exit",
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_process_exec",
+    "sched_process_exit",
+    "sock_send_length",
+    "sock_recv_length",
+    "tcp_probe",
+    "inet_sock_set_state",
+    "tcp_retransmit_skb",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "tcp_destroy_sock",
+];
+
 /// A running agent whose stdout lines are collected as they come.
 pub struct Agent {
     child: Child,
@@ -147,6 +167,15 @@ impl Agent {
     /// Starts `probe-agent run ARGS` and waits for its `status` record.
     pub fn start(args: &[&str]) -> Result<Self> {
         Agent::start_in(args, None)
+    }
+
+    /// As [`Agent::start`], run through a wrapper command (`setpriv ...`,
+    /// `taskset ...`): `WRAPPER... probe-agent run ARGS`.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Result<Self> {
+        let (program, rest) = wrapper.split_first().context("an empty wrapper")?;
+        let mut cmd = Command::new(program);
+        cmd.args(rest).arg(agent_bin()).arg("run").args(args);
+        Agent::spawn(cmd)
     }
 
     /// As [`Agent::start`], with the agent started inside the cgroup whose

@@ -11,29 +11,10 @@ use std::{
 };
 
 use probe_tests::{
-    Agent, Workload, agent_bin, of, parse_record, require_bpf, syscall_total, validate,
+    Agent, PROGRAMS, Workload, agent_bin, of, parse_record, require_bpf, syscall_total, validate,
     validate_lines,
 };
 use serde_json::Value;
-
-/// Our program names (bpftool shows the full names, from BTF).
-const PROGRAMS: [&str; 15] = [
-    "sys_enter",
-    "sys_exit",
-    "sched_switch",
-    "sched_wakeup",
-    "sched_wakeup_new",
-    "sched_process_exec",
-    "sched_process_exit",
-    "inet_sock_set_state",
-    "sock_send_length",
-    "sock_recv_length",
-    "tcp_probe",
-    "tcp_retransmit_skb",
-    "tcp_send_reset",
-    "tcp_receive_reset",
-    "tcp_destroy_sock",
-];
 
 /// Ids of loaded BPF programs with one of our names.
 fn our_programs() -> HashSet<u64> {
@@ -90,16 +71,13 @@ fn runs_with_only_bpf_and_perfmon_and_drops_them_after_attach() {
         Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).output();
     let mut w =
         Workload::start(&["calls", "--name", "pw-lp", "--ok", "200", "--fail", "20"]).unwrap();
-    let mut child = Command::new("setpriv")
-        .args(["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all,+bpf,+perfmon"])
-        .arg(agent_bin())
-        .args(["run", "--interval", "60s", "--pid", &w.pid.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let agent_pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let status = parse_record(&lines.next().expect("a status record").unwrap()).unwrap();
+    let agent = Agent::start_wrapped(
+        &["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all,+bpf,+perfmon"],
+        &["--interval", "60s", "--pid", &w.pid.to_string()],
+    )
+    .unwrap();
+    let agent_pid = agent.pid();
+    let status = agent.records[0].clone();
     assert_eq!(status["type"], "status");
     for kpi in ["syscalls", "cpu", "runq_latency", "tcp"] {
         assert_eq!(status["kpis"][kpi]["available"], true, "{kpi}: {}", status["kpis"][kpi]);
@@ -124,10 +102,7 @@ fn runs_with_only_bpf_and_perfmon_and_drops_them_after_attach() {
     // ... and it keeps measuring with the file descriptors it holds.
     w.go().unwrap();
     let truth = w.finish().unwrap();
-    probe_tests::kill(agent_pid, libc::SIGINT);
-    let records: Vec<Value> = lines.map(|l| parse_record(&l.unwrap()).unwrap()).collect();
-    assert!(child.wait().unwrap().success());
-    validate(&records).unwrap();
+    let records = agent.stop().unwrap();
     assert_eq!(
         syscall_total(&records, w.pid, "openat", "count"),
         truth["openat"].as_u64().unwrap()

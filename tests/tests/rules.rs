@@ -311,30 +311,6 @@ fn request_and_connect_errors_fire_and_resolve() {
     assert!(fired.starts_with("connect error rate ") && fired.contains("on host"), "{fired}");
 }
 
-/// A container cgroup with a memory limit, in every hierarchy that can hold it.
-fn limited_container(rel: &str, limit: u64) -> Vec<std::path::PathBuf> {
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    let mut dirs = Vec::new();
-    if root.join("cgroup.controllers").exists() {
-        let parent = root.join(rel).parent().unwrap().to_path_buf();
-        std::fs::create_dir_all(&parent).unwrap();
-        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
-        let d = root.join(rel);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("memory.max"), limit.to_string()).unwrap();
-        dirs.push(d);
-    } else {
-        let d = root.join("unified").join(rel);
-        std::fs::create_dir_all(&d).unwrap();
-        dirs.push(d);
-        let m = root.join("memory").join(rel);
-        std::fs::create_dir_all(&m).unwrap();
-        std::fs::write(m.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
-        dirs.push(m);
-    }
-    dirs
-}
-
 #[test]
 fn container_memory_near_its_limit_fires_and_resolves() {
     require_bpf!();
@@ -342,7 +318,8 @@ fn container_memory_near_its_limit_fires_and_resolves() {
     let config = fast_config(&dir);
     let id = "feedfacecafebeef0123456789abcdef0123456789abcdef0123456789abcdef";
     let rel = format!("system.slice/docker-{id}.scope");
-    let dirs = limited_container(&rel, 128 << 20);
+    let cg = probe_tests::TestCgroup::create(&rel).unwrap();
+    cg.limit_memory(128 << 20).unwrap();
     let mut w = Workload::start(&[
         "alloc",
         "--name",
@@ -355,9 +332,7 @@ fn container_memory_near_its_limit_fires_and_resolves() {
         "5000",
     ])
     .unwrap();
-    for d in &dirs {
-        std::fs::write(d.join("cgroup.procs"), w.pid.to_string()).unwrap();
-    }
+    cg.enter(w.pid).unwrap();
     let mut agent = Agent::start(&[
         "--interval",
         "1s",
@@ -374,10 +349,7 @@ fn container_memory_near_its_limit_fires_and_resolves() {
     );
     w.finish().unwrap();
     let records = agent.stop().unwrap();
-    for d in dirs.iter().rev() {
-        let _ = std::fs::remove_dir(d);
-        let _ = std::fs::remove_dir(d.parent().unwrap());
-    }
+    drop(cg);
     let (fired, resolved) = fired_and_resolved(&records, "memory");
     assert!(
         fired.starts_with("memory utilization ")

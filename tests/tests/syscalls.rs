@@ -220,26 +220,7 @@ fn agent_record_reports_programs_maps_and_losses() {
         status["programs"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     // Every program loads and attaches on this kernel (the verifier accepts
     // them all), and every KPI family is available.
-    assert_eq!(
-        progs,
-        [
-            "sys_enter",
-            "sys_exit",
-            "sched_switch",
-            "sched_wakeup",
-            "sched_wakeup_new",
-            "sched_process_exec",
-            "sched_process_exit",
-            "sock_send_length",
-            "sock_recv_length",
-            "tcp_probe",
-            "inet_sock_set_state",
-            "tcp_retransmit_skb",
-            "tcp_send_reset",
-            "tcp_receive_reset",
-            "tcp_destroy_sock"
-        ]
-    );
+    assert_eq!(progs, probe_tests::PROGRAMS);
     for (kpi, s) in status["kpis"].as_object().unwrap() {
         assert_eq!(s["available"], true, "{kpi}: {s}");
     }
