@@ -165,6 +165,7 @@ const C: Kind = Kind::Container;
 const P: Kind = Kind::Process;
 const E: Kind = Kind::Endpoint;
 const S: Kind = Kind::Syscall;
+const R: Kind = Kind::Route;
 
 const ACT: [&str; 2] = ["investigate", "escalate"];
 const LATENCY_ACT: [&str; 2] = ["investigate now", "escalate to the team lead"];
@@ -194,7 +195,7 @@ pub static KPIS: &[Kpi] = &[
         unit: Unit::Ms,
         formula: "server: first request byte arrives -> answer sent; client: request sent -> answer read",
         source: "tcp_probe, sock_send_length, sock_recv_length",
-        scopes: &[H, C, P, E],
+        scopes: &[H, C, P, E, R],
         read: Read::Latency(|g| g.requests?.latency_ms.as_ref()),
         metric: histogram(
             "probe_request_latency_seconds",
@@ -215,7 +216,7 @@ pub static KPIS: &[Kpi] = &[
         unit: Unit::Pct,
         formula: "errors / count x 100",
         source: "tcp:tcp_send_reset, tcp_receive_reset, sock:inet_sock_set_state",
-        scopes: &[H, C, P, E],
+        scopes: &[H, C, P, E, R],
         read: Read::Value(|g| Some(g.requests?.error_rate_pct)),
         metric: None,
         rule: Some(GuideRule {
@@ -233,7 +234,7 @@ pub static KPIS: &[Kpi] = &[
         unit: Unit::Count,
         formula: "requests answered or failed in the interval",
         source: "tcp_probe, sock_send_length, sock_recv_length",
-        scopes: &[H, C, P, E],
+        scopes: &[H, C, P, E, R],
         read: Read::Value(|g| n(g.requests?.count)),
         metric: counter(
             "probe_requests_total",
@@ -246,14 +247,41 @@ pub static KPIS: &[Kpi] = &[
         path: "requests.errors",
         name: "request errors",
         unit: Unit::Count,
-        formula: "requests on connections reset or closed before the answer",
-        source: "tcp:tcp_send_reset, tcp_receive_reset, sock:inet_sock_set_state",
-        scopes: &[H, C, P, E],
+        formula: "HTTP 5xx, Redis error replies, PostgreSQL ErrorResponse, and requests on connections reset or closed before the answer",
+        source: "sock_send_length, sock_recv_length, tcp:tcp_send_reset, tcp_receive_reset, sock:inet_sock_set_state",
+        scopes: &[H, C, P, E, R],
         read: Read::Value(|g| n(g.requests?.errors)),
         metric: counter(
             "probe_request_errors_total",
-            "Requests on connections reset or closed before the answer.",
+            "Requests failed: server errors, or reset or closed before the answer.",
         ),
+        rule: None,
+        actions: ACT,
+    },
+    Kpi {
+        path: "requests.client_errors",
+        name: "client errors",
+        unit: Unit::Count,
+        formula: "requests answered with HTTP 4xx (beside errors, unless configured)",
+        source: "sock_send_length, sock_recv_length (first bytes of the answer)",
+        scopes: &[H, C, P, E, R],
+        read: Read::Value(|g| n(g.requests?.client_errors)),
+        metric: counter(
+            "probe_request_client_errors_total",
+            "Requests answered with a client error (HTTP 4xx).",
+        ),
+        rule: None,
+        actions: ACT,
+    },
+    Kpi {
+        path: "requests.success_rate_pct",
+        name: "transaction success rate",
+        unit: Unit::Pct,
+        formula: "100 - error_rate_pct",
+        source: "as the errors",
+        scopes: &[H, C, P, E, R],
+        read: Read::Value(|g| g.requests?.success_rate_pct),
+        metric: None,
         rule: None,
         actions: ACT,
     },
@@ -263,7 +291,7 @@ pub static KPIS: &[Kpi] = &[
         unit: Unit::PerS,
         formula: "count / interval_s",
         source: "tcp_probe, sock_send_length, sock_recv_length",
-        scopes: &[H, C, P, E],
+        scopes: &[H, C, P, E, R],
         read: Read::Value(|g| Some(g.requests?.rate_per_s)),
         metric: None,
         rule: None,

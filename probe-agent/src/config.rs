@@ -65,8 +65,19 @@ pub struct RawConfig {
     outputs: Vec<String>,
     alerts: RawAlerts,
     cost: Cost,
+    /// How requests count (optional).
+    #[serde(default)]
+    requests: RawRequests,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequests {
+    /// Count client errors (HTTP 4xx) as errors too (default: beside them).
+    #[serde(default)]
+    client_errors_are_errors: bool,
 }
 
 fn none() -> String {
@@ -91,6 +102,12 @@ struct RawRule {
     escalate: f64,
     #[serde(default = "yes")]
     enabled: bool,
+    /// Fires when the value falls below the thresholds (a success rate).
+    #[serde(default)]
+    below: bool,
+    /// Route records only: globs (`*` matches anything) on the route.
+    #[serde(default)]
+    routes: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -105,6 +122,8 @@ pub struct Config {
     pub alerts: AlertSettings,
     pub cost: Cost,
     pub rules: Vec<Rule>,
+    /// How requests' outcomes count.
+    pub outcomes: crate::aggregate::tcp::Outcomes,
 }
 
 /// The escalation guide's industry profiles.
@@ -163,9 +182,17 @@ pub struct Rule {
     pub investigate: f64,
     pub escalate: f64,
     pub enabled: bool,
+    /// Fires below the thresholds instead of above (`_pct` KPIs only).
+    pub below: bool,
+    /// For route records: the globs a route must match (empty: any).
+    pub routes: Vec<String>,
 }
 
 impl Rule {
+    /// Whether the rule watches a route of this name.
+    pub fn wants_route(&self, route: &str) -> bool {
+        self.routes.is_empty() || self.routes.iter().any(|g| glob(g, route))
+    }
     /// The KPI's path in the records, e.g. "requests.latency_ms.avg".
     pub fn path(&self) -> String {
         catalogue::path_of(self.kpi, self.stat)
@@ -176,6 +203,7 @@ impl PartialEq for Rule {
     fn eq(&self, o: &Self) -> bool {
         (&self.name, self.path(), &self.scopes, self.investigate, self.escalate, self.enabled)
             == (&o.name, o.path(), &o.scopes, o.investigate, o.escalate, o.enabled)
+            && (self.below, &self.routes) == (o.below, &o.routes)
     }
 }
 
@@ -302,11 +330,21 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
         if scopes.is_empty() {
             return Err(format!("rule {}: scopes must not be empty", r.name));
         }
-        if !r.investigate.is_finite() || !r.escalate.is_finite() || r.investigate >= r.escalate {
+        let ordered = if r.below { r.investigate > r.escalate } else { r.investigate < r.escalate };
+        if !r.investigate.is_finite() || !r.escalate.is_finite() || !ordered {
             return Err(format!(
-                "rule {}: investigate ({}) must be below escalate ({})",
-                r.name, r.investigate, r.escalate
+                "rule {}: investigate ({}) must be {} escalate ({})",
+                r.name,
+                r.investigate,
+                if r.below { "above" } else { "below" },
+                r.escalate
             ));
+        }
+        if r.below && !r.kpi.ends_with("_pct") {
+            return Err(format!("rule {}: `below` applies to percentages (_pct) only", r.name));
+        }
+        if !r.routes.is_empty() && !scopes.contains(&Kind::Route) {
+            return Err(format!("rule {}: `routes` needs the scope \"route\"", r.name));
         }
         if r.kpi.ends_with("_pct") && (r.investigate < 0.0 || r.escalate > 1e6) {
             return Err(format!("rule {}: a percentage threshold must be from 0", r.name));
@@ -319,6 +357,8 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
             investigate: r.investigate,
             escalate: r.escalate,
             enabled: r.enabled,
+            below: r.below,
+            routes: r.routes,
         });
     }
     apply_profile(profile, &mut rules);
@@ -332,7 +372,56 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
         },
         cost: raw.cost,
         rules,
+        outcomes: crate::aggregate::tcp::Outcomes {
+            client_errors_are_errors: raw.requests.client_errors_are_errors,
+        },
     })
+}
+
+/// Adds a profile's rule unless the configuration has one of that name.
+fn add<'a>(
+    rules: &'a mut Vec<Rule>,
+    name: &str,
+    kpi: &str,
+    scopes: &[Kind],
+    (investigate, escalate): (f64, f64),
+    routes: &[&str],
+) -> Option<&'a mut Rule> {
+    if rules.iter().any(|r| r.name == name) {
+        return None;
+    }
+    let (kpi, stat) = catalogue::resolve(kpi)?;
+    rules.push(Rule {
+        name: name.into(),
+        kpi,
+        stat,
+        scopes: scopes.to_vec(),
+        investigate,
+        escalate,
+        enabled: true,
+        below: false,
+        routes: routes.iter().map(|r| r.to_string()).collect(),
+    });
+    rules.last_mut()
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters (case-sensitive).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    for (i, p) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return rest.ends_with(p);
+        }
+        match rest.find(p) {
+            Some(at) => rest = &rest[at + p.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// A toml error with the line it is on.
@@ -361,23 +450,47 @@ fn apply_profile(profile: Profile, rules: &mut Vec<Rule>) {
     match profile {
         Profile::Ecommerce => {
             set(rules, "request-latency", 300.0, 800.0);
-            if !rules.iter().any(|r| r.name == "request-latency-p95")
-                && let Some((kpi, stat)) = catalogue::resolve("requests.latency_ms.p95")
-            {
-                rules.push(Rule {
-                    name: "request-latency-p95".into(),
-                    kpi,
-                    stat,
-                    scopes: vec![Kind::Endpoint, Kind::Process],
-                    investigate: 800.0,
-                    escalate: 1500.0,
-                    enabled: true,
-                });
-            }
+            add(
+                rules,
+                "request-latency-p95",
+                "requests.latency_ms.p95",
+                &[Kind::Endpoint, Kind::Process],
+                (800.0, 1500.0),
+                &[],
+            );
+            // The flows that drive conversion: checkout, and the catalogue.
+            add(
+                rules,
+                "checkout-latency",
+                "requests.latency_ms.p95",
+                &[Kind::Route],
+                (300.0, 800.0),
+                &["*checkout*", "*cart*", "*payment*", "*order*"],
+            );
+            add(
+                rules,
+                "catalog-latency",
+                "requests.latency_ms.avg",
+                &[Kind::Route],
+                (300.0, 800.0),
+                &["*product*", "*catalog*", "*search*"],
+            );
         }
         Profile::Fintech => {
             set(rules, "request-errors", 0.1, 1.0);
             set(rules, "connect-errors", 0.5, 2.0);
+            // Transaction success rate per route: below 99.9% investigate,
+            // below 99% escalate (the error thresholds, seen from the other side).
+            if let Some(r) = add(
+                rules,
+                "transaction-success",
+                "requests.success_rate_pct",
+                &[Kind::Route],
+                (99.9, 99.0),
+                &[],
+            ) {
+                r.below = true;
+            }
         }
         Profile::None => {}
     }
@@ -485,6 +598,16 @@ mod tests {
             }
         }
         assert!(accepted > 0, "some mutations stay valid (e.g. a changed comment)");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*checkout*", "/api/checkout/{id}"));
+        assert!(glob("/api/*", "/api/x"));
+        assert!(glob("/api/*/items", "/api/7/items"));
+        assert!(!glob("/api/*/items", "/api/7/item"));
+        assert!(glob("GET", "GET") && !glob("GET", "GETS"));
+        assert!(glob("*", ""));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub enum Kind {
     Container,
     Process,
     Endpoint,
+    Route,
     Syscall,
     Agent,
     Alert,
@@ -48,6 +49,7 @@ impl Kind {
             Kind::Container => "container",
             Kind::Process => "process",
             Kind::Endpoint => "endpoint",
+            Kind::Route => "route",
             Kind::Syscall => "syscall",
             Kind::Agent => "agent",
             Kind::Alert => "alert",
@@ -55,7 +57,8 @@ impl Kind {
     }
 
     /// The kinds that carry KPIs a rule can watch.
-    pub const RULED: [Kind; 4] = [Kind::Host, Kind::Container, Kind::Process, Kind::Endpoint];
+    pub const RULED: [Kind; 5] =
+        [Kind::Host, Kind::Container, Kind::Process, Kind::Endpoint, Kind::Route];
 
     pub fn parse(s: &str) -> Option<Kind> {
         [
@@ -64,6 +67,7 @@ impl Kind {
             Kind::Container,
             Kind::Process,
             Kind::Endpoint,
+            Kind::Route,
             Kind::Syscall,
             Kind::Agent,
             Kind::Alert,
@@ -173,6 +177,39 @@ pub struct EndpointRecord {
     pub port: u16,
     /// The remote address (clients only).
     pub peer: Option<String>,
+    pub requests: RequestsGroup,
+    /// The protocol its connections showed: `http1`, `redis`, `postgres`,
+    /// or `unknown` (requests are then request/response exchanges).
+    #[serde(default = "unknown")]
+    pub protocol: String,
+    /// Whether its connections are encrypted (TLS); null when unknown.
+    #[serde(default)]
+    pub tls: Option<bool>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// `type: "route"`: one per (process, role, port[, peer], method, route)
+/// with requests, after its endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    #[serde(flatten)]
+    pub header: Header,
+    pub pid: u32,
+    pub comm: String,
+    pub container_id: Option<String>,
+    pub role: Role,
+    pub port: u16,
+    pub peer: Option<String>,
+    pub protocol: String,
+    /// The HTTP method (null for other protocols).
+    pub method: Option<String>,
+    /// HTTP: the path without its query, identifier-like segments as
+    /// `{id}` (or a configured pattern); Redis: the command; PostgreSQL:
+    /// the statement's first keyword; `other` past the bound of routes.
+    pub route: String,
     pub requests: RequestsGroup,
 }
 
@@ -324,6 +361,8 @@ pub struct AgentRecord {
     /// Endpoint records left out this interval: past 100 per process or
     /// 2000 in all, the busiest kept (their requests stay in the totals).
     pub endpoints_cut: u64,
+    /// Routes added up under `other` this interval: past 64 per endpoint.
+    pub routes_cut: u64,
     /// Map entries of exited processes freed this interval.
     pub entries_reclaimed: u64,
 }
@@ -431,13 +470,19 @@ pub struct LostRecord {
     pub tcp_stats_full: u64,
     /// Requests not recorded because TCP_ENDPOINTS was full.
     pub tcp_endpoints_full: u64,
+    /// Requests counted under route `other` by the kernel: their endpoint
+    /// had its bound of entries (2048), or ROUTE_COUNT was full.
+    pub tcp_routes_cut: u64,
+    /// Route names the kernel could not store (its map is an LRU: only
+    /// when it failed outright).
+    pub route_names_full: u64,
     /// Rule evaluations skipped: too many (rule, scope) pairs tracked (100000).
     pub alert_scopes_cut: u64,
 }
 
 impl LostRecord {
     /// Each counter by its field name.
-    pub fn fields(&self) -> [(&'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, u64); 15] {
         [
             ("syscall_stats_full", self.syscall_stats_full),
             ("syscall_start_full", self.syscall_start_full),
@@ -451,6 +496,8 @@ impl LostRecord {
             ("tcp_socks_full", self.tcp_socks_full),
             ("tcp_stats_full", self.tcp_stats_full),
             ("tcp_endpoints_full", self.tcp_endpoints_full),
+            ("tcp_routes_cut", self.tcp_routes_cut),
+            ("route_names_full", self.route_names_full),
             ("alert_scopes_cut", self.alert_scopes_cut),
         ]
     }
@@ -483,6 +530,16 @@ pub struct AlertRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Place {
+    Route {
+        pid: u32,
+        comm: String,
+        container_id: Option<String>,
+        role: Role,
+        port: u16,
+        peer: Option<String>,
+        method: Option<String>,
+        route: String,
+    },
     Endpoint {
         pid: u32,
         comm: String,
@@ -522,6 +579,7 @@ pub enum Record {
     Container(ContainerRecord),
     Process(ProcessRecord),
     Endpoint(EndpointRecord),
+    Route(RouteRecord),
     Syscall(SyscallRecord),
     Agent(Box<AgentRecord>),
     Alert(AlertRecord),
@@ -535,6 +593,7 @@ impl Serialize for Record {
             Record::Container(r) => r.serialize(s),
             Record::Process(r) => r.serialize(s),
             Record::Endpoint(r) => r.serialize(s),
+            Record::Route(r) => r.serialize(s),
             Record::Syscall(r) => r.serialize(s),
             Record::Agent(r) => r.serialize(s),
             Record::Alert(r) => r.serialize(s),
@@ -566,6 +625,7 @@ impl Record {
             Record::Container(r) => &r.header,
             Record::Process(r) => &r.header,
             Record::Endpoint(r) => &r.header,
+            Record::Route(r) => &r.header,
             Record::Syscall(r) => &r.header,
             Record::Agent(r) => &r.header,
             Record::Alert(r) => &r.header,
@@ -607,6 +667,7 @@ impl Record {
                 ..Groups::default()
             },
             Record::Endpoint(r) => Groups { requests: Some(&r.requests), ..Groups::default() },
+            Record::Route(r) => Groups { requests: Some(&r.requests), ..Groups::default() },
             Record::Syscall(r) => Groups { syscalls: Some(&r.calls), ..Groups::default() },
             Record::Status(_) | Record::Agent(_) | Record::Alert(_) => Groups::default(),
         }
@@ -630,6 +691,16 @@ impl Record {
                 port: r.port,
                 peer: r.peer.clone(),
             },
+            Record::Route(r) => Place::Route {
+                pid: r.pid,
+                comm: r.comm.clone(),
+                container_id: r.container_id.clone(),
+                role: r.role,
+                port: r.port,
+                peer: r.peer.clone(),
+                method: r.method.clone(),
+                route: r.route.clone(),
+            },
             _ => return None,
         })
     }
@@ -643,6 +714,7 @@ impl Record {
             Some(Kind::Container) => Record::Container(serde_json::from_value(v)?),
             Some(Kind::Process) => Record::Process(serde_json::from_value(v)?),
             Some(Kind::Endpoint) => Record::Endpoint(serde_json::from_value(v)?),
+            Some(Kind::Route) => Record::Route(serde_json::from_value(v)?),
             Some(Kind::Syscall) => Record::Syscall(serde_json::from_value(v)?),
             Some(Kind::Alert) => Record::Alert(serde_json::from_value(v)?),
             _ => return Ok(None),
@@ -697,6 +769,7 @@ impl Record {
                 Some(&mut r.requests),
             ),
             Record::Endpoint(r) => groups(None, None, None, Some(&mut r.requests)),
+            Record::Route(r) => groups(None, None, None, Some(&mut r.requests)),
             Record::Syscall(r) => groups(Some(&mut r.calls), None, None, None),
             Record::Status(_) | Record::Agent(_) | Record::Alert(_) => {}
         }

@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod hist;
+pub mod requests;
 pub mod runs;
 pub mod syscalls;
 pub mod tcp;

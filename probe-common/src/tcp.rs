@@ -24,7 +24,8 @@ pub const OFFSET_GLOBALS: &[(&str, &[(&str, &str)])] = &[
 
 pub const SOCK_MAX_ENTRIES: u32 = 65536;
 pub const STATS_MAX_ENTRIES: u32 = 16384;
-pub const ENDPOINT_MAX_ENTRIES: u32 = 16384;
+/// Endpoints x routes x statuses x latency buckets: routes multiply it.
+pub const ENDPOINT_MAX_ENTRIES: u32 = 65536;
 
 /// Socket roles.
 pub const ROLE_UNKNOWN: u8 = 0;
@@ -50,7 +51,13 @@ pub struct SockState {
     /// Local and remote port, host byte order.
     pub lport: u16,
     pub rport: u16,
-    pub _pad2: u32,
+    /// The protocol its first request showed (`requests::proto`).
+    pub proto: u8,
+    /// The outstanding request's method (HTTP) and whether its first
+    /// bytes were read (method and route known).
+    pub method: u8,
+    pub parsed: u8,
+    pub _pad: u8,
     /// Remote address: IPv6, or IPv4-mapped IPv6.
     pub raddr: [u8; 16],
     /// When the connect started (SYN sent).
@@ -59,6 +66,9 @@ pub struct SockState {
     pub req_ns: u64,
     /// When the peer's FIN came (0: not yet).
     pub fin_ns: u64,
+    /// The outstanding request's route id (`requests::ROUTE_*` or a hash).
+    pub route: u32,
+    pub _pad2: u32,
 }
 
 /// Connection metrics, the `metric` of a [`TcpKey`].
@@ -105,18 +115,25 @@ pub struct TcpValue {
 pub const SLOT_ERROR: u16 = 0xffff;
 
 /// Key of [`ENDPOINT_MAP`]: a process, a role and a port (local for
-/// servers, remote for clients), the peer for clients, and a slot (request
-/// latency bucket, or [`SLOT_ERROR`]).
+/// servers, remote for clients), the peer for clients, the protocol, and
+/// the request's method, route and status, and a slot (request latency
+/// bucket, or [`SLOT_ERROR`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub tgid: u32,
     pub port: u16,
     pub role: u8,
-    pub _pad: u8,
+    /// `requests::proto`.
+    pub proto: u8,
     pub peer: [u8; 16],
     pub slot: u16,
-    pub _pad2: [u8; 6],
+    /// `requests::status`.
+    pub status: u8,
+    /// An index into `requests::METHODS` plus one (0: none).
+    pub method: u8,
+    /// `requests::ROUTE_*` or a route's hash.
+    pub route: u32,
 }
 
 /// Indexes of [`COUNTER_MAP`].
@@ -129,9 +146,14 @@ pub enum Counter {
     StatsFull = 1,
     /// A request could not be recorded: `TCP_ENDPOINTS` full.
     EndpointsFull = 2,
+    /// A request counted under "other": its endpoint had its bound of
+    /// entries (`requests::ENTRIES_PER_ENDPOINT`), or `ROUTE_COUNT` was full.
+    RoutesCut = 3,
+    /// A route's name could not be stored: `ROUTE_NAMES` full.
+    RouteNamesFull = 4,
 }
 
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 5;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -150,7 +172,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointKey {}
 }
 
-const _: () = assert!(core::mem::size_of::<SockState>() == 56);
+const _: () = assert!(core::mem::size_of::<SockState>() == 64);
 const _: () = assert!(core::mem::size_of::<TcpKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpValue>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 32);

@@ -6,6 +6,7 @@
 mod cpu;
 mod floor;
 mod maps;
+mod requests;
 mod runs;
 mod sched;
 mod syscalls;

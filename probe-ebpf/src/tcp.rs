@@ -32,10 +32,13 @@ use aya_ebpf::{
 
 use crate::{
     maps::{self, Upserted},
-    runs,
+    requests, runs,
 };
 use probe_common::{
     hist::bucket_of,
+    requests::{
+        ENTRIES_PER_ENDPOINT, ROUTE_COUNT_MAX_ENTRIES, ROUTE_NONE, ROUTE_OTHER, proto, status,
+    },
     runs::slot,
     tcp::{
         COUNTERS, Counter, ENDPOINT_MAX_ENTRIES, EndpointKey, Field, ROLE_CLIENT, ROLE_SERVER,
@@ -154,11 +157,123 @@ fn add<K>(map: &PerCpuHashMap<K, TcpValue>, key: &K, sum: u64, full: Counter) {
 
 /// Records a finished request (or, with `SLOT_ERROR`, a failed one).
 #[inline(always)]
-fn request(s: &SockState, slot: u16, ns: u64) {
+fn request(s: &SockState, slot: u16, ns: u64, status: u8) {
+    if s.parsed == PARSED_SKIP {
+        return; // a start-up or authentication exchange, not a request
+    }
     let (port, peer) =
         if s.role == ROLE_SERVER { (s.lport, [0u8; 16]) } else { (s.rport, s.raddr) };
-    let key = EndpointKey { tgid: s.tgid, port, role: s.role, _pad: 0, peer, slot, _pad2: [0; 6] };
+    let proto = if s.proto == PROTO_L4 { proto::UNKNOWN } else { s.proto };
+    let mut key = EndpointKey {
+        tgid: s.tgid,
+        port,
+        role: s.role,
+        proto,
+        peer,
+        slot,
+        status,
+        method: s.method,
+        route: s.route,
+    };
+    if let Some(v) = TCP_ENDPOINTS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value: only this CPU writes it.
+        unsafe {
+            (*v).count += 1;
+            (*v).sum += ns;
+            (*v).max = (*v).max.max(ns);
+        }
+        return;
+    }
+    // A new entry: within the endpoint's bound, else under "other".
+    if key.route > ROUTE_OTHER && !admit(&key) {
+        key.route = ROUTE_OTHER;
+        key.method = 0;
+        bump(Counter::RoutesCut);
+    }
     add(&TCP_ENDPOINTS, &key, ns, Counter::EndpointsFull);
+}
+
+/// Entries each endpoint created in `TCP_ENDPOINTS`, to bound its routes.
+#[map(name = "ROUTE_COUNT")]
+static ROUTE_COUNT: HashMap<EndpointKey, u32> =
+    HashMap::with_max_entries(ROUTE_COUNT_MAX_ENTRIES, 0);
+
+/// Whether the endpoint of `key` may create one more entry (one more
+/// route, status or latency bucket); counts it if so. Approximate under
+/// races between CPUs, which only moves the bound by a few.
+#[inline(always)]
+fn admit(key: &EndpointKey) -> bool {
+    let ep = EndpointKey { slot: 0, status: 0, method: 0, route: 0, ..*key };
+    match ROUTE_COUNT.get_ptr_mut(&ep) {
+        Some(n) => {
+            // SAFETY: a u32 in the map's memory; a racing writer can only
+            // lose an increment.
+            unsafe {
+                if *n >= ENTRIES_PER_ENDPOINT {
+                    return false;
+                }
+                *n += 1;
+            }
+            true
+        }
+        None => maps::insert_new(&ROUTE_COUNT, &ep, 1),
+    }
+}
+
+/// `proto` of a socket whose first request matched no protocol: counted
+/// as L4 request/response exchanges, and not looked at again.
+const PROTO_L4: u8 = 0xfe;
+/// `parsed` of a socket's outstanding request: not yet read, read, or
+/// read and not a request (start-up, authentication).
+const PARSED_NO: u8 = 0;
+const PARSED_YES: u8 = 1;
+const PARSED_SKIP: u8 = 2;
+
+/// Reads the outstanding request's first bytes (moved by the current
+/// call, `len` of them) for its protocol, method and route.
+#[inline(always)]
+fn parse_request(s: *mut SockState, tid: u32, len: u64) {
+    // SAFETY: `s` is this socket's entry in TCP_SOCKS; programs on other
+    // CPUs may write it too, which at worst mixes two requests' labels.
+    unsafe {
+        if (*s).parsed != PARSED_NO {
+            return;
+        }
+        (*s).parsed = PARSED_YES;
+        (*s).method = 0;
+        (*s).route = ROUTE_NONE;
+        if (*s).proto == PROTO_L4 {
+            return;
+        }
+        let Some((scratch, n)) = requests::peek(tid, len) else { return };
+        let r = requests::request(scratch, n, (*s).proto);
+        if r.proto == proto::UNKNOWN {
+            // Looked at once: L4 from now on.
+            (*s).proto = PROTO_L4;
+            return;
+        }
+        (*s).proto = r.proto;
+        (*s).method = r.method;
+        (*s).route = r.route;
+        if r.skip {
+            (*s).parsed = PARSED_SKIP;
+        } else if !requests::remember_route(scratch, r.route) {
+            bump(Counter::RouteNamesFull);
+        }
+    }
+}
+
+/// What the answer the current call moves says of the outstanding
+/// request: its outcome, or `None` for an interim HTTP answer (1xx).
+#[inline(always)]
+fn parse_answer(s: *mut SockState, tid: u32, len: u64) -> Option<u8> {
+    // SAFETY: as in `parse_request`.
+    let p = unsafe { (*s).proto };
+    if p == proto::UNKNOWN || p == PROTO_L4 {
+        return Some(status::UNKNOWN);
+    }
+    let Some((scratch, n)) = requests::peek(tid, len) else { return Some(status::UNKNOWN) };
+    requests::answer(scratch, n, p)
 }
 
 /// An outstanding request on this socket failed (reset or closed).
@@ -167,7 +282,7 @@ fn fail_outstanding(s: *mut SockState) {
     unsafe {
         if (*s).outstanding != 0 && (*s).role != ROLE_UNKNOWN {
             (*s).outstanding = 0;
-            request(&*s, SLOT_ERROR, 0);
+            request(&*s, SLOT_ERROR, 0, status::UNKNOWN);
         }
     }
 }
@@ -204,7 +319,8 @@ fn end_answered(s: *mut SockState, now: u64) {
             (*s).outstanding = 0;
             (*s).answered = 0;
             let ns = now.saturating_sub((*s).req_ns);
-            request(&*s, bucket_of(ns) as u16, ns);
+            // Its outcome was not read: the answer stayed unread.
+            request(&*s, bucket_of(ns) as u16, ns, status::UNKNOWN);
         }
     }
 }
@@ -355,20 +471,28 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     }
     let Some((s, tgid)) = owned(sk) else { return 0 };
     stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
     unsafe {
         match (*s).role {
-            // Normally tcp_probe saw the data arrive first; this covers data
-            // that came with the handshake's last ACK (no tcp_probe then).
-            ROLE_SERVER if (*s).outstanding == 0 => {
-                (*s).outstanding = 1;
-                (*s).req_ns = bpf_ktime_get_ns();
+            ROLE_SERVER => {
+                // Normally tcp_probe saw the data arrive first; this covers
+                // data that came with the handshake's last ACK.
+                if (*s).outstanding == 0 {
+                    (*s).outstanding = 1;
+                    (*s).req_ns = bpf_ktime_get_ns();
+                    (*s).parsed = PARSED_NO;
+                }
+                parse_request(s, tid, ret as u64);
             }
-            // A client's request ends when it reads the answer.
+            // A client's request ends when it reads the answer (a final
+            // one: an interim HTTP 1xx keeps it outstanding).
             ROLE_CLIENT if (*s).outstanding != 0 => {
+                let Some(st) = parse_answer(s, tid, ret as u64) else { return 0 };
                 (*s).outstanding = 0;
                 (*s).answered = 0;
                 let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
-                request(&*s, bucket_of(ns) as u16, ns);
+                request(&*s, bucket_of(ns) as u16, ns, st);
             }
             _ => {}
         }
@@ -390,17 +514,39 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     }
     let Some((s, tgid)) = owned(sk) else { return 0 };
     stat(tgid, metric::BYTES_SENT, 0, ret as u64);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
     unsafe {
         match (*s).role {
-            // A server's request ends when it starts answering.
+            // A server's request ends when it starts a (final) answer.
             ROLE_SERVER if (*s).outstanding != 0 => {
+                if (*s).parsed == PARSED_NO {
+                    // Its bytes were never read (sendfile-style proxies).
+                    (*s).parsed = PARSED_YES;
+                }
+                let Some(st) = parse_answer(s, tid, ret as u64) else { return 0 };
                 (*s).outstanding = 0;
                 let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
-                request(&*s, bucket_of(ns) as u16, ns);
+                request(&*s, bucket_of(ns) as u16, ns, st);
+            }
+            // An HTTP server answering pipelined requests (several read at
+            // once) starts each further answer with its own status line:
+            // each is one more request, from the same arrival.
+            ROLE_SERVER if (*s).proto == proto::HTTP1 && (*s).parsed == PARSED_YES => {
+                if let Some((scratch, n)) = requests::peek(tid, 16)
+                    && let Some(class) = requests::http_status(&(*scratch).buf, n)
+                    && class != 1
+                {
+                    let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
+                    request(&*s, bucket_of(ns) as u16, ns, class);
+                }
             }
             ROLE_CLIENT if (*s).outstanding == 0 => {
                 (*s).outstanding = 1;
                 (*s).req_ns = bpf_ktime_get_ns();
+                (*s).answered = 0;
+                (*s).parsed = PARSED_NO;
+                parse_request(s, tid, ret as u64);
             }
             _ => {}
         }
@@ -440,6 +586,7 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
         if (*s).role == ROLE_SERVER && (*s).outstanding == 0 {
             (*s).outstanding = 1;
             (*s).req_ns = bpf_ktime_get_ns();
+            (*s).parsed = PARSED_NO;
         } else if (*s).role == ROLE_CLIENT && (*s).outstanding != 0 {
             (*s).answered = 1;
         }

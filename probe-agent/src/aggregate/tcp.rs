@@ -6,12 +6,15 @@ use std::{
     net::Ipv6Addr,
 };
 
-use probe_common::tcp::{EndpointKey, ROLE_SERVER, SLOT_ERROR, TcpKey, TcpValue, metric};
+use probe_common::{
+    requests::status,
+    tcp::{EndpointKey, ROLE_SERVER, SLOT_ERROR, TcpKey, TcpValue, metric},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
     latency::{Latency, LatencyMs},
-    pct,
+    pct, round,
     syscalls::rate,
 };
 use crate::probes::tcp::TcpSnapshot;
@@ -78,27 +81,70 @@ pub struct TcpGroup {
     pub bytes_received: u64,
 }
 
-/// Requests of one interval: latencies of those answered, and failures.
+/// Requests of one interval: latencies of those answered, their outcomes,
+/// and those that failed before an answer.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Requests {
     pub latency: Latency,
+    /// Failed: reset or closed before an answer.
     pub errors: u64,
+    /// Answered requests by outcome (`requests::status`: 0 unknown, the
+    /// HTTP class 1 to 5; Redis and PostgreSQL OK = 2, error = 5).
+    pub by_status: [u64; 6],
+}
+
+/// How the request KPIs count outcomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Outcomes {
+    /// Count client errors (HTTP 4xx) in `errors` too (default: beside it).
+    pub client_errors_are_errors: bool,
 }
 
 impl Requests {
     pub fn merge(&mut self, o: &Requests) {
         self.latency.merge(&o.latency);
         self.errors += o.errors;
+        for (a, b) in self.by_status.iter_mut().zip(o.by_status) {
+            *a += b;
+        }
     }
 
+    /// The requests group; `http` adds the status classes.
     pub fn group(&self, interval_s: f64, buckets: bool) -> RequestsGroup {
+        self.group_with(interval_s, buckets, false, Outcomes::default())
+    }
+
+    pub fn group_with(
+        &self,
+        interval_s: f64,
+        buckets: bool,
+        http: bool,
+        o: Outcomes,
+    ) -> RequestsGroup {
         let count = self.latency.count + self.errors;
+        let client_errors = self.by_status[usize::from(status::CLIENT_ERROR)];
+        let mut errors = self.errors + self.by_status[usize::from(status::ERROR)];
+        if o.client_errors_are_errors {
+            errors += client_errors;
+        }
+        let error_rate_pct = pct(errors, count);
         RequestsGroup {
             count,
             rate_per_s: rate(count, interval_s),
-            errors: self.errors,
-            error_rate_pct: pct(self.errors, count),
+            errors,
+            error_rate_pct,
             latency_ms: self.latency.summary_ms(buckets),
+            client_errors,
+            success_rate_pct: if count == 0 {
+                None
+            } else {
+                Some(round(100.0 - error_rate_pct, 3))
+            },
+            status: http.then(|| {
+                (1..=5)
+                    .map(|c| (format!("{c}xx"), self.by_status[c]))
+                    .collect::<BTreeMap<String, u64>>()
+            }),
         }
     }
 }
@@ -109,11 +155,22 @@ pub struct RequestsGroup {
     /// Requests that ended in the interval: answered or failed.
     pub count: u64,
     pub rate_per_s: f64,
-    /// Requests on connections reset or closed before the answer.
+    /// Server errors (HTTP 5xx, Redis error replies, PostgreSQL
+    /// ErrorResponse) and requests on connections reset or closed before
+    /// the answer.
     pub errors: u64,
     pub error_rate_pct: f64,
     /// Latency of the answered requests.
     pub latency_ms: Option<LatencyMs>,
+    /// Client errors (HTTP 4xx), beside `errors` (not in it, by default).
+    #[serde(default)]
+    pub client_errors: u64,
+    /// 100 - error_rate_pct: the transaction success rate (null without requests).
+    #[serde(default)]
+    pub success_rate_pct: Option<f64>,
+    /// HTTP answers by status class (`1xx` .. `5xx`); null for other protocols.
+    #[serde(default)]
+    pub status: Option<BTreeMap<String, u64>>,
 }
 
 /// An endpoint: a process serving a port, or calling a peer's port.
@@ -141,12 +198,23 @@ impl Endpoint {
     }
 }
 
+/// One endpoint's requests in an interval, in all and per route.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointRequests {
+    /// The protocol its connections showed (`requests::proto`; the TLS
+    /// bit 0x80 when encrypted), 0 when none was recognised.
+    pub proto: u8,
+    pub requests: Requests,
+    /// (method, route id) -> requests.
+    pub routes: BTreeMap<(u8, u32), Requests>,
+}
+
 /// One interval of TCP figures.
 #[derive(Clone, Debug, Default)]
 pub struct TcpInterval {
     /// Per process (tgid 0: sockets whose owner is not known).
     pub procs: HashMap<u32, TcpStats>,
-    pub endpoints: BTreeMap<Endpoint, Requests>,
+    pub endpoints: BTreeMap<Endpoint, EndpointRequests>,
 }
 
 impl TcpInterval {
@@ -158,10 +226,15 @@ impl TcpInterval {
                 break;
             }
             if e.role == ROLE_SERVER {
-                r.merge(req);
+                r.merge(&req.requests);
             }
         }
         r
+    }
+
+    /// Route ids seen this interval.
+    pub fn route_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.endpoints.values().flat_map(|e| e.routes.keys().map(|&(_, r)| r))
     }
 }
 
@@ -204,12 +277,17 @@ pub fn interval(prev: &TcpSnapshot, cur: &TcpSnapshot) -> TcpInterval {
         if d.count == 0 {
             continue;
         }
-        let EndpointKey { tgid, role, port, peer, slot, .. } = *key;
-        let r = out.endpoints.entry(Endpoint { tgid, role, port, peer }).or_default();
-        if slot == SLOT_ERROR {
-            r.errors += d.count;
-        } else {
-            r.latency.add(u32::from(slot), d.count, d.sum, d.max);
+        let EndpointKey { tgid, role, port, peer, slot, proto, status, method, route } = *key;
+        let e = out.endpoints.entry(Endpoint { tgid, role, port, peer }).or_default();
+        e.proto = e.proto.max(proto);
+        let r = e.routes.entry((method, route)).or_default();
+        for r in [&mut e.requests, r] {
+            if slot == SLOT_ERROR {
+                r.errors += d.count;
+            } else {
+                r.latency.add(u32::from(slot), d.count, d.sum, d.max);
+                r.by_status[usize::from(status.min(5))] += d.count;
+            }
         }
     }
     out
@@ -226,7 +304,7 @@ mod tests {
         } else {
             [0; 16]
         };
-        EndpointKey { tgid, port, role, _pad: 0, peer, slot, _pad2: [0; 6] }
+        EndpointKey { tgid, port, role, proto: 0, peer, slot, status: 0, method: 0, route: 0 }
     }
 
     #[test]

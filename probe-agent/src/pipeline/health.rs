@@ -121,6 +121,7 @@ impl Health {
             processes_reported: p.counts.reported,
             processes_cut_by_top: p.counts.cut_by_top,
             endpoints_cut: p.counts.endpoints_cut,
+            routes_cut: p.counts.routes_cut,
             entries_reclaimed: p.reclaimed,
         };
         (rec, alerts)

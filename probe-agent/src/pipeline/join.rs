@@ -2,9 +2,12 @@
 //! container; container and host totals; the filters and bounds (`--pid`,
 //! `--comm`, `--top`, endpoints per process); and the KPI records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use probe_common::tcp::ROLE_SERVER;
+use probe_common::{
+    requests::{METHODS, ROUTE_NONE, ROUTE_OTHER, proto},
+    tcp::ROLE_SERVER,
+};
 
 use super::read::Reading;
 use crate::{
@@ -13,7 +16,7 @@ use crate::{
         latency::Latency,
         pct,
         syscalls::{CallStats, ProcessCalls},
-        tcp::{Endpoint, Requests, TcpStats},
+        tcp::{Endpoint, EndpointRequests, Outcomes, Requests, TcpStats},
     },
     cli::RunConfig,
     containers::{self, Cgroups, Container},
@@ -22,7 +25,7 @@ use crate::{
     procfs,
     records::{
         ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord, Header, HostMemory,
-        HostRecord, Kind, ProcessMemory, ProcessRecord, Record, SyscallRecord,
+        HostRecord, Kind, ProcessMemory, ProcessRecord, Record, RouteRecord, SyscallRecord,
     },
 };
 
@@ -40,6 +43,8 @@ pub struct Counts {
     pub cut_by_top: u64,
     /// Endpoint records left out by the bounds.
     pub endpoints_cut: u64,
+    /// Routes added up under `other` (past 64 per endpoint).
+    pub routes_cut: u64,
     /// System calls counted on the host (timed or not).
     pub host_calls: u64,
 }
@@ -78,6 +83,10 @@ pub struct Context<'a> {
     pub header: &'a Header,
     /// Whether latency groups keep their buckets (`--histograms` or metrics).
     pub buckets: bool,
+    /// How requests' outcomes count.
+    pub outcomes: Outcomes,
+    /// Route id -> its name.
+    pub route_names: &'a HashMap<u32, String>,
 }
 
 /// The KPI records of one interval: host, containers, then each reported
@@ -109,7 +118,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
     let mut host_requests = Requests::default();
     for (e, req) in &r.tcp.endpoints {
         if e.role == ROLE_SERVER {
-            host_requests.merge(req);
+            host_requests.merge(&req.requests);
         }
         if e.tgid != 0 {
             views.entry(e.tgid).or_default();
@@ -229,19 +238,25 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         }));
         // The busiest endpoints of the process, within both bounds; their
         // requests stay in the process's and host's totals.
-        let mut eps: Vec<(&Endpoint, &Requests)> = r
+        let mut eps: Vec<(&Endpoint, &EndpointRequests)> = r
             .tcp
             .endpoints
             .range(Endpoint { tgid, role: 0, port: 0, peer: [0; 16] }..)
             .take_while(|(e, _)| e.tgid == tgid)
             .collect();
-        eps.sort_by_key(|(e, req)| (std::cmp::Reverse(req.latency.count + req.errors), **e));
+        eps.sort_by_key(|(e, req)| {
+            (std::cmp::Reverse(req.requests.latency.count + req.requests.errors), **e)
+        });
         let room = ENDPOINTS_PER_PROCESS.min(ENDPOINTS_TOTAL.saturating_sub(endpoints_written));
         counts.endpoints_cut += eps.len().saturating_sub(room) as u64;
         eps.truncate(room);
         eps.sort_by_key(|(e, _)| **e);
         endpoints_written += eps.len();
         for (e, req) in eps {
+            let app = req.proto & !TLS;
+            let http = app == proto::HTTP1;
+            let protocol = protocol_name(req.proto);
+            let tls = (req.proto & TLS != 0).then_some(true).or((app != 0).then_some(false));
             out.push(Record::Endpoint(EndpointRecord {
                 header: cx.header.with(Kind::Endpoint),
                 pid: tgid,
@@ -250,8 +265,27 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                 role: e.role(),
                 port: e.port,
                 peer: e.peer_addr(),
-                requests: req.group(interval_s, buckets),
+                requests: req.requests.group_with(interval_s, buckets, http, cx.outcomes),
+                protocol: protocol.into(),
+                tls,
             }));
+            let (routes, cut) = routes(req, cx.route_names);
+            counts.routes_cut += cut;
+            for ((method, route), rq) in routes {
+                out.push(Record::Route(RouteRecord {
+                    header: cx.header.with(Kind::Route),
+                    pid: tgid,
+                    comm: v.comm.clone(),
+                    container_id: container_id.clone(),
+                    role: e.role(),
+                    port: e.port,
+                    peer: e.peer_addr(),
+                    protocol: protocol.into(),
+                    method,
+                    route,
+                    requests: rq.group_with(interval_s, buckets, http, cx.outcomes),
+                }));
+            }
         }
         for &(nr, ref stats) in &v.calls.calls {
             out.push(Record::Syscall(SyscallRecord {
@@ -272,6 +306,57 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
     }
     counts
 }
+
+/// The TLS bit of an endpoint's `proto`.
+const TLS: u8 = 0x80;
+
+/// A protocol's name in the records.
+fn protocol_name(p: u8) -> &'static str {
+    match p & !TLS {
+        proto::HTTP1 => "http1",
+        proto::REDIS => "redis",
+        proto::POSTGRES => "postgres",
+        _ => "unknown",
+    }
+}
+
+/// An endpoint's routes by name: the busiest [`ROUTES_PER_ENDPOINT`], the
+/// rest added up under `other` (and how many were), named from the
+/// kernel's route names. Requests without a route (L4) have none.
+fn routes(
+    req: &EndpointRequests,
+    names: &HashMap<u32, String>,
+) -> (BTreeMap<(Option<String>, String), Requests>, u64) {
+    let mut named: BTreeMap<(Option<String>, String), Requests> = BTreeMap::new();
+    for (&(method, id), r) in &req.routes {
+        if id == ROUTE_NONE {
+            continue;
+        }
+        let method = METHODS.get(usize::from(method).wrapping_sub(1)).map(|m| m.to_string());
+        let route = match id {
+            ROUTE_OTHER => "other".to_string(),
+            id => names.get(&id).cloned().unwrap_or_else(|| format!("route-{id:08x}")),
+        };
+        named.entry((method, route)).or_default().merge(r);
+    }
+    if named.len() <= ROUTES_PER_ENDPOINT {
+        return (named, 0);
+    }
+    let mut all: Vec<_> = named.into_iter().collect();
+    all.sort_by_key(|(k, r)| (std::cmp::Reverse(r.latency.count + r.errors), k.clone()));
+    let rest = all.split_off(ROUTES_PER_ENDPOINT - 1);
+    let cut = rest.len() as u64;
+    let mut other = Requests::default();
+    for (_, r) in rest {
+        other.merge(&r);
+    }
+    let mut kept: BTreeMap<_, _> = all.into_iter().collect();
+    kept.entry((None, "other".to_string())).or_default().merge(&other);
+    (kept, cut)
+}
+
+/// Most route records per endpoint: the busiest, the rest under `other`.
+const ROUTES_PER_ENDPOINT: usize = 64;
 
 /// The process's name: /proc while it lives (it may have renamed itself),
 /// else what the kernel recorded, else empty.

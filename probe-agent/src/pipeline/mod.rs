@@ -360,6 +360,8 @@ impl Agent {
                 cpus: self.cpus,
                 header: &header,
                 buckets: self.cfg.histograms || self.metrics.is_some(),
+                outcomes: self.cfg.config.outcomes,
+                route_names: &self.readings.route_names,
             },
             &mut records,
         );

@@ -34,7 +34,13 @@ pub struct Readings {
     /// Processes found gone at the previous interval: their slots are freed
     /// after this interval's read, so their last calls are reported once.
     gone: HashSet<u32>,
+    /// Route id -> its text, read from the kernel once per id.
+    pub route_names: HashMap<u32, String>,
 }
+
+/// Most route names kept; past it the cache starts again (names are read
+/// back from the kernel as needed).
+const ROUTE_NAMES_KEPT: usize = 65_536;
 
 /// One interval's figures, from the kernel's maps.
 pub struct Reading {
@@ -62,6 +68,7 @@ impl Readings {
             tcp: probes.tcp.read()?,
             tcp_counters: probes.tcp.counters()?,
             gone: HashSet::new(),
+            route_names: HashMap::new(),
         })
     }
 
@@ -76,6 +83,16 @@ impl Readings {
         let (host_calls, procs) = syscalls::by_process(syscalls::interval(&self.syscalls, &cur));
         let cpu = cpu::interval(&self.cpu, &cpu_cur, &mut self.cpu_carry);
         let tcp = tcp::interval(&self.tcp, &tcp_cur);
+        let unknown: Vec<u32> =
+            tcp.route_ids().filter(|id| !self.route_names.contains_key(id)).collect();
+        if self.route_names.len() + unknown.len() > ROUTE_NAMES_KEPT {
+            self.route_names.clear();
+        }
+        for id in unknown {
+            if let Some(name) = probes.tcp.route_name(id) {
+                self.route_names.insert(id, name);
+            }
+        }
         let sys =
             |c: Counter| counters[c as usize].saturating_sub(self.syscall_counters[c as usize]);
         let cpu_lost =
@@ -95,6 +112,8 @@ impl Readings {
             tcp_socks_full: tcp_lost(TcpCounter::SocksFull),
             tcp_stats_full: tcp_lost(TcpCounter::StatsFull),
             tcp_endpoints_full: tcp_lost(TcpCounter::EndpointsFull),
+            tcp_routes_cut: tcp_lost(TcpCounter::RoutesCut),
+            route_names_full: tcp_lost(TcpCounter::RouteNamesFull),
             alert_scopes_cut: 0,
         };
         Ok(Reading {

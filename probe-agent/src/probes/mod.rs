@@ -200,11 +200,38 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
     for (global, off) in tcp_offsets.iter().chain(&switch) {
         loader.override_global(global, off, true);
     }
+    let (nrs, arg1) = io_syscalls();
+    for (global, nr) in probe_common::syscalls::IO_NR_GLOBALS.iter().zip(&nrs) {
+        loader.override_global(global, nr, true);
+    }
+    loader.override_global(probe_common::syscalls::ARG1_OFFSET_GLOBAL, &arg1, true);
     let ebpf = loader.load(OBJECT)?;
     // Give the pages of what loading parsed back to the system rather than
     // let the allocator keep them for the agent's lifetime.
     crate::procfs::trim_heap();
     Ok((ebpf, tcp_missing))
+}
+
+/// The read and write family's numbers on this architecture, in the order
+/// of `IO_NR_GLOBALS`, and the offset of a call's second argument in
+/// `struct pt_regs` (its buffer), from which the socket programs read the
+/// first bytes of requests and answers. The layouts are the ptrace ABI:
+/// x86_64's `si` is the 14th register saved (offset 104), arm64's `regs[1]`
+/// the second (offset 8).
+fn io_syscalls() -> ([u32; 8], u32) {
+    let nr = |n: libc::c_long| n as u32;
+    let nrs = [
+        nr(libc::SYS_read),
+        nr(libc::SYS_write),
+        nr(libc::SYS_readv),
+        nr(libc::SYS_writev),
+        nr(libc::SYS_recvfrom),
+        nr(libc::SYS_sendto),
+        nr(libc::SYS_recvmsg),
+        nr(libc::SYS_sendmsg),
+    ];
+    let arg1 = if cfg!(target_arch = "aarch64") { 8 } else { 104 };
+    (nrs, arg1)
 }
 
 /// Kernel memory the per-CPU syscall map may take (a per-CPU value is

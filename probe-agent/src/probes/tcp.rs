@@ -8,6 +8,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use log::debug;
+use probe_common::requests::{ROUTE_COUNT_MAP, ROUTE_NAMES_MAP, RouteName};
 use probe_common::tcp::{
     CONTROL_MAP, COUNTER_MAP, COUNTERS, ENDPOINT_MAP, EndpointKey, FIELDS, SOCK_MAP, STATS_MAP,
     SockState, TcpKey, TcpValue,
@@ -113,6 +114,10 @@ pub struct TcpMaps {
     counters: PerCpuArray<MapData, u64>,
     socks: BpfHashMap<MapData, u64, SockState>,
     control: Array<MapData, u32>,
+    /// Entries each endpoint holds (the kernel's bound on its routes).
+    route_count: BpfHashMap<MapData, EndpointKey, u32>,
+    /// Route id -> its text, as the kernel made it (LRU).
+    route_names: BpfHashMap<MapData, u32, RouteName>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
@@ -127,6 +132,12 @@ impl TcpMaps {
             counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
             socks: take(ebpf, SOCK_MAP)?.try_into().map_err(map_err(SOCK_MAP))?,
             control: take(ebpf, CONTROL_MAP)?.try_into().map_err(map_err(CONTROL_MAP))?,
+            route_count: take(ebpf, ROUTE_COUNT_MAP)?
+                .try_into()
+                .map_err(map_err(ROUTE_COUNT_MAP))?,
+            route_names: take(ebpf, ROUTE_NAMES_MAP)?
+                .try_into()
+                .map_err(map_err(ROUTE_NAMES_MAP))?,
         })
     }
 
@@ -156,9 +167,25 @@ impl TcpMaps {
         super::read_counters(&self.counters, COUNTER_MAP)
     }
 
+    /// The text of a route id, if the kernel still holds it.
+    pub fn route_name(&self, id: u32) -> Option<String> {
+        let n = self.route_names.get(&id, 0).ok()?;
+        let len = usize::from(n.len).min(n.bytes.len());
+        Some(String::from_utf8_lossy(&n.bytes[..len]).into_owned())
+    }
+
     /// Frees the entries of processes that have exited (after their last read).
     pub fn reclaim(&mut self, gone: &std::collections::HashSet<u32>, snap: &TcpSnapshot) -> usize {
         let mut freed = 0;
+        let counted: Vec<EndpointKey> = self
+            .route_count
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone.contains(&k.tgid))
+            .collect();
+        for key in counted {
+            freed += usize::from(self.route_count.remove(&key).is_ok());
+        }
         for key in snap.stats.keys().filter(|k| gone.contains(&k.tgid)) {
             freed += usize::from(self.stats.remove(key).is_ok());
         }

@@ -68,6 +68,11 @@ impl Engine {
                 if !rule.scopes.contains(&rec.kind()) {
                     continue;
                 }
+                if let Record::Route(r) = rec
+                    && !rule.wants_route(&r.route)
+                {
+                    continue;
+                }
                 for obs in observations(rec, rule) {
                     let state_key =
                         (rule.name.clone(), format!("{}/{}", rec.kind().name(), obs.key));
@@ -81,13 +86,16 @@ impl Engine {
                         last_alert: None,
                     });
                     tracked.last_seen = self.evals;
-                    let Some(t) = tracked.lifecycle.observe(
-                        obs.value,
-                        now_s,
-                        rule.investigate,
-                        rule.escalate,
-                        &self.settings,
-                    ) else {
+                    // A rule that fires below its thresholds (a success
+                    // rate) watches the complement: 100 - value above
+                    // 100 - threshold, margin and all.
+                    let (v, inv, esc) = if rule.below {
+                        (100.0 - obs.value, 100.0 - rule.investigate, 100.0 - rule.escalate)
+                    } else {
+                        (obs.value, rule.investigate, rule.escalate)
+                    };
+                    let Some(t) = tracked.lifecycle.observe(v, now_s, inv, esc, &self.settings)
+                    else {
                         continue;
                     };
                     let a = alert(rec, rule, obs, t);
@@ -143,6 +151,15 @@ fn scope_key(rec: &Record) -> String {
             r.port,
             r.peer.as_deref().unwrap_or("null")
         ),
+        Record::Route(r) => format!(
+            "{}/{}/{}/{}/{}/{}",
+            r.pid,
+            r.role.name(),
+            r.port,
+            r.peer.as_deref().unwrap_or("null"),
+            r.method.as_deref().unwrap_or(""),
+            r.route
+        ),
         _ => String::new(),
     }
 }
@@ -197,6 +214,10 @@ fn place_words(rec: &Record, place: &Place) -> String {
             format!("of {comm} calling {}:{port}", peer.as_deref().unwrap_or("?"))
         }
         Place::Endpoint { comm, port, .. } => format!("on port {port} ({comm})"),
+        Place::Route { comm, port, method, route, .. } => match method {
+            Some(m) => format!("on {m} {route} at port {port} ({comm})"),
+            None => format!("on {route} at port {port} ({comm})"),
+        },
         Place::Agent { .. } => "in probe-agent".into(),
     }
 }
@@ -217,21 +238,22 @@ fn alert(rec: &Record, rule: &Rule, obs: Observation, t: Transition) -> AlertRec
     let action = |l: Level| rule.kpi.actions[usize::from(l == Level::Escalate)];
     let v = obs.value;
     let place = place_words(rec, &obs.place);
+    let (worse, better) = if rule.below { ("below", "above") } else { ("above", "below") };
     let message = match level {
         Level::Ok => format!(
-            "{what} {}{unit} {place} is back below {}{unit}: resolved",
+            "{what} {}{unit} {place} is back {better} {}{unit}: resolved",
             number(v),
             number(threshold)
         ),
         _ if level < previous => format!(
-            "{what} {}{unit} {place} is back below {}{unit} but still above {}{unit}: {}",
+            "{what} {}{unit} {place} is back {better} {}{unit} but still {worse} {}{unit}: {}",
             number(v),
             number(rule.escalate),
             number(rule.investigate),
             action(level)
         ),
         _ => format!(
-            "{what} {}{unit} {place} is {}above {}{unit}: {}",
+            "{what} {}{unit} {place} is {}{worse} {}{unit}: {}",
             number(v),
             if repeated { "still " } else { "" },
             number(threshold),
@@ -354,6 +376,58 @@ mod tests {
             "average request latency 700 ms on port 8080 (nginx) is no longer reported: resolved"
         );
         assert!(e.states.is_empty());
+    }
+
+    fn route(name: &str, count: u64, errors: u64) -> Record {
+        let rate = errors as f64 * 100.0 / count as f64;
+        let v = serde_json::json!({"v":1,"type":"route","ts":"2026-11-29T10:00:00.000Z","host":"h","interval_s":10.0,
+               "pid":42,"comm":"api","container_id":null,"role":"server","port":8080,"peer":null,
+               "protocol":"http1","method":"POST","route":name,
+               "requests":{"count":count,"rate_per_s":1.0,"errors":errors,"error_rate_pct":rate,
+                           "latency_ms":null,"client_errors":0,"success_rate_pct":100.0 - rate,
+                           "status":null}});
+        Record::Route(serde_json::from_value(v).unwrap())
+    }
+
+    /// The fintech profile's transaction success rate fires below its
+    /// thresholds, per route, in words that say so.
+    #[test]
+    fn success_rate_fires_below_and_resolves_above() {
+        let text = crate::config::default_text()
+            .replace("profile = \"none\"", "profile = \"fintech\"")
+            .replace("hold_intervals = 2", "hold_intervals = 1");
+        let cfg = crate::config::parse(&text, "f").unwrap();
+        let mut e = Engine::new(&cfg);
+        let a: Vec<_> = e
+            .evaluate(&[route("/api/pay", 1000, 20)], 0.0)
+            .into_iter()
+            .filter(|a| a.rule == "transaction-success")
+            .collect();
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].level, Level::Escalate);
+        assert_eq!(
+            a[0].message,
+            "transaction success rate 98.0% on POST /api/pay at port 8080 (api) is below 99.0%: escalate"
+        );
+        let a: Vec<_> = e
+            .evaluate(&[route("/api/pay", 1000, 0)], 10.0)
+            .into_iter()
+            .filter(|a| a.rule == "transaction-success")
+            .collect();
+        assert_eq!(a[0].level, Level::Ok, "{a:?}");
+        assert!(a[0].message.contains("is back above 99.9%"), "{}", a[0].message);
+    }
+
+    /// Route rules watch only the routes their globs match.
+    #[test]
+    fn route_globs_choose_the_routes() {
+        let text = crate::config::default_text()
+            .replace("profile = \"none\"", "profile = \"ecommerce\"")
+            .replace("hold_intervals = 2", "hold_intervals = 1");
+        let cfg = crate::config::parse(&text, "f").unwrap();
+        let checkout = cfg.rules.iter().find(|r| r.name == "checkout-latency").unwrap();
+        assert!(checkout.wants_route("/api/checkout/{id}"));
+        assert!(!checkout.wants_route("/api/health"));
     }
 
     #[test]

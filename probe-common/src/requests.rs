@@ -1,0 +1,104 @@
+//! Application-level requests: the protocol a connection speaks (told by
+//! its first bytes), each request's method, route and outcome, and the
+//! names of routes. The kernel programs read the first bytes of a request
+//! and of its answer from the user buffer of the system call that carries
+//! them (stashed at `sys_enter`), and key each finished request by
+//! (protocol, method, route, status) in the endpoint map.
+
+/// Protocols, the `proto` of a socket and of an endpoint key.
+pub mod proto {
+    /// Not (yet) recognised: requests are request/response exchanges (L4).
+    pub const UNKNOWN: u8 = 0;
+    pub const HTTP1: u8 = 1;
+    /// RESP (Redis, Valkey, KeyDB).
+    pub const REDIS: u8 = 2;
+    /// The PostgreSQL frontend/backend protocol (v3).
+    pub const POSTGRES: u8 = 3;
+}
+
+/// HTTP methods, the `method` of an endpoint key (0: none or unknown).
+pub const METHODS: [&str; 9] =
+    ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+
+/// A request's outcome, the `status` of an endpoint key. For HTTP the
+/// class of the status code (`1` to `5`: 2xx is 2); for Redis and
+/// PostgreSQL [`status::OK`] or [`status::ERROR`]; 0 when not known (L4,
+/// or a failed request: its slot says so).
+pub mod status {
+    pub const UNKNOWN: u8 = 0;
+    pub const OK: u8 = 2;
+    pub const CLIENT_ERROR: u8 = 4;
+    pub const ERROR: u8 = 5;
+}
+
+/// Route ids: a hash of the normalized route's text; these two are fixed.
+pub const ROUTE_NONE: u32 = 0;
+/// Past the bound of entries per endpoint: counted under "other".
+pub const ROUTE_OTHER: u32 = 1;
+
+/// Longest route name kept (bytes); longer ones are cut.
+pub const ROUTE_NAME_LEN: usize = 64;
+
+/// Name of the hash of route id -> [`RouteName`].
+pub const ROUTE_NAMES_MAP: &str = "ROUTE_NAMES";
+pub const ROUTE_NAMES_MAX_ENTRIES: u32 = 16384;
+
+/// Name of the hash of endpoint -> entries it holds in the endpoint map,
+/// which bounds each endpoint's routes.
+pub const ROUTE_COUNT_MAP: &str = "ROUTE_COUNT";
+pub const ROUTE_COUNT_MAX_ENTRIES: u32 = 16384;
+/// Most endpoint-map entries (route x status x latency bucket) one
+/// endpoint may create; past it, requests count under [`ROUTE_OTHER`].
+pub const ENTRIES_PER_ENDPOINT: u32 = 2048;
+
+/// How many bytes of a request or answer the kernel looks at.
+pub const PEEK_LEN: usize = 128;
+
+/// A route's normalized text (identifier-like path segments replaced by
+/// `{id}`), as the kernel made it when it first saw the route.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteName {
+    pub len: u8,
+    pub proto: u8,
+    pub _pad: [u8; 6],
+    pub bytes: [u8; ROUTE_NAME_LEN],
+}
+
+impl Default for RouteName {
+    fn default() -> Self {
+        RouteName { len: 0, proto: 0, _pad: [0; 6], bytes: [0; ROUTE_NAME_LEN] }
+    }
+}
+
+/// What a system call's buffer argument is, as stashed at `sys_enter`.
+pub mod io {
+    pub const NONE: u32 = 0;
+    /// `read`, `write`, `recvfrom`, `sendto`: the buffer itself.
+    pub const BUF: u32 = 1;
+    /// `readv`, `writev`: an array of `struct iovec`.
+    pub const IOV: u32 = 2;
+    /// `recvmsg`, `sendmsg`: a `struct user_msghdr`.
+    pub const MSG: u32 = 3;
+}
+
+/// A route id from its text: FNV-1a, 32 bits, never [`ROUTE_NONE`] or
+/// [`ROUTE_OTHER`] (the kernel hashes as it normalizes; this is the same
+/// function, for tests and for the agent's checks).
+pub const fn route_id(text: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < text.len() {
+        h ^= text[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    if h <= ROUTE_OTHER { h + 2 } else { h }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, fixed-width fields with explicit padding:
+// every byte is initialized and any bit pattern is a valid value.
+unsafe impl aya::Pod for RouteName {}
+
+const _: () = assert!(core::mem::size_of::<RouteName>() == 72);
