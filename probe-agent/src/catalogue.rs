@@ -109,6 +109,8 @@ pub enum Read {
     Latency(for<'a> fn(&'a Groups<'a>) -> Option<&'a LatencyMs>),
     /// A number per filesystem of the host (labelled by mount).
     Disk(fn(&DiskRecord) -> f64),
+    /// Counts by class (HTTP status classes), labelled `class`.
+    Classes(for<'a> fn(&'a Groups<'a>) -> Option<&'a std::collections::BTreeMap<String, u64>>),
 }
 
 /// How the metrics endpoint exports a KPI.
@@ -282,6 +284,18 @@ pub static KPIS: &[Kpi] = &[
         scopes: &[H, C, P, E, R],
         read: Read::Value(|g| g.requests?.success_rate_pct),
         metric: None,
+        rule: None,
+        actions: ACT,
+    },
+    Kpi {
+        path: "requests.status",
+        name: "answers by status class",
+        unit: Unit::Count,
+        formula: "HTTP answers by status class (1xx .. 5xx); null for other protocols",
+        source: "sock_send_length, sock_recv_length (the status line)",
+        scopes: &[H, C, P, E, R],
+        read: Read::Classes(|g| g.requests?.status.as_ref()),
+        metric: counter("probe_request_status_total", "HTTP answers by status class."),
         rule: None,
         actions: ACT,
     },
@@ -723,7 +737,8 @@ pub fn resolve(path: &str) -> Option<(&'static Kpi, Option<Stat>)> {
     for k in KPIS {
         if k.path == path {
             return match k.read {
-                Read::Latency(_) => None, // a latency group needs its statistic
+                // A latency group needs its statistic; classes are no number.
+                Read::Latency(_) | Read::Classes(_) => None,
                 _ => Some((k, None)),
             };
         }

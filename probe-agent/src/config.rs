@@ -78,6 +78,10 @@ struct RawRequests {
     /// Count client errors (HTTP 4xx) as errors too (default: beside them).
     #[serde(default)]
     client_errors_are_errors: bool,
+    /// Route patterns that take precedence over the automatic ones:
+    /// `{name}` matches one path segment, e.g. "/api/users/{user}".
+    #[serde(default)]
+    routes: Vec<String>,
 }
 
 fn none() -> String {
@@ -124,6 +128,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// How requests' outcomes count.
     pub outcomes: crate::aggregate::tcp::Outcomes,
+    /// Route patterns (`[requests] routes`), in order.
+    pub route_patterns: Vec<String>,
 }
 
 /// The escalation guide's industry profiles.
@@ -362,6 +368,15 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
         });
     }
     apply_profile(profile, &mut rules);
+    let route_patterns = raw.requests.routes.clone();
+    if let Some(p) = route_patterns.iter().find(|p| !p.starts_with('/') || p.len() > 256) {
+        return Err(format!(
+            "requests.routes: {p:?} must be a path starting with / (at most 256 bytes)"
+        ));
+    }
+    if route_patterns.len() > 1000 {
+        return Err("requests.routes: at most 1000 patterns".into());
+    }
     Ok(Config {
         profile,
         outputs,
@@ -375,6 +390,7 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
         outcomes: crate::aggregate::tcp::Outcomes {
             client_errors_are_errors: raw.requests.client_errors_are_errors,
         },
+        route_patterns,
     })
 }
 
@@ -403,6 +419,14 @@ fn add<'a>(
         routes: routes.iter().map(|r| r.to_string()).collect(),
     });
     rules.last_mut()
+}
+
+/// Whether a route matches a pattern: segment by segment, a `{name}`
+/// segment matching any one segment (the automatic `{id}` included).
+pub fn route_matches(pattern: &str, route: &str) -> bool {
+    let (p, r): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), route.split('/').collect());
+    p.len() == r.len()
+        && p.iter().zip(&r).all(|(p, r)| (p.starts_with('{') && p.ends_with('}')) || p == r)
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of
@@ -598,6 +622,14 @@ mod tests {
             }
         }
         assert!(accepted > 0, "some mutations stay valid (e.g. a changed comment)");
+    }
+
+    #[test]
+    fn route_patterns() {
+        assert!(route_matches("/api/users/{user}", "/api/users/alice"));
+        assert!(route_matches("/api/orders/{id}", "/api/orders/{id}"));
+        assert!(!route_matches("/api/users/{user}", "/api/users/alice/cart"));
+        assert!(!route_matches("/api/users", "/api/items"));
     }
 
     #[test]

@@ -207,6 +207,13 @@ impl Metrics {
                 (Read::Latency(read), MetricKind::Histogram) => {
                     self.histogram(m.name, m.help, l, read(&g));
                 }
+                (Read::Classes(read), MetricKind::Counter) => {
+                    for (class, &n) in read(&g).into_iter().flatten() {
+                        let inner = &l[1..l.len() - 1];
+                        let l = format!("{{{inner},class=\"{class}\"}}");
+                        self.counter(m.name, m.help, &l, n as f64);
+                    }
+                }
                 (Read::Disk(read), MetricKind::Gauge) => {
                     for d in g.disk {
                         let l = labels(&[("host", host.clone()), ("mount", d.mount.clone())]);

@@ -87,6 +87,8 @@ pub struct Context<'a> {
     pub outcomes: Outcomes,
     /// Route id -> its name.
     pub route_names: &'a HashMap<u32, String>,
+    /// Configured route patterns, which take precedence.
+    pub route_patterns: &'a [String],
 }
 
 /// The KPI records of one interval: host, containers, then each reported
@@ -269,7 +271,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                 protocol: protocol.into(),
                 tls,
             }));
-            let (routes, cut) = routes(req, cx.route_names);
+            let (routes, cut) = routes(req, cx.route_names, cx.route_patterns);
             counts.routes_cut += cut;
             for ((method, route), rq) in routes {
                 out.push(Record::Route(RouteRecord {
@@ -326,6 +328,7 @@ fn protocol_name(p: u8) -> &'static str {
 fn routes(
     req: &EndpointRequests,
     names: &HashMap<u32, String>,
+    patterns: &[String],
 ) -> (BTreeMap<(Option<String>, String), Requests>, u64) {
     let mut named: BTreeMap<(Option<String>, String), Requests> = BTreeMap::new();
     for (&(method, id), r) in &req.routes {
@@ -336,6 +339,10 @@ fn routes(
         let route = match id {
             ROUTE_OTHER => "other".to_string(),
             id => names.get(&id).cloned().unwrap_or_else(|| format!("route-{id:08x}")),
+        };
+        let route = match patterns.iter().find(|p| crate::config::route_matches(p, &route)) {
+            Some(p) => p.clone(),
+            None => route,
         };
         named.entry((method, route)).or_default().merge(r);
     }

@@ -362,6 +362,7 @@ impl Agent {
                 buckets: self.cfg.histograms || self.metrics.is_some(),
                 outcomes: self.cfg.config.outcomes,
                 route_names: &self.readings.route_names,
+                route_patterns: &self.cfg.config.route_patterns,
             },
             &mut records,
         );

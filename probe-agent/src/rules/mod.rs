@@ -177,6 +177,7 @@ fn observations(rec: &Record, rule: &Rule) -> Vec<Observation> {
         Read::Latency(read) => {
             one(read(&groups).map(|l| rule.stat.unwrap_or(Stat::Avg).of(l))).into_iter().collect()
         }
+        Read::Classes(_) => Vec::new(),
         Read::Disk(read) => groups
             .disk
             .iter()
