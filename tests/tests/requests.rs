@@ -1,0 +1,937 @@
+//! Application-level requests against real servers and clients whose own
+//! counts are the truth: nginx (its access log) with a raw keep-alive
+//! client, a pipelining shell and ApacheBench; Python's http.server with
+//! known per-route delays; redis-server (its INFO) with redis-cli and
+//! redis-benchmark; PostgreSQL with psql and pgbench; hostile bytes; and
+//! route normalization checked against an independent reference on
+//! random paths.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use probe_tests::{Workload, kill, rel_err, require_bpf, tempdir};
+use serde_json::Value;
+
+/// A server process, stopped with its own clean-shutdown signal (nginx
+/// and PostgreSQL leave their workers behind when killed outright).
+struct Daemon {
+    child: Child,
+    stop: i32,
+}
+
+impl Daemon {
+    /// Starts `cmd`; it gets `stop` if this thread dies first, so no server
+    /// outlives a test killed outright (holding, say, the BPF test lock).
+    fn spawn(cmd: &mut Command, stop: i32) -> Daemon {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: prctl is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, stop as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        Daemon { child, stop }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        kill(self.child.id(), self.stop);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The agent, watching the given process names and this test process (by
+/// its name too: `--pid` and `--comm` filters apply together).
+fn agent(comms: &[&str]) -> probe_tests::Agent {
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap().trim().to_string();
+    let mut args = vec!["--interval", "60s", "--comm", &me];
+    for c in comms {
+        args.extend(["--comm", c]);
+    }
+    probe_tests::Agent::start(&args).unwrap()
+}
+
+/// Request totals, as the agent reports them or as the truth counts them.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Totals {
+    count: u64,
+    errors: u64,
+    client_errors: u64,
+    /// By status class, `1xx` .. `5xx` (HTTP only).
+    status: [u64; 5],
+}
+
+impl Totals {
+    fn add(&mut self, req: &Value) {
+        self.count += req["count"].as_u64().unwrap();
+        self.errors += req["errors"].as_u64().unwrap();
+        self.client_errors += req["client_errors"].as_u64().unwrap();
+        if let Some(st) = req["status"].as_object() {
+            for (i, s) in self.status.iter_mut().enumerate() {
+                *s += st[&format!("{}xx", i + 1)].as_u64().unwrap();
+            }
+        }
+    }
+
+    /// These totals less `n` successful requests.
+    fn minus(mut self, n: u64) -> Totals {
+        self.count -= n;
+        self
+    }
+
+    /// Truth from HTTP status codes.
+    fn http(codes: impl IntoIterator<Item = u16>) -> Totals {
+        let mut t = Totals::default();
+        for c in codes {
+            t.count += 1;
+            t.status[usize::from(c / 100 - 1)] += 1;
+            t.errors += u64::from(c >= 500);
+            t.client_errors += u64::from((400..500).contains(&c));
+        }
+        t
+    }
+}
+
+/// Sums the requests of the `kind` records (`endpoint`, `route`) that `pick`
+/// selects; checks they all name `protocol`.
+fn sum<'a>(
+    records: &'a [Value],
+    kind: &str,
+    protocol: &str,
+    pick: impl Fn(&Value) -> bool,
+) -> Totals {
+    let mut t = Totals::default();
+    for r in records.iter().filter(|r| r["type"] == kind && pick(r)) {
+        assert_eq!(r["protocol"], protocol, "{r}");
+        t.add(&r["requests"]);
+    }
+    t
+}
+
+/// Route totals keyed by "METHOD route" (or the route alone).
+fn routes(records: &[Value], pick: impl Fn(&Value) -> bool) -> BTreeMap<String, Totals> {
+    let mut m: BTreeMap<String, Totals> = BTreeMap::new();
+    for r in records.iter().filter(|r| r["type"] == "route" && pick(r)) {
+        let name = r["route"].as_str().unwrap();
+        let key = match r["method"].as_str() {
+            Some(method) => format!("{method} {name}"),
+            None => name.to_string(),
+        };
+        m.entry(key).or_default().add(&r["requests"]);
+    }
+    m
+}
+
+fn server_of<'a>(comm: &'a str, port: u16) -> impl Fn(&Value) -> bool + 'a {
+    move |r: &Value| r["comm"] == comm && r["role"] == "server" && r["port"] == port
+}
+
+fn client_of(pid: u32, port: u16) -> impl Fn(&Value) -> bool {
+    move |r: &Value| r["pid"] == pid && r["role"] == "client" && r["port"] == port
+}
+
+// --- HTTP -----------------------------------------------------------------
+
+/// A keep-alive HTTP/1.1 connection, one request at a time (connecting
+/// again when the server closed it, as nginx does after a 500).
+struct Http {
+    port: u16,
+    conn: BufReader<TcpStream>,
+    closed: bool,
+}
+
+impl Http {
+    fn connect(port: u16) -> Http {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Http { port, conn: BufReader::new(s), closed: false }
+    }
+
+    /// Sends one request (in one write) and reads its whole answer;
+    /// returns the status code and the time to the answer's first bytes.
+    fn call(&mut self, method: &str, target: &str, body: &[u8]) -> (u16, Duration) {
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        if self.closed {
+            *self = Http::connect(self.port);
+        }
+        let t0 = Instant::now();
+        self.conn.get_mut().write_all(&req).unwrap();
+        let mut line = String::new();
+        self.conn.read_line(&mut line).unwrap();
+        let took = t0.elapsed();
+        let code: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.conn.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            self.closed |= lower.starts_with("connection: close");
+        }
+        let mut body = vec![0; length];
+        self.conn.read_exact(&mut body).unwrap();
+        (code, took)
+    }
+}
+
+/// nginx on a loopback port with `locations` (its `server` block's body),
+/// writing "STATUS METHOD TARGET" per request to `DIR/access.log`.
+fn nginx(dir: &Path, locations: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let conf = format!(
+        "worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\n\
+         events {{ worker_connections 512; }}\n\
+         http {{\n\
+           log_format truth '$status $request_method $request_uri';\n\
+           access_log {d}/access.log truth;\n\
+           keepalive_requests 100000;\n\
+           server {{\n\
+             listen 127.0.0.1:{port};\n\
+             {locations}\n\
+           }}\n\
+         }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let d = Daemon::spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"]),
+        libc::SIGTERM,
+    );
+    wait_listening(port);
+    (d, port)
+}
+
+/// nginx's access log: (status, method, target) per request.
+fn access_log(dir: &Path) -> Vec<(u16, String, String)> {
+    std::fs::read_to_string(dir.join("access.log"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut w = l.splitn(3, ' ');
+            let code = w.next().unwrap().parse().unwrap();
+            (code, w.next().unwrap().to_string(), w.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// ApacheBench's own "Complete requests" and "Non-2xx responses".
+fn ab(args: &[&str]) -> (u64, u64) {
+    let out = run(Command::new("ab").arg("-q").args(args));
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    (field("Complete requests:"), field("Non-2xx responses:"))
+}
+
+/// The route a request target should have, by the documented rule,
+/// written here independently of the kernel's code: the path (to the
+/// first space, `?` or `#`) within the first 128 bytes of the request,
+/// each identifier-like segment (all digits; 8+ hex digits and dashes
+/// with a digit; 20+ characters with a digit) made `{id}`, cut to 64 bytes.
+fn reference_route(method: &str, target: &str) -> String {
+    let visible = 128 - method.len() - 1;
+    let t = &target.as_bytes()[..target.len().min(visible)];
+    let end = t.iter().position(|c| b" ?#\r\n".contains(c)).unwrap_or(t.len());
+    let path = String::from_utf8_lossy(&t[..end]).into_owned();
+    let is_id = |s: &str| {
+        let digits = s.bytes().filter(u8::is_ascii_digit).count();
+        !s.is_empty()
+            && (digits == s.len()
+                || (s.len() >= 8
+                    && digits > 0
+                    && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-'))
+                || (s.len() >= 20 && digits > 0))
+    };
+    let mut r =
+        path.split('/').map(|s| if is_id(s) { "{id}" } else { s }).collect::<Vec<_>>().join("/");
+    r.truncate(64);
+    r
+}
+
+#[test]
+fn reference_route_rule() {
+    assert_eq!(reference_route("GET", "/api/items/123?x=1"), "/api/items/{id}");
+    assert_eq!(reference_route("GET", "/u/0f3e9a7c-1b2d/x"), "/u/{id}/x");
+    assert_eq!(reference_route("GET", "/u/deadbeef/x"), "/u/deadbeef/x");
+    assert_eq!(reference_route("GET", "/t/abcdefghijklmnopqrs1"), "/t/{id}");
+    assert_eq!(reference_route("GET", "/v1/abc12"), "/v1/abc12");
+    assert_eq!(reference_route("POST", "/"), "/");
+}
+
+#[test]
+fn http_statuses_routes_and_errors_match_nginx_access_log() {
+    require_bpf!();
+    let dir = tempdir("req-nginx");
+    let (_nginx, port) = nginx(
+        &dir,
+        "location = /api/checkout { return 200 \"ok\\n\"; }\n\
+         location /api/items/ { return 200 \"item\\n\"; }\n\
+         location = /boom { return 500; }\n\
+         location = /busy { return 503; }\n\
+         location = /moved { return 301 /api/checkout; }\n\
+         location / { return 404; }",
+    );
+    let agent = agent(&["nginx", "ab", "bash"]);
+
+    // This process: one keep-alive connection, then a fresh one per request.
+    let plan: &[(&str, &str, usize)] = &[
+        ("GET", "/api/checkout", 12),
+        ("POST", "/api/checkout?session=9", 4),
+        ("GET", "/api/items/123", 7),
+        ("GET", "/api/items/456?color=red", 5),
+        ("GET", "/missing", 4),
+        ("GET", "/boom", 3),
+        ("GET", "/busy", 2),
+        ("GET", "/moved", 2),
+    ];
+    let mut mine = Vec::new();
+    let mut keep = Http::connect(port);
+    for &(method, target, n) in plan {
+        for _ in 0..n {
+            mine.push(keep.call(method, target, if method == "POST" { b"{}" } else { b"" }).0);
+        }
+    }
+    for _ in 0..5 {
+        mine.push(Http::connect(port).call("GET", "/boom", b"").0);
+    }
+    drop(keep);
+    // Three requests in one write (bash, a process of its own): nginx
+    // answers each in its own write, and each is a request.
+    let r = "GET /api/items/{i} HTTP/1.1\\r\\nHost: t\\r\\n";
+    run(Command::new("bash").arg("-c").arg(format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; printf '{a}\\r\\n{b}\\r\\n{c}Connection: close\\r\\n\\r\\n' >&3; cat <&3 >/dev/null",
+        a = r.replace("{i}", "1"),
+        b = r.replace("{i}", "22"),
+        c = r.replace("{i}", "333"),
+    )));
+    // ApacheBench: keep-alive and concurrent, then a new connection each.
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let ab_ok = ab(&["-k", "-n", "300", "-c", "4", &url("/api/checkout")]);
+    let ab_err = ab(&["-n", "40", "-c", "2", &url("/boom")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let log = access_log(&dir);
+
+    // The server: every line of nginx's log, by status class.
+    let truth = Totals::http(log.iter().map(|l| l.0));
+    assert_eq!(truth.count, mine.len() as u64 + 3 + 300 + 40, "nginx's own log");
+    let seen = sum(&records, "endpoint", "http1", server_of("nginx", port));
+    assert_eq!(seen, truth, "nginx server endpoint vs its access log");
+
+    // Its routes: the log's targets, normalized by the reference rule.
+    let mut want: BTreeMap<String, Totals> = BTreeMap::new();
+    for (code, method, target) in &log {
+        let key = format!("{method} {}", reference_route(method, target));
+        let t = want.entry(key).or_default();
+        let one = Totals::http([*code]);
+        t.count += 1;
+        t.errors += one.errors;
+        t.client_errors += one.client_errors;
+        for (a, b) in t.status.iter_mut().zip(one.status) {
+            *a += b;
+        }
+    }
+    assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx routes");
+    assert!(want.contains_key("GET /api/items/{id}") && want.contains_key("POST /api/checkout"));
+
+    // The clients: this process saw exactly the answers it read.
+    let me = std::process::id();
+    assert_eq!(
+        sum(&records, "endpoint", "http1", client_of(me, port)),
+        Totals::http(mine.iter().copied()),
+        "this test's client side"
+    );
+    // ApacheBench's own counts.
+    let ab_side = |pick: &dyn Fn(&Totals) -> u64| {
+        let recs = records.iter().filter(|r| {
+            r["type"] == "endpoint"
+                && r["comm"] == "ab"
+                && r["role"] == "client"
+                && r["port"] == port
+        });
+        recs.map(|r| {
+            let mut t = Totals::default();
+            t.add(&r["requests"]);
+            pick(&t)
+        })
+        .sum::<u64>()
+    };
+    assert_eq!(ab_side(&|t| t.count), ab_ok.0 + ab_err.0, "ab: {ab_ok:?} {ab_err:?}");
+    assert_eq!(ab_side(&|t| t.errors), ab_err.1, "ab's non-2xx answers (all 500)");
+    assert_eq!((ab_ok.1, ab_err.0, ab_err.1), (0, 40, 40));
+}
+
+#[test]
+fn per_route_latency_matches_known_delays() {
+    require_bpf!();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/routes_server.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args(["/fast=10", "/orders/=25", "/slow=60", "/fail=15:500"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let server = Daemon { child, stop: libc::SIGKILL };
+    let words: Vec<&str> = ready.split_whitespace().collect();
+    let (pid, port): (u32, u16) = (words[1].parse().unwrap(), words[2].parse().unwrap());
+    let me = std::process::id();
+    let server_pid = pid.to_string();
+    let agent = probe_tests::Agent::start(&[
+        "--interval",
+        "60s",
+        "--pid",
+        &server_pid,
+        "--pid",
+        &me.to_string(),
+    ])
+    .unwrap();
+
+    let plan =
+        [("/fast", 30), ("/orders/17", 15), ("/orders/9001", 15), ("/slow", 20), ("/fail", 10)];
+    let mut took: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut c = Http::connect(port);
+    for round in 0..30 {
+        for (target, n) in plan {
+            if round < n {
+                let route = if target.starts_with("/orders/") { "/orders/{id}" } else { target };
+                let (_, t) = c.call("GET", target, b"");
+                took.entry(route).or_default().push(t.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    let records = agent.stop().unwrap();
+    drop(server);
+
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let route_rec = |who: u32, role: &str, route: &str| -> &Value {
+        let r: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                r["type"] == "route" && r["pid"] == who && r["role"] == role && r["route"] == route
+            })
+            .collect();
+        assert_eq!(r.len(), 1, "one {role} record for {route} from {who}: {r:?}");
+        r[0]
+    };
+    for (route, delay_ms) in
+        [("/fast", 10.0), ("/orders/{id}", 25.0), ("/slow", 60.0), ("/fail", 15.0)]
+    {
+        let v = took.get_mut(route).unwrap();
+        let n = v.len() as u64;
+        let client_p50 = median(v);
+        for (who, role) in [(pid, "server"), (me, "client")] {
+            let r = route_rec(who, role, route);
+            assert_eq!(r["method"], "GET");
+            assert_eq!(r["requests"]["count"], n, "{role} {route}");
+            let errors = if route == "/fail" { n } else { 0 };
+            assert_eq!(r["requests"]["errors"], errors, "{role} {route}");
+            let p50 = r["requests"]["latency_ms"]["p50"].as_f64().unwrap();
+            eprintln!("{role} {route}: p50 {p50:.3} ms, client-measured median {client_p50:.3} ms");
+            // The server's time excludes the trip to and from the client,
+            // the client's includes it; both are within 5% of what the
+            // client itself measured, and neither is below the delay.
+            assert!(rel_err(p50, client_p50) < 0.05, "{role} {route}: {p50} vs {client_p50}");
+            assert!(p50 >= delay_ms * 0.98, "{role} {route}: {p50} < {delay_ms}");
+        }
+    }
+}
+
+// --- Redis ----------------------------------------------------------------
+
+/// `INFO` fields of a Redis server.
+fn redis_info(port: u16, section: &str) -> BTreeMap<String, String> {
+    run(Command::new("redis-cli").args(["-p", &port.to_string(), "info", section]))
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn redis_commands_and_error_replies_match_redis_info() {
+    require_bpf!();
+    let port = free_port();
+    let _redis = Daemon::spawn(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null()),
+        libc::SIGTERM,
+    );
+    wait_listening(port);
+    let before = redis_info(port, "stats");
+    let agent = agent(&["redis-server", "redis-cli", "redis-benchmark"]);
+
+    // redis-cli, one command and reply at a time, with errors of three
+    // kinds: WRONGTYPE, an unknown command, and a value that is no integer.
+    let mut script = String::new();
+    for i in 0..30 {
+        script.push_str(&format!("SET key{} v{i}\n", i % 10));
+    }
+    script.push_str(&"GET key3\n".repeat(20));
+    script.push_str(&"LPUSH key1 x\n".repeat(5));
+    script.push_str(&"NOSUCHCOMMAND a b\n".repeat(3));
+    script.push_str(&"INCR key2\n".repeat(2));
+    script.push_str(&"HSET h f 1\n".repeat(4));
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--no-raw"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cli.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let replies = String::from_utf8_lossy(&out.stdout);
+    let cli_errors = replies.lines().filter(|l| l.starts_with("(error)")).count() as u64;
+    assert_eq!(cli_errors, 10, "redis-cli's own error replies:\n{replies}");
+
+    // redis-benchmark: 4 clients, a new command each time the last replied
+    // (and, first, two CONFIG GET sent at once: see below).
+    let bench = run(Command::new("redis-benchmark").args([
+        "-p",
+        &port.to_string(),
+        "-n",
+        "2000",
+        "-c",
+        "4",
+        "-t",
+        "set,get,lpush",
+        "--csv",
+    ]));
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let after = redis_info(port, "stats");
+    let stat = |m: &BTreeMap<String, String>, k: &str| m[k].parse::<u64>().unwrap();
+
+    // Redis's own counts: commands processed (less the INFO that asked),
+    // plus the unknown commands it rejected before processing; errors are
+    // every error reply it sent. A batch of pipelined commands (read in one
+    // call, answered in one) is one request to the agent: redis-benchmark
+    // sends its two CONFIG GET so, the one batch here.
+    let processed =
+        stat(&after, "total_commands_processed") - stat(&before, "total_commands_processed") - 1;
+    let error_replies = stat(&after, "total_error_replies") - stat(&before, "total_error_replies");
+    let server = sum(&records, "endpoint", "redis", server_of("redis-server", port));
+    assert_eq!(error_replies, 10);
+    assert_eq!(server.errors, error_replies, "redis error replies");
+    assert_eq!(server.count, processed + 3 - 1, "redis commands (+3 unknown): {bench}");
+    assert_eq!(server.client_errors, 0);
+
+    // Routes are command names; redis-benchmark's 2000 of each.
+    let by_cmd = routes(&records, server_of("redis-server", port));
+    let count = |c: &str| by_cmd.get(c).map_or(0, |t| t.count);
+    assert_eq!(count("SET"), 30 + 2000, "{by_cmd:?}");
+    assert_eq!(count("GET"), 20 + 2000);
+    assert_eq!(count("LPUSH"), 5 + 2000);
+    assert_eq!(by_cmd["LPUSH"].errors, 5);
+    assert_eq!(by_cmd["NOSUCHCOMMAND"].errors, 3);
+    assert_eq!(by_cmd["INCR"].errors, 2);
+    assert_eq!(by_cmd["HSET"], Totals { count: 4, ..Totals::default() });
+    assert_eq!(count("CONFIG"), 1, "{by_cmd:?}");
+
+    // The clients agree: redis-cli's 64 commands, 10 errors, and the
+    // COMMAND DOCS it sends first (as MONITOR shows). The INFO calls ran
+    // before the agent started and after it stopped.
+    let cli = |r: &Value| r["comm"] == "redis-cli" && r["role"] == "client" && r["port"] == port;
+    let t = sum(&records, "endpoint", "redis", cli);
+    let cli_cmds = routes(&records, cli);
+    assert_eq!(cli_cmds["COMMAND"].count, 1, "{cli_cmds:?}");
+    assert_eq!((t.count, t.errors), (64 + 1, 10), "redis-cli's side");
+    assert_eq!(cli_cmds["LPUSH"], by_cmd["LPUSH"].clone().minus(2000));
+}
+
+// --- PostgreSQL -----------------------------------------------------------
+
+/// The newest installed PostgreSQL's programs.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL (scripts/setup.sh installs it)")
+        .map(|e| e.unwrap().path())
+        .collect();
+    versions.sort();
+    versions.last().unwrap().join("bin").join(name)
+}
+
+/// A command run as the `postgres` user (no intermediate process: the
+/// server is our child, and gets our signals).
+fn as_postgres(program: PathBuf) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let id = |flag: &str| run(Command::new("id").args([flag, "postgres"])).trim().parse().unwrap();
+    let mut cmd = Command::new(program);
+    cmd.uid(id("-u")).gid(id("-g")).env("HOME", "/tmp").current_dir("/tmp");
+    cmd
+}
+
+/// A PostgreSQL cluster in a fresh folder, run as the `postgres` user,
+/// listening on a loopback port with trust authentication, logging every
+/// statement it runs to `DIR/server.log` (see [`pg_log`]).
+fn postgres(dir: &Path) -> (Daemon, u16) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir));
+    run(as_postgres(pg_bin("initdb")).args(["-D"]).arg(&data).args([
+        "--auth=trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+    ]));
+    let port = free_port();
+    let d = Daemon::spawn(
+        as_postgres(pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "log_statement=all", "-c", "log_line_prefix=%a|%p|"])
+            .stderr(std::fs::File::create(dir.join("server.log")).unwrap()),
+        libc::SIGINT,
+    );
+    wait_listening(port);
+    (d, port)
+}
+
+/// PostgreSQL's own count, from its statement log past `from` (bytes):
+/// (statements, errors) per application name. A statement is a logged
+/// simple query or execute, or an error logged with no statement before
+/// it (a syntax error fails before it could be logged).
+fn pg_log(dir: &Path, from: usize) -> BTreeMap<String, (u64, u64)> {
+    let text = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    let mut by_app: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut logged: BTreeMap<String, bool> = BTreeMap::new();
+    for line in text[from..].lines() {
+        let mut f = line.splitn(3, '|');
+        let (Some(app), Some(pid), Some(msg)) = (f.next(), f.next(), f.next()) else { continue };
+        let t = by_app.entry(app.to_string()).or_default();
+        let stmt = logged.entry(pid.to_string()).or_default();
+        if msg.starts_with("LOG:  statement:") || msg.starts_with("LOG:  execute") {
+            t.0 += 1;
+            *stmt = true;
+        } else if msg.starts_with("ERROR:") {
+            t.0 += u64::from(!*stmt);
+            t.1 += 1;
+            *stmt = false;
+        } else if !msg.starts_with("DETAIL:") && !msg.starts_with("STATEMENT:") {
+            *stmt = false;
+        }
+    }
+    by_app
+}
+
+#[test]
+fn postgres_queries_and_error_responses_match_the_server_log() {
+    require_bpf!();
+    let dir = tempdir("req-pg");
+    let (pg, port) = postgres(&dir);
+    let p = port.to_string();
+    let conn = ["-h", "127.0.0.1", "-p", &p, "-U", "postgres"];
+    run(Command::new(pg_bin("pgbench")).args(conn).args(["-i", "-q", "postgres"]));
+    let agent = agent(&["postgres", "psql", "pgbench"]);
+    let from = std::fs::metadata(dir.join("server.log")).unwrap().len() as usize;
+
+    // psql, one statement per query message; 7 of them fail.
+    let mut sql = String::new();
+    sql.push_str("CREATE TABLE t (a int);\n");
+    sql.push_str(&"SELECT 1;\n".repeat(20));
+    sql.push_str(&"SELECT 1/0;\n".repeat(3));
+    sql.push_str(&"SELEC broken;\n".repeat(2));
+    sql.push_str(&"INSERT INTO t VALUES (1);\n".repeat(5));
+    sql.push_str(&"INSERT INTO t VALUES ('x');\n".repeat(2));
+    let file = dir.join("q.sql");
+    std::fs::write(&file, sql).unwrap();
+    let out = Command::new(pg_bin("psql"))
+        .args(conn)
+        .args(["-d", "postgres", "-q", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let psql_errors = stderr.lines().filter(|l| l.contains("ERROR:")).count() as u64;
+    assert_eq!(psql_errors, 7, "psql's own errors:\n{stderr}");
+
+    // pgbench: the select-only script, in the simple and extended protocols.
+    let mut processed = 0;
+    for mode in ["simple", "extended"] {
+        let out = run(Command::new(pg_bin("pgbench"))
+            .args(conn)
+            .args(["-n", "-S", "-M", mode, "-c", "2", "-t", "150", "postgres"]));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("number of transactions actually processed"))
+            .unwrap();
+        let done = line.rsplit(": ").next().unwrap().split('/').next().unwrap();
+        processed += done.parse::<u64>().unwrap();
+    }
+    assert_eq!(processed, 600);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    drop(pg);
+    let truth = pg_log(&dir, from);
+    eprintln!("PostgreSQL's log: {truth:?}");
+    assert_eq!(truth["psql"], (33, 7), "the server's log agrees with psql");
+    // pgbench's transactions, and the queries it makes before each run.
+    assert!(truth["pgbench"].0 > processed && truth["pgbench"].1 == 0, "{truth:?}");
+
+    // Each client's side; start-up, the SSL question and authentication
+    // are not requests.
+    let side = |comm: &str| {
+        let mut t = Totals::default();
+        for r in records.iter().filter(|r| {
+            r["type"] == "endpoint"
+                && r["comm"] == comm
+                && r["role"] == "client"
+                && r["port"] == port
+        }) {
+            assert_eq!(r["protocol"], "postgres", "{r}");
+            t.add(&r["requests"]);
+        }
+        (t.count, t.errors)
+    };
+    assert_eq!(side("psql"), truth["psql"]);
+    assert_eq!(side("pgbench"), truth["pgbench"]);
+    // The server's backends (one process per connection) saw them all.
+    let server = sum(&records, "endpoint", "postgres", server_of("postgres", port));
+    let all = truth.values().fold((0, 0), |a, t| (a.0 + t.0, a.1 + t.1));
+    assert_eq!((server.count, server.errors), all);
+    // Routes are statements' first keywords.
+    let by_kind = routes(&records, server_of("postgres", port));
+    let count = |k: &str| by_kind.get(k).map_or(0, |t| t.count);
+    assert_eq!((count("CREATE"), count("INSERT"), count("SELEC")), (1, 7, 2), "{by_kind:?}");
+    assert_eq!(by_kind["INSERT"].errors, 2);
+    assert_eq!(count("SELECT"), all.0 - 10, "{by_kind:?}");
+}
+
+// --- Hostile input and route normalization --------------------------------
+
+/// A xorshift generator: the same paths on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn from(&mut self, chars: &[u8], len: usize) -> String {
+        (0..len).map(|_| chars[self.below(chars.len() as u64) as usize] as char).collect()
+    }
+}
+
+/// A random path segment of one of seven outcomes: an identifier of a
+/// random kind (a number, hex with a digit, a UUID, a long token with a
+/// digit), or one of the cases the rule keeps (hex without a digit, short
+/// mixed tokens, 20+ characters without a digit, an empty segment).
+fn segment(rng: &mut Rng) -> String {
+    const HEX: &[u8] = b"0123456789abcdef";
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let with_digit = |mut s: String, rng: &mut Rng| {
+        let at = rng.below(s.len() as u64) as usize;
+        s.replace_range(at..=at, &rng.below(10).to_string());
+        s
+    };
+    match rng.below(7) {
+        0 => match rng.below(4) {
+            0 => rng.below(1_000_000_000).to_string(),
+            1 => {
+                let len = 8 + rng.below(10) as usize;
+                let h = rng.from(HEX, len);
+                with_digit(h, rng)
+            }
+            2 => format!("{}-{}-{}", rng.from(HEX, 8), rng.from(HEX, 4), rng.from(HEX, 12)),
+            _ => {
+                let len = 20 + rng.below(6) as usize;
+                let t = rng.from(ALNUM, len);
+                with_digit(t, rng)
+            }
+        },
+        1 => "deadbeef-cafe".into(),
+        2 => "abc1234".into(),
+        3 => "x1".into(),
+        4 => "abcdefghijklmnopqrstuvwxyz".into(),
+        5 => "caf%C3%A9~o'k".into(),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn route_names_follow_the_reference_rule_on_random_paths() {
+    require_bpf!();
+    let dir = tempdir("req-fuzz");
+    let (_nginx, port) = nginx(&dir, "location / { return 200 \"ok\\n\"; }");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut paths = Vec::new();
+    let mut want: BTreeMap<String, Totals> = BTreeMap::new();
+    for _ in 0..400 {
+        // /{word}/{segment}[/{id} or /edit]: 2 x 7 x 3 routes at most.
+        let mut p = format!("/{}/{}", ["cart", "v2"][rng.below(2) as usize], segment(&mut rng));
+        match rng.below(3) {
+            0 => p.push_str(&format!("/{}", rng.below(100_000))),
+            1 => p.push_str("/edit"),
+            _ => {}
+        }
+        match rng.below(4) {
+            0 => p.push_str(&format!("?q={}", rng.below(100))),
+            1 => p.push_str("#frag"),
+            _ => {}
+        }
+        want.entry(format!("GET {}", reference_route("GET", &p))).or_default().count += 1;
+        paths.push(p);
+    }
+    // Long paths: cut at 64 bytes, and beyond what the kernel peeks at.
+    for n in [60, 70, 130] {
+        let p = format!("/{}/{}", "l".repeat(n), 42);
+        want.entry(format!("GET {}", reference_route("GET", &p))).or_default().count += 1;
+        paths.push(p);
+    }
+    for t in want.values_mut() {
+        t.status[1] = t.count;
+    }
+    // Every route gets a record of its own below the agent's bound of 64.
+    assert!(want.len() < 64, "{} routes: make the generator narrower", want.len());
+    let agent = agent(&["nginx"]);
+    let mut c = Http::connect(port);
+    for p in &paths {
+        assert_eq!(c.call("GET", p, b"").0, 200, "{p}");
+    }
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    let records = agent.stop().unwrap();
+    assert_eq!(access_log(&dir).len(), paths.len());
+    assert_eq!(routes(&records, server_of("nginx", port)), want, "server routes");
+    let me = std::process::id();
+    assert_eq!(routes(&records, client_of(me, port)), want, "client routes");
+}
+
+#[test]
+fn hostile_bytes_are_counted_not_fatal() {
+    require_bpf!();
+    let dir = tempdir("req-hostile");
+    let (_nginx, port) = nginx(&dir, "location / { return 200 \"ok\\n\"; }");
+    // A line server: one answer per line received.
+    let raw = Workload::start(&["tcp-server", "--name", "pw-raw", "--delay-ms", "1"]).unwrap();
+    let raw_port: u16 = raw.ready[0].parse().unwrap();
+    let agent = agent(&["nginx", "pw-raw"]);
+    let send = |port: u16, bytes: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+    };
+    let mut rng = Rng(7);
+    let junk = |rng: &mut Rng| -> Vec<u8> {
+        let len = 1 + rng.below(300) as usize;
+        (0..len).map(|_| rng.next() as u8).filter(|&c| c != b'\n').collect()
+    };
+    // nginx: request lines of garbage after a method (it answers 400).
+    for _ in 0..10 {
+        let mut b = b"GET /".to_vec();
+        b.extend(junk(&mut rng).into_iter().filter(|&c| c != b'\r'));
+        b.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
+        send(port, &b);
+    }
+    // The line server: random bytes, some dressed as a protocol's start (a
+    // RESP array with a broken length; a PostgreSQL SSL request, which is
+    // not a request and is not counted).
+    let mut raw_requests = 0;
+    for i in 0..30 {
+        let mut b = match i % 3 {
+            0 => b"*9\r$99999999999999999999\r".to_vec(),
+            1 => vec![0, 0, 0, 8, 4, 210, 22, 47],
+            _ => Vec::new(),
+        };
+        raw_requests += u64::from(i % 3 != 1);
+        b.extend(junk(&mut rng));
+        b.push(b'\n');
+        send(raw_port, &b);
+    }
+    // A valid request whose route holds quotes, backslashes and bytes that
+    // are not UTF-8: the record must still be valid JSON.
+    let mut c = Http::connect(port);
+    assert_eq!(c.call("GET", "/a\"b\\c/\u{e9}t\u{e9}", b"").0, 200);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    // stop() checks a clean exit and every record against the schema.
+    let records = agent.stop().unwrap();
+    let truth = Totals::http(access_log(&dir).iter().map(|l| l.0));
+    assert_eq!((truth.count, truth.client_errors), (11, 10));
+    assert_eq!(sum(&records, "endpoint", "http1", server_of("nginx", port)), truth);
+    let odd = routes(&records, server_of("nginx", port));
+    assert!(odd.keys().any(|k| k.starts_with("GET /a\"b\\c/")), "{odd:?}");
+    let mut raw_seen = Totals::default();
+    for r in records.iter().filter(|r| r["type"] == "endpoint" && r["pid"] == raw.pid) {
+        raw_seen.add(&r["requests"]);
+    }
+    assert_eq!((raw_seen.count, raw_seen.errors), (raw_requests, 0), "the line server");
+}
