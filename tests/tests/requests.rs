@@ -136,8 +136,8 @@ impl Totals {
 
 /// Sums the requests of the `kind` records (`endpoint`, `route`) that `pick`
 /// selects; checks they all name `protocol`.
-fn sum<'a>(
-    records: &'a [Value],
+fn sum(
+    records: &[Value],
     kind: &str,
     protocol: &str,
     pick: impl Fn(&Value) -> bool,
