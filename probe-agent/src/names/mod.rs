@@ -32,6 +32,7 @@ pub fn syscall(nr: u16) -> Cow<'static, str> {
 /// The name under which the table knows a system call that the kernel's
 /// tracefs names after its `SYSCALL_DEFINE` (the `new*` variants, which
 /// replaced older calls under the same number).
+#[cfg(test)]
 fn uapi_name(tracefs: &str) -> &str {
     match tracefs {
         "newstat" => "stat",
@@ -48,7 +49,8 @@ fn uapi_name(tracefs: &str) -> &str {
 
 /// The system calls of `events` (tracefs event names, `sys_enter_NAME`)
 /// that have no name in the table: each would print as `syscall_<nr>`.
-pub fn unnamed<'a>(events: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+#[cfg(test)]
+fn unnamed<'a>(events: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let known: std::collections::HashSet<Cow<'static, str>> =
         (0..=probe_common::syscalls::MAX_NR as u16).map(syscall).collect();
     events
@@ -121,7 +123,11 @@ mod tests {
     fn the_running_kernels_system_calls_all_have_names() {
         let arch = std::fs::read_to_string("/proc/sys/kernel/arch").unwrap_or_default();
         if arch.trim() != std::env::consts::ARCH {
-            eprintln!("SKIPPED: the kernel is {}, the table {}", arch.trim(), std::env::consts::ARCH);
+            eprintln!(
+                "SKIPPED: the kernel is {}, the table {}",
+                arch.trim(),
+                std::env::consts::ARCH
+            );
             return;
         }
         let dir = std::path::Path::new("/sys/kernel/tracing/events/syscalls");
