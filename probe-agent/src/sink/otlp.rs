@@ -686,6 +686,51 @@ mod tests {
         assert!((p.max.unwrap() - 0.0203).abs() < 1e-12);
     }
 
+    /// A recorded run (tests/fixtures, with buckets) exports every interval
+    /// as a request that decodes back; prints the sizes (README: Outputs).
+    #[test]
+    fn a_recorded_run_exports_requests_that_decode() {
+        use std::io::{Read as _, Write as _};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let mut lines = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(dir.join("recorded.jsonl.gz")).unwrap())
+            .read_to_string(&mut lines)
+            .unwrap();
+        let mut rec = crate::recording::Recording::from_reader(
+            Box::new(std::io::Cursor::new(lines.into_bytes())),
+            "fixture".into(),
+        );
+        let (mut e, mut all) = (Exporter::new(), Exporter::new());
+        let mut sizes = Vec::new();
+        while let Some((_, values)) = rec.next_interval().unwrap() {
+            let records: Vec<Record> =
+                values.into_iter().filter_map(|v| Record::from_value(v).unwrap()).collect();
+            let default = records.iter().filter(|r| r.kind() != Kind::Syscall);
+            let Some(req) = e.encode(default) else { continue };
+            let with_syscalls = all.encode(records.iter()).unwrap();
+            let gz = |b: &[u8]| {
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                z.write_all(b).unwrap();
+                z.finish().unwrap().len()
+            };
+            let decoded = ExportMetricsServiceRequest::decode(&req[..]).unwrap();
+            assert!(!decoded.resource_metrics.is_empty());
+            sizes.push((
+                records.len(),
+                req.len(),
+                gz(&req),
+                with_syscalls.len(),
+                gz(&with_syscalls),
+            ));
+        }
+        assert!(sizes.len() > 20);
+        let last = sizes.last().unwrap();
+        eprintln!(
+            "records {}, OTLP request {} bytes ({} gzip); with syscall series {} ({} gzip)",
+            last.0, last.1, last.2, last.3, last.4
+        );
+    }
+
     /// A series not seen again is dropped after five minutes' intervals;
     /// past the bound new series are cut and counted.
     #[test]
