@@ -73,6 +73,21 @@ if [ "$(cat "$venv/.wants" 2>/dev/null)" != "$want_py" ]; then
   echo "$want_py" > "$venv/.wants"
 fi
 
+# --- The OTLP output test's independent decoder -----------------------------
+# OpenTelemetry's own Python message classes (opentelemetry-proto, with
+# Google's protobuf runtime), pinned, in their own environment: the output
+# test decodes the agent's OTLP exports with them (scripts/otlp-decode.py).
+venv="$HOME/.cache/probe/venv-otlp"
+want_py="opentelemetry-proto==1.45.2"
+if [ "$(cat "$venv/.wants" 2>/dev/null)" != "$want_py" ]; then
+  log "making $venv ($want_py)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $want_py
+  echo "$want_py" > "$venv/.wants"
+fi
+
 # --- Rust toolchains -------------------------------------------------------
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v rustup >/dev/null; then

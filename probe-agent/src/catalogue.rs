@@ -131,6 +131,20 @@ pub struct Metric {
     pub help: &'static str,
     /// Multiplies the value (percent to ratio: 0.01).
     pub scale: f64,
+    /// The unit of the OTLP metric (UCUM, as OpenTelemetry writes it:
+    /// `s`, `By`, `1`, or a count's `{thing}`); histograms are in seconds.
+    pub unit: &'static str,
+}
+
+/// The suffixes of KPI paths that name a unit, which an OTLP name leaves
+/// to the metric's unit.
+const UNIT_SUFFIXES: [&str; 4] = ["_ms", "_pct", "_bytes", "_usd_month"];
+
+/// A KPI's OTLP metric name: `probe.` and its path, without the unit
+/// suffix (`requests.latency_ms` is `probe.requests.latency`, in seconds).
+pub fn otlp_name(k: &Kpi) -> String {
+    let path = UNIT_SUFFIXES.iter().find_map(|s| k.path.strip_suffix(s)).unwrap_or(k.path);
+    format!("probe.{path}")
 }
 
 /// The escalation guide's rule on a KPI, in the default configuration.
@@ -174,14 +188,19 @@ const LATENCY_ACT: [&str; 2] = ["investigate now", "escalate to the team lead"];
 const CAPACITY_ACT: [&str; 2] = ["optimize or scale", "escalate"];
 const COST_ACT: [&str; 2] = ["identify savings", "escalate to management"];
 
-const fn counter(name: &'static str, help: &'static str) -> Option<Metric> {
-    Some(Metric { name, kind: MetricKind::Counter, help, scale: 1.0 })
+const fn counter(name: &'static str, unit: &'static str, help: &'static str) -> Option<Metric> {
+    Some(Metric { name, kind: MetricKind::Counter, help, scale: 1.0, unit })
 }
-const fn gauge(name: &'static str, help: &'static str, scale: f64) -> Option<Metric> {
-    Some(Metric { name, kind: MetricKind::Gauge, help, scale })
+const fn gauge(
+    name: &'static str,
+    unit: &'static str,
+    help: &'static str,
+    scale: f64,
+) -> Option<Metric> {
+    Some(Metric { name, kind: MetricKind::Gauge, help, scale, unit })
 }
 const fn histogram(name: &'static str, help: &'static str) -> Option<Metric> {
-    Some(Metric { name, kind: MetricKind::Histogram, help, scale: 1.0 })
+    Some(Metric { name, kind: MetricKind::Histogram, help, scale: 1.0, unit: "s" })
 }
 
 fn n(v: u64) -> Option<f64> {
@@ -240,6 +259,7 @@ pub static KPIS: &[Kpi] = &[
         read: Read::Value(|g| n(g.requests?.count)),
         metric: counter(
             "probe_requests_total",
+            "{request}",
             "Requests answered or failed (TCP, per server port).",
         ),
         rule: None,
@@ -255,6 +275,7 @@ pub static KPIS: &[Kpi] = &[
         read: Read::Value(|g| n(g.requests?.errors)),
         metric: counter(
             "probe_request_errors_total",
+            "{request}",
             "Requests failed: server errors, or reset or closed before the answer.",
         ),
         rule: None,
@@ -270,6 +291,7 @@ pub static KPIS: &[Kpi] = &[
         read: Read::Value(|g| n(g.requests?.client_errors)),
         metric: counter(
             "probe_request_client_errors_total",
+            "{request}",
             "Requests answered with a client error (HTTP 4xx).",
         ),
         rule: None,
@@ -295,7 +317,7 @@ pub static KPIS: &[Kpi] = &[
         source: "sock_send_length, sock_recv_length (the status line)",
         scopes: &[H, C, P, E, R],
         read: Read::Classes(|g| g.requests?.status.as_ref()),
-        metric: counter("probe_request_status_total", "HTTP answers by status class."),
+        metric: counter("probe_request_status_total", "{request}", "HTTP answers by status class."),
         rule: None,
         actions: ACT,
     },
@@ -320,7 +342,11 @@ pub static KPIS: &[Kpi] = &[
         source: "sock:inet_sock_set_state",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.connects)),
-        metric: counter("probe_tcp_connects_total", "Outbound TCP connects attempted."),
+        metric: counter(
+            "probe_tcp_connects_total",
+            "{connection}",
+            "Outbound TCP connects attempted.",
+        ),
         rule: None,
         actions: ACT,
     },
@@ -332,7 +358,11 @@ pub static KPIS: &[Kpi] = &[
         source: "sock:inet_sock_set_state",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.connect_errors)),
-        metric: counter("probe_tcp_connect_errors_total", "Outbound TCP connects that failed."),
+        metric: counter(
+            "probe_tcp_connect_errors_total",
+            "{connection}",
+            "Outbound TCP connects that failed.",
+        ),
         rule: None,
         actions: ACT,
     },
@@ -377,7 +407,11 @@ pub static KPIS: &[Kpi] = &[
         source: "sock:inet_sock_set_state, sock_send_length, sock_recv_length",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.accepts)),
-        metric: counter("probe_tcp_accepts_total", "Inbound TCP handshakes accepted."),
+        metric: counter(
+            "probe_tcp_accepts_total",
+            "{connection}",
+            "Inbound TCP handshakes accepted.",
+        ),
         rule: None,
         actions: ACT,
     },
@@ -389,7 +423,7 @@ pub static KPIS: &[Kpi] = &[
         source: "tcp:tcp_retransmit_skb",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.retransmits)),
-        metric: counter("probe_tcp_retransmits_total", "TCP segments retransmitted."),
+        metric: counter("probe_tcp_retransmits_total", "{segment}", "TCP segments retransmitted."),
         rule: None,
         actions: ACT,
     },
@@ -401,7 +435,7 @@ pub static KPIS: &[Kpi] = &[
         source: "tcp:tcp_send_reset",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.resets_sent)),
-        metric: counter("probe_tcp_resets_sent_total", "TCP resets sent."),
+        metric: counter("probe_tcp_resets_sent_total", "{segment}", "TCP resets sent."),
         rule: None,
         actions: ACT,
     },
@@ -413,7 +447,7 @@ pub static KPIS: &[Kpi] = &[
         source: "tcp:tcp_receive_reset",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.resets_received)),
-        metric: counter("probe_tcp_resets_received_total", "TCP resets received."),
+        metric: counter("probe_tcp_resets_received_total", "{segment}", "TCP resets received."),
         rule: None,
         actions: ACT,
     },
@@ -437,7 +471,7 @@ pub static KPIS: &[Kpi] = &[
         source: "sock_send_length",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.bytes_sent)),
-        metric: counter("probe_tcp_sent_bytes_total", "TCP payload bytes sent."),
+        metric: counter("probe_tcp_sent_bytes_total", "By", "TCP payload bytes sent."),
         rule: None,
         actions: ACT,
     },
@@ -449,7 +483,7 @@ pub static KPIS: &[Kpi] = &[
         source: "sock_recv_length",
         scopes: &[H, C, P],
         read: Read::Value(|g| n(g.tcp?.bytes_received)),
-        metric: counter("probe_tcp_received_bytes_total", "TCP payload bytes received."),
+        metric: counter("probe_tcp_received_bytes_total", "By", "TCP payload bytes received."),
         rule: None,
         actions: ACT,
     },
@@ -462,7 +496,7 @@ pub static KPIS: &[Kpi] = &[
         source: "sched_switch",
         scopes: &[H, C, P],
         read: Read::Value(|g| Some(g.cpu?.cores)),
-        metric: gauge("probe_cpu_cores", "Busy cores over the last interval.", 1.0),
+        metric: gauge("probe_cpu_cores", "{cpu}", "Busy cores over the last interval.", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -476,6 +510,7 @@ pub static KPIS: &[Kpi] = &[
         read: Read::Value(|g| Some(g.cpu?.utilization_pct)),
         metric: gauge(
             "probe_cpu_utilization_ratio",
+            "1",
             "Share of the host's CPU capacity used.",
             0.01,
         ),
@@ -516,7 +551,7 @@ pub static KPIS: &[Kpi] = &[
                 .map(|m| m.used_bytes as f64)
                 .or_else(|| g.container_memory?.used_bytes.map(|b| b as f64))
         }),
-        metric: gauge("probe_memory_used_bytes", "Memory in use (RSS for processes).", 1.0),
+        metric: gauge("probe_memory_used_bytes", "By", "Memory in use (RSS for processes).", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -528,7 +563,7 @@ pub static KPIS: &[Kpi] = &[
         source: "/proc/meminfo",
         scopes: &[H],
         read: Read::Value(|g| n(g.host_memory?.total_bytes)),
-        metric: gauge("probe_memory_limit_bytes", "Memory limit (total for the host).", 1.0),
+        metric: gauge("probe_memory_limit_bytes", "By", "Memory limit (total for the host).", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -540,7 +575,7 @@ pub static KPIS: &[Kpi] = &[
         source: "cgroup memory.max or memory.limit_in_bytes",
         scopes: &[C],
         read: Read::Value(|g| g.container_memory?.limit_bytes.map(|b| b as f64)),
-        metric: gauge("probe_memory_limit_bytes", "Memory limit (total for the host).", 1.0),
+        metric: gauge("probe_memory_limit_bytes", "By", "Memory limit (total for the host).", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -572,7 +607,7 @@ pub static KPIS: &[Kpi] = &[
         source: "/proc/<pid>/statm",
         scopes: &[P],
         read: Read::Value(|g| g.process_memory?.rss_bytes.map(|b| b as f64)),
-        metric: gauge("probe_memory_used_bytes", "Memory in use (RSS for processes).", 1.0),
+        metric: gauge("probe_memory_used_bytes", "By", "Memory in use (RSS for processes).", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -585,7 +620,7 @@ pub static KPIS: &[Kpi] = &[
         source: "statvfs",
         scopes: &[H],
         read: Read::Disk(|d| d.used_bytes as f64),
-        metric: gauge("probe_disk_used_bytes", "Disk space used (as df).", 1.0),
+        metric: gauge("probe_disk_used_bytes", "By", "Disk space used (as df).", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -597,7 +632,7 @@ pub static KPIS: &[Kpi] = &[
         source: "statvfs",
         scopes: &[H],
         read: Read::Disk(|d| d.size_bytes as f64),
-        metric: gauge("probe_disk_size_bytes", "Disk size.", 1.0),
+        metric: gauge("probe_disk_size_bytes", "By", "Disk size.", 1.0),
         rule: None,
         actions: CAPACITY_ACT,
     },
@@ -632,7 +667,12 @@ pub static KPIS: &[Kpi] = &[
                 .and_then(|c| c.projected_usd_month)
                 .or_else(|| g.container_cost?.projected_usd_month)
         }),
-        metric: gauge("probe_cost_projected_usd_per_month", "Projected monthly cost.", 1.0),
+        metric: gauge(
+            "probe_cost_projected_usd_per_month",
+            "{USD}/mo",
+            "Projected monthly cost.",
+            1.0,
+        ),
         rule: None,
         actions: COST_ACT,
     },
@@ -646,7 +686,7 @@ pub static KPIS: &[Kpi] = &[
         read: Read::Value(|g| g.host_cost?.budget_usd_month),
         // Beside the projection, so a Prometheus rule can say how far over
         // budget a host is (packaging/prometheus/probe-rules.yaml).
-        metric: gauge("probe_cost_budget_usd_per_month", "Monthly budget.", 1.0),
+        metric: gauge("probe_cost_budget_usd_per_month", "{USD}/mo", "Monthly budget.", 1.0),
         rule: None,
         actions: COST_ACT,
     },
@@ -677,7 +717,7 @@ pub static KPIS: &[Kpi] = &[
         source: "raw_syscalls sys_exit",
         scopes: &[H, C, P, S],
         read: Read::Value(|g| n(g.syscalls?.count)),
-        metric: counter("probe_syscalls_total", "System calls completed."),
+        metric: counter("probe_syscalls_total", "{call}", "System calls completed."),
         rule: None,
         actions: ACT,
     },
@@ -689,7 +729,11 @@ pub static KPIS: &[Kpi] = &[
         source: "raw_syscalls sys_exit",
         scopes: &[H, C, P, S],
         read: Read::Value(|g| n(g.syscalls?.errors)),
-        metric: counter("probe_syscall_errors_total", "System calls that returned an error."),
+        metric: counter(
+            "probe_syscall_errors_total",
+            "{call}",
+            "System calls that returned an error.",
+        ),
         rule: None,
         actions: ACT,
     },
@@ -761,7 +805,7 @@ pub fn path_of(k: &Kpi, stat: Option<Stat>) -> String {
 /// The `kpis` command's table (Markdown).
 pub fn table() -> String {
     let mut out = String::from(
-        "| KPI | unit | formula | kernel events / source | records | default thresholds (investigate / escalate) | Prometheus |\n|---|---|---|---|---|---|---|\n",
+        "| KPI | unit | formula | kernel events / source | records | default thresholds (investigate / escalate) | Prometheus | OTLP (unit) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for k in KPIS {
         let scopes: Vec<&str> = k.scopes.iter().map(|s| s.name()).collect();
@@ -784,12 +828,13 @@ pub fn table() -> String {
             };
             format!("`{}` ({kind})", m.name)
         });
+        let otlp = k.metric.map_or("-".to_string(), |m| format!("`{}` ({})", otlp_name(k), m.unit));
         let unit = match k.read {
             Read::Latency(_) => "ms (avg, p50, p95, p99, max)",
             _ => k.unit.name(),
         };
         out += &format!(
-            "| `{}` | {unit} | {} | {} | {} | {rule} | {metric} |\n",
+            "| `{}` | {unit} | {} | {} | {} | {rule} | {metric} | {otlp} |\n",
             k.path,
             k.formula,
             k.source,
@@ -823,6 +868,32 @@ mod tests {
         assert!(resolve("requests.latency_ms").is_none(), "a group needs its statistic");
         assert!(resolve("requests.latency_ms.p42").is_none());
         assert!(resolve("requests.nope").is_none());
+    }
+
+    /// Each exported KPI has its own OTLP name, a unit, and histograms in
+    /// seconds (their bounds are).
+    #[test]
+    fn otlp_names_are_unique_and_units_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for k in KPIS {
+            let Some(m) = k.metric else { continue };
+            let name = otlp_name(k);
+            assert!(seen.insert(name.clone()), "{name} twice");
+            assert!(!name.ends_with('_') && !m.unit.is_empty(), "{name}");
+            match m.kind {
+                MetricKind::Histogram => assert_eq!(m.unit, "s", "{name}"),
+                _ => assert_eq!(
+                    m.unit == "By",
+                    k.unit == Unit::Bytes,
+                    "{name}: bytes and only bytes are By"
+                ),
+            }
+        }
+        assert_eq!(
+            otlp_name(resolve("requests.latency_ms.avg").unwrap().0),
+            "probe.requests.latency"
+        );
+        assert_eq!(otlp_name(resolve("tcp.bytes_sent").unwrap().0), "probe.tcp.bytes_sent");
     }
 
     fn repo(path: &str) -> String {

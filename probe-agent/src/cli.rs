@@ -104,9 +104,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1.0, value_name = "PCT")]
     pub overhead_budget_pct: f64,
     /// Where records go (repeatable; default stdout): stdout, file:PATH,
-    /// tcp://HOST:PORT, unix:PATH, http://HOST:PORT/PATH, with options
-    /// after `?`: policy=block|drop_oldest, queue_bytes=8M, for files
-    /// rotate_bytes=100M and keep=5, for HTTP gzip=true.
+    /// tcp://HOST:PORT, unix:PATH, http(s)://HOST:PORT/PATH,
+    /// otlp+http(s)://HOST:PORT/v1/metrics, with options after `?`:
+    /// policy=block|drop_oldest, queue_bytes=8M, types=alert,...; for
+    /// files rotate_bytes=100M and keep=5; for HTTP and OTLP gzip=true,
+    /// ca=PATH, bearer_file=PATH, basic_file=PATH, header=Name:Value, and
+    /// for HTTP body=ndjson|json (see the README).
     #[arg(long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// Every latency summary also carries its non-empty histogram buckets,

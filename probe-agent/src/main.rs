@@ -35,6 +35,10 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        // The HTTP client writes requests' headers (the sinks' credentials)
+        // at trace level, unredacted: never past debug, whatever RUST_LOG says.
+        .filter_module("ureq", log::LevelFilter::Debug)
+        .filter_module("ureq_proto", log::LevelFilter::Info)
         .init();
     let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
     let offline = match &cli.command {

@@ -35,11 +35,19 @@ pub const MAX_SERIES: usize = 50_000;
 /// How long a series may go unseen before it is dropped: long enough for
 /// a scraper to see the last of a quiet server or an exited process.
 const STALE_AFTER: Duration = Duration::from_secs(300);
-/// Histogram bounds, in seconds.
-const LE_S: [f64; 19] = [
+/// Histogram bounds, in seconds (the OTLP sinks' explicit bounds too, so
+/// both exports show the same buckets).
+pub const LE_S: [f64; 19] = [
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The bucket of [`LE_S`] (or +Inf: `LE_S.len()`) that holds all of one
+/// of the agent's fine buckets, given its upper bound in ms: the first
+/// bound at or above it, so no count is ever under a bound below its value.
+pub fn le_index(upper_ms: f64) -> usize {
+    LE_S.iter().position(|&le| le * 1e3 >= upper_ms).unwrap_or(LE_S.len())
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -177,7 +185,7 @@ impl Metrics {
         };
         let Some(s) = self.series(name, Kind::Histogram, help, labels) else { return };
         for &(upper_ms, count, sum_ms) in buckets {
-            let i = LE_S.iter().position(|&le| le * 1e3 >= upper_ms).unwrap_or(LE_S.len());
+            let i = le_index(upper_ms);
             s.hist.buckets[i] += count;
             s.hist.count += count;
             s.hist.sum_s += sum_ms / 1e3;

@@ -136,12 +136,7 @@ impl Totals {
 
 /// Sums the requests of the `kind` records (`endpoint`, `route`) that `pick`
 /// selects; checks they all name `protocol`.
-fn sum(
-    records: &[Value],
-    kind: &str,
-    protocol: &str,
-    pick: impl Fn(&Value) -> bool,
-) -> Totals {
+fn sum(records: &[Value], kind: &str, protocol: &str, pick: impl Fn(&Value) -> bool) -> Totals {
     let mut t = Totals::default();
     for r in records.iter().filter(|r| r["type"] == kind && pick(r)) {
         assert_eq!(r["protocol"], protocol, "{r}");

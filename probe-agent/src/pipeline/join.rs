@@ -81,7 +81,8 @@ pub struct Context<'a> {
     pub cgroups: &'a mut Cgroups,
     pub cpus: u32,
     pub header: &'a Header,
-    /// Whether latency groups keep their buckets (`--histograms` or metrics).
+    /// Whether latency groups keep their buckets (`--histograms`, the
+    /// metrics endpoint or an OTLP sink).
     pub buckets: bool,
     /// How requests' outcomes count.
     pub outcomes: Outcomes,

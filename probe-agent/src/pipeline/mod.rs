@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! probes (read maps) -> read.rs (deltas) -> join.rs (per process, container,
-//! host; filters and bounds) -> typed records -> rules -> metrics -> sinks
+//! host; filters and bounds) -> typed records -> rules -> metrics, OTLP
+//! -> sinks
 //! ```
 //!
 //! This file holds the loop and its signals; `read.rs` the reading of the
@@ -217,6 +218,9 @@ impl Agent {
     /// (a file on a hung network mount must not stop the measuring, or
     /// SIGTERM); a bad one keeps the current configuration and says why.
     fn reload(&mut self, done: &tokio::sync::mpsc::Sender<Reloaded>) {
+        // The sinks read their files again (a CA, a token) and a failing
+        // one retries now; the sinks themselves stay as they started.
+        self.out.reload();
         let Some(path) = self.cfg.config_path.clone() else {
             info!("SIGHUP: no --config file; the built-in defaults stay");
             return;
@@ -311,24 +315,29 @@ impl Agent {
         self.emit(vec![Record::Status(rec)])
     }
 
-    /// Hands the records to the metrics endpoint and, encoded, to the
+    /// Hands the records to the metrics endpoint and the OTLP sinks as
+    /// they are (typed, with their buckets), then, encoded, to the other
     /// sinks. A sink with the `block` policy may hold this up to one
     /// interval.
     fn emit(&mut self, mut records: Vec<Record>) -> Result<(), AgentError> {
+        let deadline = Instant::now() + self.cfg.interval;
         if let Some(m) = &mut self.metrics {
             m.update(&records);
         }
+        self.out.export(&records, deadline);
         let mut enc = Encoder::new(self.seq);
+        let mut kinds = Vec::with_capacity(records.len());
         for r in &mut records {
             if !self.cfg.histograms {
                 r.strip_buckets();
             }
             enc.put(r)?;
+            kinds.push(r.kind());
         }
         self.seq = enc.seq;
         let lines = enc.lines.freeze();
         drop(records);
-        self.out.send(&lines, Instant::now() + self.cfg.interval)?;
+        self.out.send(&lines, &kinds, deadline)?;
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         procfs::trim_heap();
@@ -359,7 +368,7 @@ impl Agent {
                 cgroups: &mut self.cgroups,
                 cpus: self.cpus,
                 header: &header,
-                buckets: self.cfg.histograms || self.metrics.is_some(),
+                buckets: self.cfg.histograms || self.metrics.is_some() || self.out.want_buckets(),
                 outcomes: self.cfg.config.outcomes,
                 route_names: &self.readings.route_names,
                 route_patterns: &self.cfg.config.route_patterns,

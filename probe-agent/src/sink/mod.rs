@@ -1,5 +1,7 @@
-//! Sinks: where the JSON lines go. One or several at once (`--output`):
-//! stdout, a rotated file, TCP, a Unix stream socket, HTTP POST.
+//! Sinks: where the records go. One or several at once (`--output`):
+//! stdout, a rotated file, TCP, a Unix stream socket, HTTP(S) POST of JSON
+//! lines, and OTLP/HTTP metrics (`otlp.rs` encodes one export request per
+//! interval from the typed records; its queue holds those requests).
 //!
 //! Each sink has its own bounded queue and writer thread, so a sink that
 //! hangs, resets or fills its disk never stalls the measuring, never grows
@@ -12,6 +14,7 @@
 
 mod file;
 mod http;
+mod otlp;
 mod stdout;
 mod stream;
 
@@ -28,6 +31,8 @@ use std::{
 
 use bytes::Bytes;
 use serde::Serialize;
+
+use crate::records::{Kind, Record};
 
 /// Errors of the sink stage.
 #[derive(Debug, thiserror::Error)]
@@ -76,23 +81,135 @@ pub enum Target {
         path: PathBuf,
         peer_uid: u32,
     },
-    /// NDJSON batches POSTed to `http://host:port/path`.
-    Http {
-        authority: String,
-        path: String,
-        gzip: bool,
-    },
+    /// Records POSTed to an HTTP(S) endpoint: NDJSON batches, or one JSON
+    /// record a request.
+    Http(HttpTarget),
+    /// OTLP/HTTP protobuf metrics, one export request per interval.
+    Otlp(HttpTarget),
+}
+
+/// A value from the command line or configuration that must never be shown
+/// (logs, the `agent` record, error messages): its `Debug` says so.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How an HTTP sink lays out its requests' bodies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// `application/x-ndjson` batches of up to 1 MiB.
+    Ndjson,
+    /// One record per request, `application/json` (an alert webhook).
+    Json,
+}
+
+/// Credentials read from a file (never from the spec, which is shown), on
+/// the first request, after every failure and on SIGHUP: a rotated token or
+/// CA is picked up without a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <the file's content, trimmed>`.
+    BearerFile(PathBuf),
+    /// `Authorization: Basic`, from a file holding `user:password`.
+    BasicFile(PathBuf),
+}
+
+/// An HTTP(S) endpoint and how to talk to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpTarget {
+    /// `http(s)://host[:port]/path`: no credentials, no query.
+    pub url: String,
+    pub gzip: bool,
+    /// Record layout (HTTP sinks; an OTLP sink sends protobuf).
+    pub body: Body,
+    /// PEM file of the CAs to trust instead of the system's (`ca=`).
+    pub ca: Option<PathBuf>,
+    pub auth: Option<Auth>,
+    /// Extra headers (`header=Name:Value`), values never shown.
+    pub headers: Vec<(String, Secret)>,
 }
 
 /// One `--output`: a target and its queue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputSpec {
-    /// The spec as given, which names the sink in the `agent` record.
+    /// The spec as given, with header values redacted: it names the sink in
+    /// the `agent` record, the logs and the metrics.
     pub name: String,
     pub target: Target,
     pub policy: Policy,
     /// Most bytes queued for this sink (lines waiting and being written).
     pub queue_bytes: usize,
+    /// The record types it takes (`types=`); `None`: every type (JSON
+    /// sinks) or every type with metrics but syscall (OTLP).
+    pub types: Option<Vec<Kind>>,
+}
+
+impl OutputSpec {
+    /// Whether this sink takes records of `kind`.
+    pub fn takes(&self, kind: Kind) -> bool {
+        match (&self.types, &self.target) {
+            (Some(types), _) => types.contains(&kind),
+            (None, Target::Otlp(_)) => OTLP_DEFAULT_TYPES.contains(&kind),
+            (None, _) => true,
+        }
+    }
+}
+
+/// The record types an OTLP sink turns into metrics.
+pub const OTLP_TYPES: [Kind; 6] =
+    [Kind::Host, Kind::Container, Kind::Process, Kind::Endpoint, Kind::Syscall, Kind::Agent];
+/// Those it takes by default: per system call series are left out, as the
+/// Prometheus endpoint leaves them out (a process's dozens of system calls,
+/// each with a histogram); `types=` adds them.
+const OTLP_DEFAULT_TYPES: [Kind; 5] =
+    [Kind::Host, Kind::Container, Kind::Process, Kind::Endpoint, Kind::Agent];
+
+/// The spec as it may be shown: `header=` values replaced.
+fn redact(spec: &str) -> String {
+    let Some((base, query)) = spec.split_once('?') else { return spec.to_string() };
+    let opts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some(("header", v)) => {
+                format!("header={}:<redacted>", v.split_once(':').map_or("", |(n, _)| n))
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", opts.join("&"))
+}
+
+/// Header names an option may not set: the sink sets them itself.
+const RESERVED_HEADERS: [&str; 5] =
+    ["host", "content-length", "content-type", "content-encoding", "transfer-encoding"];
+
+/// Checks `http(s)://authority/path` and returns the URL to use (with the
+/// default path if none).
+fn http_url(scheme: &str, rest: &str, default_path: &str) -> Result<String, String> {
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err("credentials in the URL would be shown in the agent record and the logs: \
+                    put them in a file (basic_file=PATH, bearer_file=PATH)"
+            .into());
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        None if !authority.is_empty() => {}
+        _ => return Err(format!("expected {scheme}://HOST[:PORT]/PATH")),
+    }
+    if authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err("the host has spaces or control characters".into());
+    }
+    let path = if path.is_empty() { default_path } else { path };
+    if path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#') {
+        return Err("the path has spaces, control characters or a fragment".into());
+    }
+    Ok(format!("{scheme}://{authority}{path}"))
 }
 
 /// Default bound of each sink's queue.
@@ -112,12 +229,17 @@ fn parse_size(s: &str) -> Option<u64> {
 impl std::str::FromStr for OutputSpec {
     type Err = String;
 
-    /// `stdout`, `file:PATH`, `tcp://HOST:PORT`, `unix:PATH` or
-    /// `http://HOST:PORT/PATH`, optionally followed by `?key=value&...`
-    /// with `policy` (block, drop_oldest), `queue_bytes`, and for files
-    /// `rotate_bytes` and `keep`, for HTTP `gzip` (true, false).
+    /// `stdout`, `file:PATH`, `tcp://HOST:PORT`, `unix:PATH`,
+    /// `http(s)://HOST[:PORT]/PATH` or `otlp+http(s)://HOST[:PORT]/PATH`,
+    /// optionally followed by `?key=value&...` with `policy` (block,
+    /// drop_oldest), `queue_bytes`, `types` (record types, comma-separated),
+    /// for files `rotate_bytes`, `keep` and `mode`, for Unix sockets
+    /// `peer_uid`, for HTTP and OTLP `gzip`, `ca`, `bearer_file`,
+    /// `basic_file` and `header` (repeatable), for HTTP `body` (ndjson,
+    /// json). Errors show the spec with header values redacted.
     fn from_str(spec: &str) -> Result<Self, String> {
-        let bad = |why: String| Err(format!("--output {spec:?}: {why}"));
+        let name = redact(spec);
+        let bad = |why: String| Err(format!("--output {name:?}: {why}"));
         let (base, query) = spec.split_once('?').unwrap_or((spec, ""));
         let mut policy = Policy::DropOldest;
         let mut queue_bytes = DEFAULT_QUEUE_BYTES as u64;
@@ -126,6 +248,13 @@ impl std::str::FromStr for OutputSpec {
         let mut gzip = false;
         let mut mode = 0o600;
         let mut peer_uid = 0;
+        let mut types: Option<Vec<Kind>> = None;
+        let mut body = Body::Ndjson;
+        let mut ca = None;
+        let mut auth = None;
+        let mut headers = Vec::new();
+        // Options that only an HTTP or OTLP sink takes, and whether a JSON body may be chosen.
+        let mut http_only = Vec::new();
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             let Some((k, v)) = kv.split_once('=') else {
                 return bad(format!("option {kv:?} is not key=value"));
@@ -133,8 +262,14 @@ impl std::str::FromStr for OutputSpec {
             let size = |min: u64, max: u64| match parse_size(v) {
                 Some(n) if (min..=max).contains(&n) => Ok(n),
                 _ => Err(format!(
-                    "--output {spec:?}: {k} must be a size from {min} to {max} bytes (e.g. 8M), got {v:?}"
+                    "--output {name:?}: {k} must be a size from {min} to {max} bytes (e.g. 8M), got {v:?}"
                 )),
+            };
+            let file = || -> Result<PathBuf, String> {
+                if v.is_empty() {
+                    return Err(format!("--output {name:?}: {k} needs a file path"));
+                }
+                Ok(PathBuf::from(v))
             };
             match k {
                 "policy" => {
@@ -171,9 +306,81 @@ impl std::str::FromStr for OutputSpec {
                     "false" => gzip = false,
                     _ => return bad(format!("gzip must be true or false, got {v:?}")),
                 },
+                "types" => {
+                    let mut list = Vec::new();
+                    for t in v.split(',') {
+                        match Kind::parse(t) {
+                            Some(kind) if !list.contains(&kind) => list.push(kind),
+                            Some(_) => {}
+                            None => {
+                                return bad(format!(
+                                    "types: {t:?} is not a record type (status, host, container, \
+                                     process, endpoint, syscall, agent, alert)"
+                                ));
+                            }
+                        }
+                    }
+                    types = Some(list);
+                }
+                "body" => {
+                    http_only.push(k);
+                    body = match v {
+                        "ndjson" => Body::Ndjson,
+                        "json" => Body::Json,
+                        _ => return bad(format!("body must be ndjson or json, got {v:?}")),
+                    }
+                }
+                "ca" => {
+                    http_only.push(k);
+                    ca = Some(file()?);
+                }
+                "bearer_file" | "basic_file" => {
+                    http_only.push(k);
+                    if auth.is_some() {
+                        return bad("one of bearer_file and basic_file, once".into());
+                    }
+                    auth = Some(if k == "bearer_file" {
+                        Auth::BearerFile(file()?)
+                    } else {
+                        Auth::BasicFile(file()?)
+                    });
+                }
+                "header" => {
+                    http_only.push(k);
+                    let Some((hname, hvalue)) = v.split_once(':') else {
+                        return bad("header must be Name:Value".into());
+                    };
+                    let token =
+                        |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                    if hname.is_empty() || !hname.bytes().all(token) {
+                        return bad(format!("header name {hname:?} is not an HTTP token"));
+                    }
+                    if RESERVED_HEADERS.contains(&hname.to_ascii_lowercase().as_str()) {
+                        return bad(format!("header {hname} is set by the sink itself"));
+                    }
+                    if hvalue.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                        return bad(format!("header {hname}: the value has control characters"));
+                    }
+                    headers.push((hname.to_string(), Secret(hvalue.trim().to_string())));
+                }
                 _ => return bad(format!("unknown option {k:?}")),
             }
         }
+        let http = |scheme: &str, rest: &str, default_path: &str| -> Result<HttpTarget, String> {
+            let url = http_url(scheme, rest, default_path)
+                .map_err(|why| format!("--output {name:?}: {why}"))?;
+            if ca.is_some() && scheme == "http" {
+                return Err(format!("--output {name:?}: ca= is for https"));
+            }
+            Ok(HttpTarget {
+                url,
+                gzip,
+                body,
+                ca: ca.clone(),
+                auth: auth.clone(),
+                headers: headers.clone(),
+            })
+        };
         let target = if base == "stdout" || base == "-" {
             Target::Stdout
         } else if let Some(path) = base.strip_prefix("file:") {
@@ -194,25 +401,48 @@ impl std::str::FromStr for OutputSpec {
             }
             Target::Unix { path: path.into(), peer_uid }
         } else if let Some(rest) = base.strip_prefix("http://") {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once(':') {
-                Some((host, port))
-                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-                None if !authority.is_empty() => {}
-                _ => return bad("expected http://HOST[:PORT]/PATH".into()),
-            }
-            let authority =
-                if authority.contains(':') { authority.into() } else { format!("{authority}:80") };
-            let path = if path.is_empty() { "/".into() } else { path.into() };
-            Target::Http { authority, path, gzip }
+            Target::Http(http("http", rest, "/")?)
+        } else if let Some(rest) = base.strip_prefix("https://") {
+            Target::Http(http("https", rest, "/")?)
+        } else if let Some(rest) = base.strip_prefix("otlp+http://") {
+            Target::Otlp(http("http", rest, "/v1/metrics")?)
+        } else if let Some(rest) = base.strip_prefix("otlp+https://") {
+            Target::Otlp(http("https", rest, "/v1/metrics")?)
         } else {
-            return bad("expected stdout, file:PATH, tcp://HOST:PORT, unix:PATH or http://HOST:PORT/PATH (https is not supported; use a local shipper)".into());
+            return bad("expected stdout, file:PATH, tcp://HOST:PORT, unix:PATH, \
+                        http(s)://HOST:PORT/PATH or otlp+http(s)://HOST:PORT/v1/metrics"
+                .into());
         };
-        Ok(OutputSpec { name: spec.into(), target, policy, queue_bytes: queue_bytes as usize })
+        match &target {
+            Target::Http(_) => {}
+            Target::Otlp(_) => {
+                if http_only.contains(&"body") {
+                    return bad("body= is for http sinks: an otlp sink sends protobuf".into());
+                }
+                if let Some(t) = types.iter().flatten().find(|t| !OTLP_TYPES.contains(t)) {
+                    return bad(format!(
+                        "types: an otlp sink exports the metrics of host, container, process, \
+                         endpoint, syscall and agent records, not {}",
+                        t.name()
+                    ));
+                }
+            }
+            _ => {
+                if let Some(k) = http_only.first() {
+                    return bad(format!("{k}= is for http and otlp sinks"));
+                }
+            }
+        }
+        if types.as_ref().is_some_and(Vec::is_empty) {
+            return bad("types: no record type".into());
+        }
+        Ok(OutputSpec { name, target, policy, queue_bytes: queue_bytes as usize, types })
     }
 }
 
-/// Why records were dropped, cumulative per sink.
+/// Why records were dropped, cumulative per sink. A sink counts what its
+/// queue holds: records (lines), or for an OTLP sink export requests (one
+/// per interval).
 #[derive(Default)]
 pub struct Counters {
     /// Lines delivered.
@@ -221,7 +451,7 @@ pub struct Counters {
     pub queue_full: AtomicU64,
     /// Lines longer than the whole queue.
     pub too_large: AtomicU64,
-    /// Lines the sink refused for good (HTTP 4xx).
+    /// Lines the sink refused for good (HTTP 4xx but 408 and 429).
     pub rejected: AtomicU64,
     /// Lines written to a connection that failed before the peer
     /// acknowledged them: they may or may not have arrived.
@@ -251,6 +481,15 @@ pub(crate) trait Transport: Send {
     fn closed_for_good(&self, _e: &io::Error) -> bool {
         false
     }
+
+    /// After an error: how long the peer asked to be left alone
+    /// (`Retry-After`), instead of the sink's own back-off.
+    fn retry_after(&mut self) -> Option<Duration> {
+        None
+    }
+
+    /// SIGHUP: read credentials and other files again on the next try.
+    fn reload(&mut self) {}
 }
 
 /// Most bytes a writer takes from its queue at once. A quarter of the
@@ -260,6 +499,10 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Back-off after a failure: doubles from the first to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Longest wait a peer's `Retry-After` may impose: the queue keeps filling
+/// meanwhile (and drops by its policy), so a peer asking for hours gets
+/// asked again sooner.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
 
 struct Queue {
     lines: VecDeque<Bytes>,
@@ -280,6 +523,8 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     stop: AtomicBool,
+    /// SIGHUP: the transport reloads its files and retries at once.
+    reload: AtomicBool,
     /// Most bytes the writer takes at once.
     batch_bytes: usize,
 }
@@ -296,6 +541,7 @@ impl Shared {
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            reload: AtomicBool::new(false),
         }
     }
 }
@@ -304,6 +550,9 @@ impl Shared {
 struct Sink {
     spec: OutputSpec,
     shared: Arc<Shared>,
+    /// An OTLP sink's exporter: the typed records of an interval in, one
+    /// encoded export request out.
+    exporter: Option<otlp::Exporter>,
     /// Counters at the previous report, for per-interval figures.
     reported: Reported,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -376,6 +625,9 @@ pub struct Sinks {
     sinks: Vec<Sink>,
     /// Intervals of which some sink dropped records, since the last report.
     intervals_hit: u64,
+    /// Records dropped on the way in (queue full, too large, closed) up to
+    /// the end of the previous interval.
+    dropped_before: u64,
 }
 
 impl Sinks {
@@ -393,10 +645,10 @@ impl Sinks {
                 Target::Unix { path, peer_uid } => {
                     Box::new(stream::Stream::unix(path.clone(), *peer_uid))
                 }
-                Target::Http { authority, path, gzip } => {
-                    Box::new(http::Http::new(authority.clone(), path.clone(), *gzip))
-                }
+                Target::Http(t) => Box::new(http::Http::new(t.clone(), http::Format::Lines)),
+                Target::Otlp(t) => Box::new(http::Http::new(t.clone(), http::Format::Otlp)),
             };
+            let exporter = matches!(spec.target, Target::Otlp(_)).then(otlp::Exporter::new);
             let shared = Arc::new(Shared::new(spec.queue_bytes));
             let s = shared.clone();
             let thread =
@@ -404,50 +656,99 @@ impl Sinks {
             sinks.push(Sink {
                 spec: spec.clone(),
                 shared,
+                exporter,
                 reported: Reported::default(),
                 thread: Some(thread),
             });
         }
-        Ok(Sinks { sinks, intervals_hit: 0 })
+        Ok(Sinks { sinks, intervals_hit: 0, dropped_before: 0 })
     }
 
-    /// Queues one interval's lines on every sink. A `block` sink waits for
-    /// room until `deadline`; what does not fit is dropped and counted.
-    /// Fails only when every sink has closed for good.
-    pub fn send(&mut self, lines: &Bytes, deadline: Instant) -> Result<(), SinkError> {
-        let dropped = |s: &Sinks| -> u64 {
-            s.sinks
-                .iter()
-                .map(|k| {
-                    k.shared.c.queue_full.load(Ordering::Relaxed)
-                        + k.shared.c.too_large.load(Ordering::Relaxed)
-                        + k.shared.c.closed.load(Ordering::Relaxed)
-                })
-                .sum()
-        };
-        let before = dropped(self);
-        let result = self.send_all(lines, deadline);
-        if dropped(self) > before {
+    /// Whether some sink needs the latency groups' buckets (OTLP).
+    pub fn want_buckets(&self) -> bool {
+        self.sinks.iter().any(|s| s.exporter.is_some())
+    }
+
+    /// SIGHUP: every sink reads its files again (CA, token) and a failing
+    /// one retries now rather than at the end of its back-off.
+    pub fn reload(&self) {
+        for sink in &self.sinks {
+            sink.shared.reload.store(true, Ordering::Relaxed);
+            sink.shared.data.notify_all();
+        }
+    }
+
+    /// Hands one interval's typed records to the OTLP sinks, each of which
+    /// encodes one export request and queues it (a `block` sink waits for
+    /// room until `deadline`). Called before [`Sinks::send`] in the same
+    /// interval: the exporter reads the records as they are, with their
+    /// histogram buckets, rather than parsing the JSON lines back.
+    pub fn export(&mut self, records: &[Record], deadline: Instant) {
+        for sink in &mut self.sinks {
+            let Some(exporter) = sink.exporter.as_mut() else { continue };
+            if sink.shared.closed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let spec = &sink.spec;
+            let Some(request) = exporter.encode(records.iter().filter(|r| spec.takes(r.kind())))
+            else {
+                continue;
+            };
+            sink.push(std::iter::once(Bytes::from(request)), deadline);
+        }
+    }
+
+    /// Queues one interval's lines on every sink that takes lines, each
+    /// line (one record, of type `kinds[i]`) only where `types=` lets it. A
+    /// `block` sink waits for room until `deadline`; what does not fit is
+    /// dropped and counted. Fails only when every sink has closed for good.
+    pub fn send(
+        &mut self,
+        lines: &Bytes,
+        kinds: &[Kind],
+        deadline: Instant,
+    ) -> Result<(), SinkError> {
+        let result = self.send_all(lines, kinds, deadline);
+        // Drops on the way in since the previous interval (this one's
+        // export and lines, and sinks closed meanwhile).
+        let dropped: u64 = self
+            .sinks
+            .iter()
+            .map(|k| {
+                k.shared.c.queue_full.load(Ordering::Relaxed)
+                    + k.shared.c.too_large.load(Ordering::Relaxed)
+                    + k.shared.c.closed.load(Ordering::Relaxed)
+            })
+            .sum();
+        if dropped > self.dropped_before {
             self.intervals_hit += 1;
         }
+        self.dropped_before = dropped;
         result
     }
 
-    fn send_all(&self, lines: &Bytes, deadline: Instant) -> Result<(), SinkError> {
+    fn send_all(&self, lines: &Bytes, kinds: &[Kind], deadline: Instant) -> Result<(), SinkError> {
         let mut open = 0;
         for sink in &self.sinks {
+            if sink.exporter.is_some() {
+                // Fed by `export`; it has no lines to take.
+                open += usize::from(!sink.shared.closed.load(Ordering::Relaxed));
+                continue;
+            }
+            let mine = split_lines(lines)
+                .zip(kinds.iter().copied().chain(std::iter::repeat(Kind::Status)))
+                .filter(|&(_, kind)| sink.spec.takes(kind))
+                .map(|(line, _)| line);
             if sink.shared.closed.load(Ordering::Relaxed) {
-                let n = lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
-                sink.shared.c.closed.fetch_add(n as u64, Ordering::Relaxed);
+                sink.shared.c.closed.fetch_add(mine.count() as u64, Ordering::Relaxed);
                 continue;
             }
             open += 1;
-            sink.push(lines, deadline);
+            sink.push(mine, deadline);
         }
         if open == 0 { Err(SinkError::Closed) } else { Ok(()) }
     }
 
-    /// Each sink's figures since the previous call.
     /// Intervals of which records were dropped, and each sink's figures,
     /// since the previous call.
     pub fn report(&mut self) -> (u64, Vec<SinkState>) {
@@ -496,18 +797,13 @@ impl Sinks {
 }
 
 impl Sink {
-    fn push(&self, lines: &Bytes, deadline: Instant) {
+    /// Queues items (lines, or an OTLP sink's export requests), each
+    /// whole or not at all.
+    fn push(&self, items: impl Iterator<Item = Bytes>, deadline: Instant) {
         let s = &self.shared;
         let max = self.spec.queue_bytes;
         let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
-        let mut start = 0;
-        while start < lines.len() {
-            let end = lines[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(lines.len(), |i| start + i + 1);
-            let line = lines.slice(start..end);
-            start = end;
+        for line in items {
             if line.len() > max {
                 s.c.too_large.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -570,7 +866,8 @@ impl Sink {
                 Target::File { .. } => "file",
                 Target::Tcp(_) => "tcp",
                 Target::Unix { .. } => "unix",
-                Target::Http { .. } => "http",
+                Target::Http(_) => "http",
+                Target::Otlp(_) => "otlp",
             },
             policy: self.spec.policy.name(),
             sent_records: d(now.sent, was.sent),
@@ -596,10 +893,25 @@ impl Sink {
     }
 }
 
-/// Sleeps `d`, waking early when asked to stop.
-fn nap(d: Duration, stop: &AtomicBool) {
+/// The lines of `buf`, each with its newline (the last one may lack it).
+fn split_lines(buf: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= buf.len() {
+            return None;
+        }
+        let end =
+            buf[start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |i| start + i + 1);
+        let line = buf.slice(start..end);
+        start = end;
+        Some(line)
+    })
+}
+
+/// Sleeps `d`, waking early when asked to stop or to reload (SIGHUP).
+fn nap(d: Duration, s: &Shared) {
     let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
+    while !s.stop.load(Ordering::Relaxed) && !s.reload.load(Ordering::Relaxed) {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
@@ -612,6 +924,10 @@ fn writer(mut t: Box<dyn Transport>, s: Arc<Shared>) {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let mut backoff = BACKOFF_FIRST;
     loop {
+        if s.reload.swap(false, Ordering::Relaxed) {
+            t.reload();
+            backoff = BACKOFF_FIRST;
+        }
         if pending.is_empty() {
             let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
             while q.lines.is_empty() {
@@ -667,8 +983,18 @@ fn writer(mut t: Box<dyn Transport>, s: Arc<Shared>) {
                 s.c.errors.fetch_add(1, Ordering::Relaxed);
                 s.failing.store(true, Ordering::Relaxed);
                 *s.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                nap(backoff, &s.stop);
-                backoff = (backoff * 2).min(BACKOFF_CAP);
+                match t.retry_after() {
+                    // The peer said when: that, not our back-off (which
+                    // starts again from the first step after it).
+                    Some(wait) => {
+                        nap(wait.min(RETRY_AFTER_CAP), &s);
+                        backoff = BACKOFF_FIRST;
+                    }
+                    None => {
+                        nap(backoff, &s);
+                        backoff = (backoff * 2).min(BACKOFF_CAP);
+                    }
+                }
             }
         }
     }
@@ -694,16 +1020,34 @@ mod tests {
         assert_eq!(s.policy, Policy::Block);
         let s: OutputSpec =
             "http://collector:8080/ingest?gzip=true&queue_bytes=64M".parse().unwrap();
+        let Target::Http(t) = &s.target else { panic!("{s:?}") };
         assert_eq!(
-            s.target,
-            Target::Http { authority: "collector:8080".into(), path: "/ingest".into(), gzip: true }
+            (t.url.as_str(), t.gzip, t.body),
+            ("http://collector:8080/ingest", true, Body::Ndjson)
         );
         assert_eq!(s.queue_bytes, 64 << 20);
         let s: OutputSpec = "http://collector".parse().unwrap();
-        assert_eq!(
-            s.target,
-            Target::Http { authority: "collector:80".into(), path: "/".into(), gzip: false }
-        );
+        let Target::Http(t) = &s.target else { panic!("{s:?}") };
+        assert_eq!((t.url.as_str(), t.gzip), ("http://collector/", false));
+        assert!(s.takes(Kind::Syscall) && s.takes(Kind::Alert));
+        // A webhook for alerts: TLS with its own CA, a token from a file.
+        let s: OutputSpec =
+            "https://pager:8443/hook?types=alert&body=json&ca=/etc/probe/ca.pem&bearer_file=/run/t"
+                .parse()
+                .unwrap();
+        let Target::Http(t) = &s.target else { panic!("{s:?}") };
+        assert_eq!(t.url, "https://pager:8443/hook");
+        assert_eq!(t.body, Body::Json);
+        assert_eq!(t.ca.as_deref(), Some(std::path::Path::new("/etc/probe/ca.pem")));
+        assert_eq!(t.auth, Some(Auth::BearerFile("/run/t".into())));
+        assert!(s.takes(Kind::Alert) && !s.takes(Kind::Host));
+        // OTLP: the default path, and no per system call series by default.
+        let s: OutputSpec = "otlp+https://otel:4318?gzip=true".parse().unwrap();
+        let Target::Otlp(t) = &s.target else { panic!("{s:?}") };
+        assert_eq!(t.url, "https://otel:4318/v1/metrics");
+        assert!(s.takes(Kind::Process) && !s.takes(Kind::Syscall) && !s.takes(Kind::Alert));
+        let s: OutputSpec = "otlp+http://[::1]:4318/v1/metrics?types=host,syscall".parse().unwrap();
+        assert!(s.takes(Kind::Syscall) && !s.takes(Kind::Process));
         assert_eq!(
             "tcp://127.0.0.1:5140".parse::<OutputSpec>().unwrap().target,
             Target::Tcp("127.0.0.1:5140".into())
@@ -715,10 +1059,39 @@ mod tests {
         assert_eq!("-".parse::<OutputSpec>().unwrap().target, Target::Stdout);
     }
 
+    /// Header values never reach the sink's name (the agent record, the
+    /// logs, the metrics' labels) nor an error message.
+    #[test]
+    fn header_values_are_redacted() {
+        let spec = "https://h/p?header=X-Api-Key:s3cret&header=X-Scope-OrgID:t1&gzip=true";
+        let s: OutputSpec = spec.parse().unwrap();
+        assert_eq!(
+            s.name,
+            "https://h/p?header=X-Api-Key:<redacted>&header=X-Scope-OrgID:<redacted>&gzip=true"
+        );
+        let Target::Http(t) = &s.target else { panic!() };
+        assert_eq!(t.headers[0].1, Secret("s3cret".into()));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let err =
+            "https://h/p?header=X-Api-Key:s3cret&gzip=maybe".parse::<OutputSpec>().unwrap_err();
+        assert!(!err.contains("s3cret") && err.contains("gzip must be"), "{err}");
+    }
+
     #[test]
     fn bad_specs_say_why() {
         for (spec, why) in [
-            ("https://x/y", "https is not supported"),
+            ("https://user:pw@x/y", "credentials in the URL"),
+            ("http://x/y?ca=/ca.pem", "ca= is for https"),
+            ("tcp://x:1?bearer_file=/t", "is for http and otlp sinks"),
+            ("https://x/y?bearer_file=/t&basic_file=/u", "one of bearer_file"),
+            ("https://x/y?header=Host:evil", "set by the sink itself"),
+            ("https://x/y?header=Bad Name:v", "not an HTTP token"),
+            ("https://x/y?header=novalue", "Name:Value"),
+            ("https://x/y?types=host,nonsense", "not a record type"),
+            ("otlp+http://x:4318?types=alert", "an otlp sink exports"),
+            ("otlp+http://x:4318?body=json", "body= is for http sinks"),
+            ("https://x/y?body=xml", "body must be"),
+            ("ftp://x/y", "expected stdout"),
             ("tcp://host", "tcp://HOST:PORT"),
             ("tcp://host:0", "tcp://HOST:PORT"),
             ("file:", "no file path"),
@@ -768,8 +1141,21 @@ mod tests {
         let s = shared.clone();
         let t = Box::new(Mem(got.clone(), fail.clone()));
         let thread = std::thread::spawn(move || writer(t, s));
-        let spec = OutputSpec { name: "mem".into(), target: Target::Stdout, policy, queue_bytes };
-        (Sink { spec, shared, reported: Reported::default(), thread: Some(thread) }, got, fail)
+        let spec = OutputSpec {
+            name: "mem".into(),
+            target: Target::Stdout,
+            policy,
+            queue_bytes,
+            types: None,
+        };
+        let sink = Sink {
+            spec,
+            shared,
+            exporter: None,
+            reported: Reported::default(),
+            thread: Some(thread),
+        };
+        (sink, got, fail)
     }
 
     /// A sink that is down keeps the newest lines that fit, counts every
@@ -782,7 +1168,7 @@ mod tests {
         for i in 0..50 {
             let line = format!("{{\"i\":{i:02}}}\n"); // 9 bytes
             all.push(line.clone());
-            sink.push(&Bytes::from(line), far);
+            sink.push(std::iter::once(Bytes::from(line)), far);
         }
         std::thread::sleep(Duration::from_millis(300));
         fail.store(false, Ordering::Relaxed);
@@ -808,7 +1194,8 @@ mod tests {
         let (mut sink, _got, _fail) = mem_sink(Policy::Block, 20);
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_millis(300);
-        sink.push(&Bytes::from_static(b"0123456789\n0123456789\n0123456789\n"), deadline);
+        let lines = Bytes::from_static(b"0123456789\n0123456789\n0123456789\n");
+        sink.push(split_lines(&lines), deadline);
         let waited = t0.elapsed();
         assert!(waited >= Duration::from_millis(290), "{waited:?}");
         let state = sink.report();
@@ -820,7 +1207,7 @@ mod tests {
     #[test]
     fn a_line_longer_than_the_queue_is_dropped_as_too_large() {
         let (mut sink, _got, _fail) = mem_sink(Policy::DropOldest, 10);
-        sink.push(&Bytes::from_static(b"0123456789abcdef\n"), Instant::now());
+        sink.push(std::iter::once(Bytes::from_static(b"0123456789abcdef\n")), Instant::now());
         assert_eq!(sink.report().dropped_records.too_large, 1);
         sink.shared.stop.store(true, Ordering::Relaxed);
     }
