@@ -485,7 +485,7 @@ pub struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// Makes `rel` (e.g. `probe-test.slice/docker-<id>.scope`).
+    /// Makes `rel` (e.g. `docker/<id>`, as docker's cgroupfs driver names it).
     pub fn create(rel: &str) -> Result<Self> {
         let root = PathBuf::from("/sys/fs/cgroup");
         let bases = if root.join("cgroup.controllers").exists() {

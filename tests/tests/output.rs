@@ -544,11 +544,11 @@ fn dashboard_queries_and_rules_run_on_a_real_prometheus() {
     assert!(config.contains("budget_usd_month = 10.0"), "{config}");
     std::fs::write(dir.join("probe.toml"), config).unwrap();
     let cg = TestCgroup::create(
-        "probe-test.slice/docker-5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed.scope",
+        "docker/5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed",
     )
     .unwrap();
     cg.limit_memory(256 << 20).unwrap();
-    let mut spin = Workload::start(&["spin", "--name", "pw-dash", "--ms", "20000"]).unwrap();
+    let mut spin = Workload::start(&["spin", "--name", "pw-dash", "--ms", "60000"]).unwrap();
     cg.enter(spin.pid).unwrap();
     let server =
         Workload::start(&["tcp-server", "--name", "pw-dashs", "--delay-ms", "20"]).unwrap();
@@ -661,7 +661,14 @@ fn dashboard_queries_and_rules_run_on_a_real_prometheus() {
     for r in &rules {
         assert_eq!(r["health"], "ok", "{r}");
     }
-    assert!(missing.is_empty(), "no data from the real Prometheus for: {missing:#?}");
+    if !missing.is_empty() {
+        let scrape = http10_get(&maddr, "/metrics").unwrap_or_default();
+        let containers: Vec<&str> =
+            scrape.lines().filter(|l| l.contains("scope=\"container\"")).take(5).collect();
+        panic!(
+            "no data from the real Prometheus for: {missing:#?}\ncontainer series: {containers:#?}"
+        );
+    }
     // What the panels show is what the agent measured: 200 requests
     // answered, one reset.
     let server_series = |name: &str| {
@@ -752,7 +759,9 @@ fn merging_two_hosts_gives_the_combined_percentiles() {
 fn the_schema_refuses_broken_records() {
     let good = r#"{"v":1,"type":"endpoint","ts":"2026-11-29T10:00:00.000Z","host":"h","interval_s":10.0,"seq":3,
         "pid":42,"comm":"nginx","container_id":null,"role":"server","port":8080,"peer":null,
-        "requests":{"count":10,"rate_per_s":1.0,"errors":0,"error_rate_pct":0.0,
+        "protocol":"http1","tls":false,
+        "requests":{"count":10,"rate_per_s":1.0,"errors":0,"error_rate_pct":0.0,"client_errors":0,
+        "success_rate_pct":100.0,"status":{"1xx":0,"2xx":10,"3xx":0,"4xx":0,"5xx":0},
         "latency_ms":{"avg":1.0,"p50":1.0,"p95":1.0,"p99":1.0,"max":1.0,"buckets":[[1.015807,10,10.0]]}}}"#
         .replace('\n', "");
     validate_lines(&format!("{good}\n")).unwrap();
@@ -763,6 +772,8 @@ fn the_schema_refuses_broken_records() {
         (r#""buckets":[[1.015807,10,10.0]]"#, r#""buckets":[[1.015807,10]]"#),
         (r#""v":1"#, r#""v":2"#),
         (r#""type":"endpoint""#, r#""type":"nonsense""#),
+        (r#""protocol":"http1""#, r#""protocol":"gopher""#),
+        (r#""2xx":10,"#, ""),
     ] {
         let bad = good.replacen(from, to, 1);
         assert_ne!(bad, good);
