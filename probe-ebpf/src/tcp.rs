@@ -248,8 +248,13 @@ fn parse_request(s: *mut SockState, tid: u32, len: u64) {
         let Some((scratch, n)) = requests::peek(tid, len) else { return };
         let r = requests::request(scratch, n, (*s).proto);
         if r.proto == proto::UNKNOWN {
-            // Looked at once: L4 from now on.
-            (*s).proto = PROTO_L4;
+            // A connection's first request decides: L4 from now on. On a
+            // known protocol, bytes that start no request are the rest of
+            // one read before (pipelined requests split across segments):
+            // its answer still says the outcome; its route is not known.
+            if (*s).proto == proto::UNKNOWN {
+                (*s).proto = PROTO_L4;
+            }
             return;
         }
         (*s).proto = r.proto;
