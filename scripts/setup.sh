@@ -16,8 +16,10 @@ log() { echo "setup: $*" >&2; }
 # the kernels and busybox itself with apt-get download, into ~/.cache).
 # podman, buildah, runc and debootstrap: the container image, built and run
 # without a registry (scripts/image.sh, tests/tests/image.rs). python3-venv:
-# the manifest validators' own environment (below).
-want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring podman buildah runc debootstrap python3-venv)
+# the manifest validators' own environment (below). chromium-headless-shell
+# renders the HTML report to a screenshot and tmux runs `probe-agent top` in
+# a terminal, for the report and console tests (tests/tests/people.rs).
+want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring podman buildah runc debootstrap python3-venv chromium-headless-shell tmux)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

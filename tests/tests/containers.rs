@@ -37,6 +37,7 @@ fn workload_in_a_docker_named_cgroup_is_attributed_to_the_container() {
     assert!(busiest["cpu"]["cores"].as_f64().unwrap() > 0.9, "{busiest}");
     assert!(busiest["memory"]["used_bytes"].as_u64().unwrap_or(0) > 0, "{busiest}");
     // Processes outside are attributed to the host.
-    let calls: Vec<_> = records.iter().filter(|r| r["type"] == "syscall" && r["pid"] == pid).collect();
+    let calls: Vec<_> =
+        records.iter().filter(|r| r["type"] == "syscall" && r["pid"] == pid).collect();
     assert!(!calls.is_empty() && calls.iter().all(|r| r["container_id"] == ID), "{calls:?}");
 }

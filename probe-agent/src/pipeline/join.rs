@@ -15,7 +15,7 @@ use crate::{
         syscalls::{CallStats, ProcessCalls},
         tcp::{Endpoint, Requests, TcpStats},
     },
-    cli::RunConfig,
+    cli::{RunConfig, SyscallDetail},
     containers::{self, Cgroups, Container},
     cost, disk, names,
     probes::Probes,
@@ -32,14 +32,22 @@ use crate::{
 const ENDPOINTS_PER_PROCESS: usize = 100;
 const ENDPOINTS_TOTAL: usize = 2000;
 
+/// System-call records per process in the default stream (`--syscalls
+/// top`): the calls it spent most time in; those that failed come too.
+pub const TOP_SYSCALLS: usize = 3;
+
 /// How many processes were active, reported, and cut by the bounds.
 #[derive(Default)]
 pub struct Counts {
     pub active: u64,
     pub reported: u64,
     pub cut_by_top: u64,
+    /// Matching processes left out as nearly idle (`--min-cpu-pct`).
+    pub cut_idle: u64,
     /// Endpoint records left out by the bounds.
     pub endpoints_cut: u64,
+    /// System-call records left out by `--syscalls top` or `none`.
+    pub syscalls_cut: u64,
     /// System calls counted on the host (timed or not).
     pub host_calls: u64,
 }
@@ -150,13 +158,27 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
     }
 
     // Process filters, then the top N by CPU time plus system-call time.
+    // Unless processes were named (--pid, --comm), those nearly idle are
+    // left out: under --min-cpu-pct of a core, and no TCP or requests (the
+    // rules' process KPIs), so an idle host's stream stays small.
     let cfg = cx.cfg;
+    let named = !cfg.pids.is_empty() || !cfg.comms.is_empty();
     let mut chosen: Vec<&ProcessView> = views
         .iter()
         .filter(|(tgid, _)| cfg.pids.is_empty() || cfg.pids.contains(tgid))
         .map(|(_, v)| v)
         .filter(|v| cfg.comms.is_empty() || cfg.comms.contains(&v.comm))
         .collect();
+    if !named {
+        let floor_ns = cfg.min_cpu_pct / 100.0 * span_ns as f64;
+        let before = chosen.len();
+        chosen.retain(|v| {
+            v.cpu.run_ns as f64 >= floor_ns
+                || v.tcp.connects + v.tcp.accepts > 0
+                || has_endpoints(&r.tcp.endpoints, v.calls.tgid)
+        });
+        counts.cut_idle = (before - chosen.len()) as u64;
+    }
     let matching = chosen.len() as u64;
     chosen.sort_by_key(|v| {
         (std::cmp::Reverse(v.cpu.run_ns + v.calls.total.latency.sum_ns), v.calls.tgid)
@@ -253,7 +275,9 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                 requests: req.group(interval_s, buckets),
             }));
         }
-        for &(nr, ref stats) in &v.calls.calls {
+        let calls = syscalls_of(&v.calls.calls, cfg.syscalls, named);
+        counts.syscalls_cut += (v.calls.calls.len() - calls.len()) as u64;
+        for (nr, stats) in calls {
             out.push(Record::Syscall(SyscallRecord {
                 header: cx.header.with(Kind::Syscall),
                 pid: tgid,
@@ -271,6 +295,41 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         }
     }
     counts
+}
+
+/// Whether process `tgid` has an endpoint (served or made requests).
+fn has_endpoints<V>(endpoints: &BTreeMap<Endpoint, V>, tgid: u32) -> bool {
+    let from = Endpoint { tgid, role: 0, port: 0, peer: [0; 16] };
+    endpoints.range(from..).next().is_some_and(|(e, _)| e.tgid == tgid)
+}
+
+/// The system calls of a process that get a record, in number order:
+/// every one (`all`, or a process named by --pid or --comm: the filter
+/// already bounds the stream and asks for its detail), none, or the
+/// [`TOP_SYSCALLS`] it spent most time in plus every one that failed.
+fn syscalls_of(
+    calls: &[(u16, CallStats)],
+    detail: SyscallDetail,
+    named: bool,
+) -> Vec<(u16, &CallStats)> {
+    let all = calls.iter().map(|(nr, s)| (*nr, s));
+    match detail {
+        SyscallDetail::None => Vec::new(),
+        SyscallDetail::All => all.collect(),
+        SyscallDetail::Top if named => all.collect(),
+        SyscallDetail::Top => {
+            let mut by_time: Vec<(u16, &CallStats)> = all.collect();
+            by_time.sort_by_key(|(nr, s)| (std::cmp::Reverse((s.latency.sum_ns, s.count())), *nr));
+            let mut keep: Vec<(u16, &CallStats)> = by_time
+                .iter()
+                .enumerate()
+                .filter(|(i, (_, s))| *i < TOP_SYSCALLS || s.errors > 0)
+                .map(|(_, c)| *c)
+                .collect();
+            keep.sort_by_key(|(nr, _)| *nr);
+            keep
+        }
+    }
 }
 
 /// The process's name: /proc while it lives (it may have renamed itself),
@@ -302,4 +361,33 @@ fn container_of(tgid: u32, v2_path: Option<&str>) -> Option<Container> {
         return Some(c);
     }
     procfs::cgroup_paths(tgid).iter().find_map(|p| containers::parse(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(sum_ns: u64, count: u64, errors: u64) -> CallStats {
+        let mut s = CallStats { calls: count, errors, ..CallStats::default() };
+        s.latency.add(0, count, sum_ns, sum_ns);
+        s
+    }
+
+    #[test]
+    fn top_syscalls_by_time_plus_those_that_failed() {
+        // nr: (time, calls, errors)
+        let calls: Vec<(u16, CallStats)> = vec![
+            (0, call(50, 10, 0)),
+            (1, call(900, 2, 0)),
+            (2, call(10, 1, 1)),
+            (3, call(700, 5, 0)),
+            (4, call(20, 9, 0)),
+            (5, call(800, 1, 0)),
+        ];
+        let nrs = |v: Vec<(u16, &CallStats)>| v.into_iter().map(|c| c.0).collect::<Vec<_>>();
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, false)), [1, 2, 3, 5]);
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, true)), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::All, false)).len(), 6);
+        assert!(syscalls_of(&calls, SyscallDetail::None, true).is_empty());
+    }
 }

@@ -83,6 +83,8 @@ struct Agent {
     /// The next record's `seq`.
     seq: u64,
     last: Instant,
+    /// The live view on the terminal (`top`, `--console`).
+    console: Option<crate::console::Console>,
     /// Whether a configuration reload is being read, and whether another
     /// SIGHUP came meanwhile.
     reloading: bool,
@@ -155,6 +157,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         last: start,
         reloading: false,
         reload_again: false,
+        console: cfg.console.then(crate::console::Console::default),
         cfg,
     };
     match agent.status() {
@@ -307,6 +310,7 @@ impl Agent {
                 .iter()
                 .map(|(&name, &ns)| (name, round(ns, 1)))
                 .collect(),
+            focus: self.cfg.config.focus.iter().map(|f| f.path()).collect(),
         };
         self.emit(vec![Record::Status(rec)])
     }
@@ -318,6 +322,9 @@ impl Agent {
         if let Some(m) = &mut self.metrics {
             m.update(&records);
         }
+        if let Some(c) = &mut self.console {
+            c.show(&records, &self.cfg.config);
+        }
         let mut enc = Encoder::new(self.seq);
         for r in &mut records {
             if !self.cfg.histograms {
@@ -328,7 +335,10 @@ impl Agent {
         self.seq = enc.seq;
         let lines = enc.lines.freeze();
         drop(records);
-        self.out.send(&lines, Instant::now() + self.cfg.interval)?;
+        // The console alone has no sink: nothing to send, nothing closes.
+        if !self.cfg.outputs.is_empty() {
+            self.out.send(&lines, Instant::now() + self.cfg.interval)?;
+        }
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         procfs::trim_heap();
