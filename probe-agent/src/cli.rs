@@ -107,10 +107,10 @@ pub struct RunArgs {
     /// (counted in the agent record's processes_cut_idle; 0 keeps all).
     #[arg(long, default_value_t = 1.0, value_name = "PCT")]
     pub min_cpu_pct: f64,
-    /// Per-(process, system call) records: `top`, the few calls each
-    /// process spent most time in plus any that failed (all of them for
-    /// processes named by --pid or --comm); `all`; or `none`. What is left
-    /// out is counted in the agent record's syscalls_cut.
+    /// Per-(process, system call) records: `top`, the 3 calls each process
+    /// spent most time in and the 3 others that failed most (all of them
+    /// for processes named by --pid or --comm); `all`; or `none`. What is
+    /// left out is counted in the agent record's syscalls_cut.
     #[arg(long, value_enum, default_value_t = SyscallDetail::Top, value_name = "WHICH")]
     pub syscalls: SyscallDetail,
     /// Show the focus KPIs live on this terminal instead of writing records
@@ -156,7 +156,7 @@ pub struct RunArgs {
 /// Which per-(process, system call) records are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyscallDetail {
-    /// The few each process spent most time in, and those that failed.
+    /// The few each process spent most time in, and the few that failed most.
     Top,
     All,
     None,

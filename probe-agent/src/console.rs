@@ -207,7 +207,12 @@ impl Console {
         s.push_str("\x1b[H");
         for r in records {
             if let Record::Alert(a) = r {
-                let key = format!("{}|{}|{:?}", a.rule, row_key(&a.place), a.place);
+                // The agent's own alerts change their labels with each
+                // step (what is shed): one per rule.
+                let key = match a.place {
+                    Place::Agent { .. } => format!("{}|agent", a.rule),
+                    _ => format!("{}|{}|{:?}", a.rule, row_key(&a.place), a.place),
+                };
                 if a.level == Level::Ok {
                     self.held.remove(&key);
                 } else {
@@ -247,10 +252,12 @@ impl Console {
             h.interval_s,
             match (esc, inv) {
                 (0, 0) => "none".to_string(),
+                (0, i) => format!("{i} investigate"),
+                (e, 0) => format!("{e} escalate"),
                 (e, i) => format!("{e} escalate, {i} investigate"),
             }
         ));
-        let label_w = 30;
+        let label_w = 0;
         let widths: Vec<usize> = cfg.focus.iter().map(|f| title(f).len().max(10)).collect();
         let mut head =
             vec![Cell { text: "where".into(), sgr: "\x1b[1m", width: label_w, right: false }];
@@ -258,7 +265,6 @@ impl Console {
             head.push(Cell { text: title(f), sgr: "\x1b[1m", width: w, right: true });
         }
         head.push(Cell { text: "alert".into(), sgr: "\x1b[1m", width: 12, right: false });
-        draw(&mut s, &head, cols);
 
         // The rows: the host, the busiest containers, then endpoints.
         let mut containers: Vec<&Record> =
@@ -280,6 +286,11 @@ impl Console {
         let left = room.saturating_sub(shown_rows.len());
         shown_rows.extend(endpoints.iter().take(left));
         let not_shown = 1 + containers.len() + endpoints.len() - shown_rows.len();
+        // The first column as wide as its longest label, within reason.
+        let label_w =
+            shown_rows.iter().map(|r| label(r).chars().count()).max().unwrap_or(0).clamp(20, 44);
+        head[0].width = label_w;
+        draw(&mut s, &head, cols);
         for r in &shown_rows {
             let Some(place) = r.place() else { continue };
             let key = row_key(&place);

@@ -33,8 +33,12 @@ const ENDPOINTS_PER_PROCESS: usize = 100;
 const ENDPOINTS_TOTAL: usize = 2000;
 
 /// System-call records per process in the default stream (`--syscalls
-/// top`): the calls it spent most time in; those that failed come too.
+/// top`): the calls it spent most time in, and of the others those that
+/// failed most. Bounded both ways: most processes fail some calls as a
+/// matter of course (ENOENT along a search path, ENOTTY on a pipe), and a
+/// build or a script would otherwise bring back nearly every call.
 pub const TOP_SYSCALLS: usize = 3;
+pub const TOP_FAILING: usize = 3;
 
 /// How many processes were active, reported, and cut by the bounds.
 #[derive(Default)]
@@ -306,7 +310,8 @@ fn has_endpoints<V>(endpoints: &BTreeMap<Endpoint, V>, tgid: u32) -> bool {
 /// The system calls of a process that get a record, in number order:
 /// every one (`all`, or a process named by --pid or --comm: the filter
 /// already bounds the stream and asks for its detail), none, or the
-/// [`TOP_SYSCALLS`] it spent most time in plus every one that failed.
+/// [`TOP_SYSCALLS`] it spent most time in plus the [`TOP_FAILING`] others
+/// with the most errors.
 fn syscalls_of(
     calls: &[(u16, CallStats)],
     detail: SyscallDetail,
@@ -320,12 +325,12 @@ fn syscalls_of(
         SyscallDetail::Top => {
             let mut by_time: Vec<(u16, &CallStats)> = all.collect();
             by_time.sort_by_key(|(nr, s)| (std::cmp::Reverse((s.latency.sum_ns, s.count())), *nr));
-            let mut keep: Vec<(u16, &CallStats)> = by_time
-                .iter()
-                .enumerate()
-                .filter(|(i, (_, s))| *i < TOP_SYSCALLS || s.errors > 0)
-                .map(|(_, c)| *c)
-                .collect();
+            let mut failing: Vec<(u16, &CallStats)> =
+                by_time.iter().skip(TOP_SYSCALLS).filter(|(_, s)| s.errors > 0).copied().collect();
+            failing.sort_by_key(|(nr, s)| (std::cmp::Reverse(s.errors), *nr));
+            by_time.truncate(TOP_SYSCALLS);
+            let mut keep = by_time;
+            keep.extend(failing.into_iter().take(TOP_FAILING));
             keep.sort_by_key(|(nr, _)| *nr);
             keep
         }
@@ -382,12 +387,17 @@ mod tests {
             (2, call(10, 1, 1)),
             (3, call(700, 5, 0)),
             (4, call(20, 9, 0)),
-            (5, call(800, 1, 0)),
+            (5, call(800, 1, 1)),
+            (6, call(1, 8, 8)),
+            (7, call(2, 5, 5)),
+            (8, call(3, 4, 4)),
         ];
         let nrs = |v: Vec<(u16, &CallStats)>| v.into_iter().map(|c| c.0).collect::<Vec<_>>();
-        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, false)), [1, 2, 3, 5]);
-        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, true)), [0, 1, 2, 3, 4, 5]);
-        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::All, false)).len(), 6);
+        // By time 1, 5, 3; then the three others that failed most: 6, 7, 8
+        // (2 failed once: cut).
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, false)), [1, 3, 5, 6, 7, 8]);
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, true)).len(), 9);
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::All, false)).len(), 9);
         assert!(syscalls_of(&calls, SyscallDetail::None, true).is_empty());
     }
 }

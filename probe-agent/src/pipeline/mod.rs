@@ -187,8 +187,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
             _ = sighup.recv() => {
-                agent.reload(&reload_tx);
-                continue;
+                // On the console, a hang-up is the terminal going away: the end.
+                if agent.cfg.console {
+                    true
+                } else {
+                    agent.reload(&reload_tx);
+                    continue;
+                }
             }
             Some(result) = reload_rx.recv() => {
                 agent.reloaded(result, &reload_tx);
