@@ -56,13 +56,11 @@ fn counting_proxy() -> (String, Arc<AtomicU64>) {
     let n = Arc::new(AtomicU64::new(0));
     let seen = n.clone();
     std::thread::spawn(move || {
-        for c in l.incoming() {
-            if let Ok(mut c) = c {
-                let mut buf = [0u8; 512];
-                let got = c.read(&mut buf).unwrap_or(0);
-                eprintln!("the page fetched: {:?}", String::from_utf8_lossy(&buf[..got]));
-                seen.fetch_add(1, Ordering::Relaxed);
-            }
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let got = c.read(&mut buf).unwrap_or(0);
+            eprintln!("the page fetched: {:?}", String::from_utf8_lossy(&buf[..got]));
+            seen.fetch_add(1, Ordering::Relaxed);
         }
     });
     (addr, n)
