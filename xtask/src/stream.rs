@@ -57,6 +57,7 @@ impl Sizes {
 /// stream in `keep`.
 fn measure(
     agent: &Path,
+    extra: &[&str],
     intervals: u64,
     max_cpu_pct: Option<f64>,
     patience: Duration,
@@ -67,6 +68,7 @@ fn measure(
     let deadline = std::time::Instant::now() + patience;
     let mut child = Command::new(agent)
         .args(["run", "--interval", "10s"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -234,11 +236,14 @@ pub fn run(root: &Path, intervals: u64, readme: bool) -> Result<()> {
     let out = root.join("target/stream");
     std::fs::create_dir_all(&out)?;
     eprintln!("near idle: {intervals} intervals of 10 s with the host's CPU under 10%");
-    let idle =
-        measure(&agent, intervals, Some(10.0), Duration::from_secs(900), &out.join("idle.jsonl"))?;
-    eprintln!("busy: {intervals} intervals of 10 s");
+    let _ = std::fs::remove_file(out.join("server.ready"));
+    let wait = Duration::from_secs(900);
+    let idle = measure(&agent, &[], intervals, Some(10.0), wait, &out.join("idle.jsonl"))?;
+    eprintln!("busy: {intervals} intervals of 10 s, then as many with every record");
     let load = busy(root, &workload)?;
-    let hot = measure(&agent, intervals, None, Duration::from_secs(900), &out.join("busy.jsonl"))?;
+    let hot = measure(&agent, &[], intervals, None, wait, &out.join("busy.jsonl"))?;
+    let everything = ["--syscalls", "all", "--min-cpu-pct", "0"];
+    let all = measure(&agent, &everything, intervals, None, wait, &out.join("busy-all.jsonl"))?;
     drop(load);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut table = String::from(
@@ -248,6 +253,8 @@ pub fn run(root: &Path, intervals: u64, readme: bool) -> Result<()> {
     table += &row("near idle", &idle);
     table.push('\n');
     table += &row("busy", &hot);
+    table.push('\n');
+    table += &row("busy, every record (`--syscalls all --min-cpu-pct 0`)", &all);
     table.push('\n');
     if idle.skipped > 0 {
         table += &format!(

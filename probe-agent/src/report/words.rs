@@ -6,6 +6,9 @@ use crate::{catalogue::Unit, rules::number as num, timefmt::rfc3339_from_secs};
 
 /// A value with its unit: "612 ms", "1.0%".
 pub fn val(v: f64, u: Unit) -> String {
+    if v == 0.0 {
+        return format!("0{}", u.suffix());
+    }
     format!("{}{}", num(v), u.suffix())
 }
 
