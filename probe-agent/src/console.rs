@@ -257,10 +257,8 @@ impl Console {
                 (e, i) => format!("{e} escalate, {i} investigate"),
             }
         ));
-        let label_w = 0;
         let widths: Vec<usize> = cfg.focus.iter().map(|f| title(f).len().max(10)).collect();
-        let mut head =
-            vec![Cell { text: "where".into(), sgr: "\x1b[1m", width: label_w, right: false }];
+        let mut head = vec![Cell { text: "where".into(), sgr: "\x1b[1m", width: 0, right: false }];
         for (f, &w) in cfg.focus.iter().zip(&widths) {
             head.push(Cell { text: title(f), sgr: "\x1b[1m", width: w, right: true });
         }

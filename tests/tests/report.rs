@@ -232,7 +232,7 @@ fn html_report_of_a_recorded_run_renders_in_chromium() {
     assert!(amber > 1000 && red > 1000, "threshold lines drawn: {amber} / {red}");
     assert!(shaded > 1000, "alert periods shaded: {shaded}");
     if std::env::var_os("PROBE_DOCS").is_some() {
-        // The README's example (scripts/docs.sh).
+        // The README's example: PROBE_DOCS=1 cargo test -p probe-tests --test report
         let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::copy(&shot, docs.join("report.png")).unwrap();

@@ -243,3 +243,38 @@ fn a_recorded_run_reports_with_charts() {
     assert!(r.flags.seq_missing > 0);
     assert!(md.contains("filtered out before it was saved"), "{md}");
 }
+
+/// Cost against budget: the projection over time against the budget and
+/// the rule's lines above it, and the focus KPI over budget.
+#[test]
+fn cost_is_drawn_against_its_budget() {
+    let host = |sec: u32, projected: f64| {
+        let over = (projected - 100.0) / 100.0 * 100.0;
+        format!(
+            r#"{{"v":1,"type":"host","ts":"{}","host":"h","interval_s":10.0,"syscalls":{{"count":0,"errors":0,"error_rate_pct":0.0,"rate_per_s":0.0,"latency_ms":null}},"cpus":2,"cpu":{{"cores":0.5,"utilization_pct":25.0,"runq_latency_ms":null}},"memory":{{"used_bytes":1,"total_bytes":100,"utilization_pct":1.0}},"disk":[],"tcp":{{"connects":0,"connect_errors":0,"connect_error_rate_pct":0.0,"connect_latency_ms":null,"accepts":0,"retransmits":0,"resets_sent":0,"resets_received":0,"rtt_ms":null,"bytes_sent":0,"bytes_received":0}},"requests":{{"count":0,"rate_per_s":0.0,"errors":0,"error_rate_pct":0.0,"latency_ms":null}},"cost":{{"projected_usd_month":{projected},"budget_usd_month":100.0,"over_budget_pct":{over}}}}}"#,
+            ts(sec)
+        )
+    };
+    let lines: Vec<String> = [90.0, 95.0, 125.0, 130.0, 98.0, 90.0, 88.0]
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| host(i as u32 * 10, v))
+        .collect();
+    let (r, md, page) = report_of("cost", &lines, &Config::default());
+    assert_eq!(r.cost.budget, Some(100.0));
+    for id in ["chart-cost", "chart-cost-budget", "chart-cost-investigate", "chart-cost-escalate"] {
+        assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    let cost = r.focus.iter().find(|f| f.path == "cost.over_budget_pct").unwrap();
+    assert_eq!(cost.baseline.unwrap().worst, 30.0);
+    assert_eq!(cost.raised, (0, 1), "escalated once: {:?}", r.alerts);
+    assert!(md.contains("- host h: projected 102 USD/month on average, 130 at the most, against a budget of 100 USD/month (+2.3% on average)."), "{md}");
+    // Requests: no data, and the page says so rather than drawing zeros.
+    assert!(page.contains("id=\"chart-requests-latency_ms-avg-empty\""));
+    assert!(
+        md.contains(
+            "average request latency not measured (no requests were served in this recording)"
+        ),
+        "{md}"
+    );
+}
