@@ -328,8 +328,8 @@ pub struct AgentRecord {
     /// without TCP or requests (never with --pid or --comm).
     pub processes_cut_idle: u64,
     /// Per-(process, system call) records left out by `--syscalls top`
-    /// (all but the few calls each process spent most time in and those
-    /// that failed) or `none`.
+    /// (all but the 3 calls each process spent most time in and the 3
+    /// others that failed most) or `none`.
     pub syscalls_cut: u64,
     /// Endpoint records left out this interval: past 100 per process or
     /// 2000 in all, the busiest kept (their requests stay in the totals).

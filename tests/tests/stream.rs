@@ -20,7 +20,9 @@ fn the_default_stream_fits_a_log_budget() {
     let server =
         Workload::start(&["tcp-server", "--name", "pw-budget", "--delay-ms", "20"]).unwrap();
     let port = server.ready[0].clone();
-    let mut agent = Agent::start(&["--interval", "2s"]).unwrap();
+    // Defaults but the overhead budget: the debug build under CI's load
+    // would shed, and TCP switched off would take the endpoints away.
+    let mut agent = Agent::start(&["--interval", "2s", "--overhead-budget-pct", "0"]).unwrap();
     let mut clients: Vec<Workload> = (0..2)
         .map(|_| {
             Workload::start(&["tcp-client", "--port", &port, "--requests", "100000", "--keepalive"])
