@@ -19,8 +19,10 @@ log() { echo "setup: $*" >&2; }
 # the manifest validators' own environment (below). redis-server,
 # redis-tools, postgresql and apache2-utils: the real servers and clients
 # (redis-benchmark, psql, pgbench, ab) whose own counts are the truth of the
-# request tests (tests/tests/requests.rs).
-want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring podman buildah runc debootstrap python3-venv redis-server redis-tools postgresql apache2-utils)
+# request tests (tests/tests/requests.rs). chromium-headless-shell renders
+# the HTML report to a screenshot and tmux runs `probe-agent top` in a
+# terminal, for the report and console tests.
+want_pkgs=(bpftrace bpftool stress-ng syslog-ng-core prometheus python3-jsonschema iproute2 procps util-linux curl pkg-config build-essential nginx wrk gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-x86 qemu-system-arm debian-archive-keyring podman buildah runc debootstrap python3-venv redis-server redis-tools postgresql apache2-utils chromium-headless-shell tmux)
 missing=()
 for p in "${want_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Load the probes and write KPI records (the default).
     Run(RunArgs),
+    /// Load the probes and show the focus KPIs live on this terminal, per
+    /// host, container and endpoint, with their alert levels (as `run
+    /// --console`; records still go to any --output given).
+    Top(RunArgs),
     /// Print the configuration: `--default` for the commented defaults.
     Config {
         #[arg(long, required = true)]
@@ -39,12 +43,17 @@ pub enum Command {
     },
     /// Print the definition of every KPI the agent emits.
     Kpis,
-    /// A Markdown report of recorded KPI lines: targets against actuals,
-    /// alerts and how long they lasted, top offenders.
+    /// A report of recorded KPI lines for stakeholders: the focus KPIs
+    /// against their targets, the stakeholder script with the measured
+    /// baseline, quiet red flags, alerts, top offenders (Markdown on
+    /// stdout; --html FILE also writes it with charts).
     Report {
         file: std::path::PathBuf,
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// Also write one self-contained HTML file with a chart per focus KPI.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
     /// Fleet-wide latency percentiles: adds up the histogram buckets of
     /// recordings made with --histograms (many hosts' files, or - for stdin).
@@ -52,8 +61,18 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
-    /// The change of each KPI between two recordings, in numbers and words.
-    Compare { baseline: std::path::PathBuf, current: std::path::PathBuf },
+    /// The change of each KPI between two recordings, in numbers and words,
+    /// the focus KPIs first (--html FILE also draws their before and after).
+    Compare {
+        baseline: std::path::PathBuf,
+        current: std::path::PathBuf,
+        /// The configuration whose focus and thresholds to use.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Also write one self-contained HTML file with the charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
+    },
     /// Attach only empty programs to the system-call tracepoints, for the
     /// benchmark's floor measurement, and wait.
     #[command(hide = true)]
@@ -80,9 +99,24 @@ pub struct RunArgs {
     /// Report only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
-    /// Report at most N processes per interval, by total system-call time.
+    /// Report at most N processes per interval, by CPU plus system-call time.
     #[arg(long, default_value_t = 50)]
     pub top: usize,
+    /// Without --pid or --comm, leave out processes that used less than
+    /// this percent of one core and had no TCP connections or requests
+    /// (counted in the agent record's processes_cut_idle; 0 keeps all).
+    #[arg(long, default_value_t = 1.0, value_name = "PCT")]
+    pub min_cpu_pct: f64,
+    /// Per-(process, system call) records: `top`, the 3 calls each process
+    /// spent most time in and the 3 others that failed most (all of them
+    /// for processes named by --pid or --comm); `all`; or `none`. What is
+    /// left out is counted in the agent record's syscalls_cut.
+    #[arg(long, value_enum, default_value_t = SyscallDetail::Top, value_name = "WHICH")]
+    pub syscalls: SyscallDetail,
+    /// Show the focus KPIs live on this terminal instead of writing records
+    /// to stdout (as `probe-agent top`).
+    #[arg(long)]
+    pub console: bool,
     /// The `host` label of every record (default: the host name).
     #[arg(long)]
     pub host: Option<String>,
@@ -122,6 +156,15 @@ pub struct RunArgs {
     pub metrics_addr: Option<String>,
 }
 
+/// Which per-(process, system call) records are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallDetail {
+    /// The few each process spent most time in, and the few that failed most.
+    Top,
+    All,
+    None,
+}
+
 /// The validated runtime configuration of `run`.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -130,6 +173,10 @@ pub struct RunConfig {
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub top: usize,
+    pub min_cpu_pct: f64,
+    pub syscalls: SyscallDetail,
+    /// Show the console view on the terminal (`top`, `--console`).
+    pub console: bool,
     pub host: Option<String>,
     pub config: crate::config::Config,
     pub config_path: Option<std::path::PathBuf>,
@@ -173,6 +220,9 @@ impl RunArgs {
         if self.top == 0 || self.top > 100_000 {
             return bad(format!("--top must be between 1 and 100000, got {}", self.top));
         }
+        if !self.min_cpu_pct.is_finite() || !(0.0..=100.0).contains(&self.min_cpu_pct) {
+            return bad(format!("--min-cpu-pct must be 0 to 100, got {}", self.min_cpu_pct));
+        }
         if let Some(p) = self.pids.iter().find(|&&p| p == 0) {
             return bad(format!("--pid must be a process id above 0, got {p}"));
         }
@@ -213,9 +263,17 @@ impl RunArgs {
                 .collect::<Result<Vec<_>, _>>()?
         } else if !config.outputs.is_empty() {
             config.outputs.clone()
+        } else if self.console {
+            // The terminal is the console's: records go only where asked.
+            Vec::new()
         } else {
             vec!["stdout".parse().map_err(UsageError)?]
         };
+        if self.console && outputs.iter().any(|o| matches!(o.target, crate::sink::Target::Stdout)) {
+            return bad("the console view owns the terminal: send records to a sink other than \
+                        stdout (--output file:PATH, tcp://...)"
+                .into());
+        }
         let metrics_addr = match self.metrics_addr.as_deref() {
             None => None,
             Some(a) => Some(parse_listen_addr(a).ok_or_else(|| {
@@ -233,6 +291,9 @@ impl RunArgs {
             pids: self.pids,
             comms,
             top: self.top,
+            min_cpu_pct: self.min_cpu_pct,
+            syscalls: self.syscalls,
+            console: self.console,
             host: self.host,
             config,
             config_path: self.config,
@@ -251,6 +312,10 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let run = match cli.command {
             Some(Command::Run(r)) => r,
+            Some(Command::Top(mut r)) => {
+                r.console = true;
+                r
+            }
             None => cli.run,
             Some(other) => return Err(format!("{other:?}")),
         };
@@ -281,6 +346,11 @@ mod tests {
         let c = args(&["run", "--comm", "a-very-long-process-name", "--top", "3"]).unwrap();
         assert_eq!(c.comms, ["a-very-long-pro"]);
         assert_eq!(c.top, 3);
+        assert_eq!((c.syscalls, c.min_cpu_pct, c.console), (SyscallDetail::Top, 1.0, false));
+        let c = args(&["--syscalls", "all", "--min-cpu-pct", "0"]).unwrap();
+        assert_eq!((c.syscalls, c.min_cpu_pct), (SyscallDetail::All, 0.0));
+        let c = args(&["top", "--interval", "2s"]).unwrap();
+        assert!(c.console && c.outputs.is_empty(), "the console writes no records to stdout");
     }
 
     #[test]
@@ -298,6 +368,9 @@ mod tests {
             &["--output", "tcp://nohost"],
             &["--metrics-addr", "localhost"],
             &["--metrics-addr", "99999"],
+            &["--syscalls", "some"],
+            &["--min-cpu-pct", "-1"],
+            &["top", "--output", "stdout"],
         ] {
             assert!(args(bad).is_err(), "{bad:?} accepted");
         }

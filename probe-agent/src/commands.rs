@@ -18,6 +18,8 @@ pub enum CommandError {
     Read { path: String, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Record { path: String, line: usize, message: String },
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: std::io::Error },
 }
 
 /// Writes a command's output to stdout; a reader that went away (`| head`)
@@ -97,18 +99,40 @@ pub fn replay(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// `report FILE`.
-pub fn report(path: &Path, config: Option<&Path>) -> Result<(), CommandError> {
-    let cfg = match config {
+fn load(config: Option<&Path>) -> Result<Config, CommandError> {
+    Ok(match config {
         Some(p) => config::load(p)?,
         None => Config::default(),
-    };
-    out(&crate::report::report(path, &cfg)?)
+    })
 }
 
-/// `compare BASELINE CURRENT`.
-pub fn compare(baseline: &Path, current: &Path) -> Result<(), CommandError> {
-    out(&crate::report::compare(baseline, current)?)
+/// Writes a command's HTML file (a report's charts).
+fn write_html(path: &Path, html: &str) -> Result<(), CommandError> {
+    std::fs::write(path, html)
+        .map_err(|source| CommandError::Write { path: path.display().to_string(), source })
+}
+
+/// `report FILE [--html OUT]`: Markdown on stdout, and the HTML file.
+pub fn report(path: &Path, config: Option<&Path>, html: Option<&Path>) -> Result<(), CommandError> {
+    let data = crate::report::collect(path, &load(config)?)?;
+    if let Some(h) = html {
+        write_html(h, &crate::report::html(&data))?;
+    }
+    out(&crate::report::markdown(&data))
+}
+
+/// `compare BASELINE CURRENT [--html OUT]`.
+pub fn compare(
+    baseline: &Path,
+    current: &Path,
+    config: Option<&Path>,
+    html: Option<&Path>,
+) -> Result<(), CommandError> {
+    let cmp = crate::report::compare(baseline, current, &load(config)?)?;
+    if let Some(h) = html {
+        write_html(h, &crate::report::compare_html(&cmp))?;
+    }
+    out(&crate::report::compare_markdown(&cmp))
 }
 
 /// `kpis`: every KPI the agent emits, as a Markdown table (the catalogue).

@@ -25,7 +25,11 @@ const HEADER: &str = include_str!("default-config.toml");
 /// The default configuration, commented: the header and the escalation
 /// guide's rules from the catalogue. Printed by `config --default`.
 pub fn default_text() -> String {
-    let mut out = HEADER.to_string();
+    let by_profile: String = [Profile::None, Profile::Ecommerce, Profile::Fintech]
+        .iter()
+        .map(|p| format!("#   {}: {}\n", p.name(), p.focus().join(", ")))
+        .collect();
+    let mut out = HEADER.replace("# {focus by profile}\n", &by_profile);
     for k in catalogue::KPIS {
         let Some(r) = k.rule else { continue };
         let scopes: Vec<String> = r.scopes.iter().map(|s| format!("\"{}\"", s.name())).collect();
@@ -63,6 +67,10 @@ pub struct RawConfig {
     /// as `--output`. Read at start; SIGHUP does not change sinks.
     #[serde(default)]
     outputs: Vec<String>,
+    /// The 3-5 KPIs that lead the report and the console (optional; by
+    /// default the profile's, [`Profile::focus`]).
+    #[serde(default)]
+    focus: Option<Vec<String>>,
     alerts: RawAlerts,
     cost: Cost,
     /// How requests count (optional).
@@ -123,6 +131,9 @@ fn yes() -> bool {
 pub struct Config {
     pub profile: Profile,
     pub outputs: Vec<OutputSpec>,
+    /// The KPIs that matter most, in order: they lead the report, the
+    /// console view and the default stream.
+    pub focus: Vec<Focus>,
     pub alerts: AlertSettings,
     pub cost: Cost,
     pub rules: Vec<Rule>,
@@ -150,6 +161,105 @@ impl Profile {
             Profile::Fintech => "fintech",
         }
     }
+
+    /// The profile's focus: the guide's headline KPIs in its order of
+    /// emphasis (how slow, how often failing, how much served, how hot,
+    /// what it costs). E-commerce leads with latency, its average and its
+    /// p95 (checkout and catalog latency drive conversion); fintech with
+    /// errors, of requests and of connections (transaction success).
+    pub fn focus(self) -> &'static [&'static str] {
+        match self {
+            Profile::None => &[
+                "requests.latency_ms.avg",
+                "requests.error_rate_pct",
+                "requests.rate_per_s",
+                "cpu.utilization_pct",
+                "cost.over_budget_pct",
+            ],
+            Profile::Ecommerce => &[
+                "requests.latency_ms.avg",
+                "requests.latency_ms.p95",
+                "requests.error_rate_pct",
+                "requests.rate_per_s",
+                "cpu.utilization_pct",
+            ],
+            Profile::Fintech => &[
+                "requests.error_rate_pct",
+                "tcp.connect_error_rate_pct",
+                "requests.latency_ms.avg",
+                "requests.rate_per_s",
+                "cost.over_budget_pct",
+            ],
+        }
+    }
+}
+
+/// A focus KPI, resolved in the catalogue.
+#[derive(Clone, Copy)]
+pub struct Focus {
+    pub kpi: &'static Kpi,
+    /// The statistic of a latency group.
+    pub stat: Option<Stat>,
+}
+
+impl Focus {
+    /// Its path in the records, e.g. "requests.latency_ms.avg".
+    pub fn path(&self) -> String {
+        catalogue::path_of(self.kpi, self.stat)
+    }
+
+    /// How people call it: "average request latency".
+    pub fn words(&self) -> String {
+        match self.stat {
+            Some(s) => format!("{} {}", s.words(), self.kpi.name),
+            None => self.kpi.name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Focus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Focus({})", self.path())
+    }
+}
+
+impl PartialEq for Focus {
+    fn eq(&self, o: &Self) -> bool {
+        self.path() == o.path()
+    }
+}
+
+/// Fewest and most focus KPIs: the guide's "3-5 KPIs with the biggest
+/// impact, not everything".
+pub const FOCUS_MIN: usize = 3;
+pub const FOCUS_MAX: usize = 5;
+
+/// Resolves a focus list: each path a catalogue KPI (a latency group with
+/// its statistic), none twice, 3 to 5 of them.
+fn focus(paths: &[impl AsRef<str>]) -> Result<Vec<Focus>, String> {
+    if !(FOCUS_MIN..=FOCUS_MAX).contains(&paths.len()) {
+        return Err(format!(
+            "focus must list {FOCUS_MIN} to {FOCUS_MAX} KPIs (the guide: the few with the biggest \
+             impact, not everything), got {}",
+            paths.len()
+        ));
+    }
+    let mut out: Vec<Focus> = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        let (kpi, stat) = catalogue::resolve(p).ok_or_else(|| {
+            format!(
+                "focus: {p:?} is not a KPI of the catalogue (`probe-agent kpis` lists them; a \
+                 latency group takes a statistic: .avg, .p50, .p95, .p99 or .max)"
+            )
+        })?;
+        let f = Focus { kpi, stat };
+        if out.contains(&f) {
+            return Err(format!("focus: {p:?} is listed twice"));
+        }
+        out.push(f);
+    }
+    Ok(out)
 }
 
 /// The alert lifecycle's settings.
@@ -377,9 +487,14 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
     if route_patterns.len() > 1000 {
         return Err("requests.routes: at most 1000 patterns".into());
     }
+    let focus = match &raw.focus {
+        Some(list) => focus(list)?,
+        None => focus(profile.focus())?,
+    };
     Ok(Config {
         profile,
         outputs,
+        focus,
         alerts: AlertSettings {
             hold_intervals: a.hold_intervals,
             clear_margin: a.clear_margin_pct / 100.0,
@@ -640,6 +755,42 @@ mod tests {
         assert!(!glob("/api/*/items", "/api/7/item"));
         assert!(glob("GET", "GET") && !glob("GET", "GETS"));
         assert!(glob("*", ""));
+    }
+
+    #[test]
+    fn focus_comes_from_the_profile_or_the_file_and_is_checked() {
+        let DEFAULT = &default_text();
+        let paths = |c: &Config| c.focus.iter().map(Focus::path).collect::<Vec<_>>();
+        let c = Config::default();
+        assert_eq!(paths(&c), Profile::None.focus());
+        assert_eq!(c.focus[0].words(), "average request latency");
+        let e =
+            parse(&DEFAULT.replace("profile = \"none\"", "profile = \"ecommerce\""), "f").unwrap();
+        assert_eq!(paths(&e)[..2], ["requests.latency_ms.avg", "requests.latency_ms.p95"]);
+        let f =
+            parse(&DEFAULT.replace("profile = \"none\"", "profile = \"fintech\""), "f").unwrap();
+        assert_eq!(paths(&f)[0], "requests.error_rate_pct");
+        let own = DEFAULT.replace(
+            "profile = \"none\"",
+            "profile = \"none\"\nfocus = [\"cpu.utilization_pct\", \"memory.utilization_pct\", \
+             \"disk.utilization_pct\"]",
+        );
+        assert_eq!(
+            paths(&parse(&own, "f").unwrap()),
+            ["cpu.utilization_pct", "memory.utilization_pct", "disk.utilization_pct"]
+        );
+        for bad in [
+            "[\"cpu.utilization_pct\", \"memory.utilization_pct\"]",
+            "[\"cpu.utilization_pct\", \"cpu.utilization_pct\", \"memory.utilization_pct\"]",
+            "[\"cpu.utilisation_pct\", \"memory.utilization_pct\", \"disk.utilization_pct\"]",
+            "[\"requests.latency_ms\", \"memory.utilization_pct\", \"disk.utilization_pct\"]",
+            "[\"a\", \"b\", \"c\", \"d\", \"e\", \"f\"]",
+        ] {
+            let text = DEFAULT
+                .replace("profile = \"none\"", &format!("profile = \"none\"\nfocus = {bad}"));
+            let err = parse(&text, "f").unwrap_err().to_string();
+            assert!(err.contains("focus"), "{bad}: {err}");
+        }
     }
 
     #[test]

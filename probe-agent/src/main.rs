@@ -8,6 +8,7 @@ mod catalogue;
 mod cli;
 mod commands;
 mod config;
+mod console;
 mod containers;
 mod cost;
 
@@ -33,14 +34,19 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
+    // The console view owns the terminal: only errors are logged over it.
+    let console = matches!(cli.command, Some(cli::Command::Top(_)))
+        || matches!(&cli.command, Some(cli::Command::Run(a)) if a.console)
+        || (cli.command.is_none() && cli.run.console);
+    let level = if console { "error" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
         // The HTTP client writes requests' headers (the sinks' credentials)
         // at trace level, unredacted: never past debug, whatever RUST_LOG says.
         .filter_module("ureq", log::LevelFilter::Debug)
         .filter_module("ureq_proto", log::LevelFilter::Info)
         .init();
-    let cli = cli::Cli::parse(); // exits 2 on a usage error, 0 on --help
     let offline = match &cli.command {
         Some(cli::Command::Config { .. }) => Some(commands::print_default_config()),
         Some(cli::Command::CheckConfig { file }) => Some(commands::check_config(file)),
@@ -49,11 +55,11 @@ fn main() -> ExitCode {
         }
         Some(cli::Command::Kpis) => Some(commands::print_kpis()),
         Some(cli::Command::Merge { files }) => Some(merge::merge(files)),
-        Some(cli::Command::Report { file, config }) => {
-            Some(commands::report(file, config.as_deref()))
+        Some(cli::Command::Report { file, config, html }) => {
+            Some(commands::report(file, config.as_deref(), html.as_deref()))
         }
-        Some(cli::Command::Compare { baseline, current }) => {
-            Some(commands::compare(baseline, current))
+        Some(cli::Command::Compare { baseline, current, config, html }) => {
+            Some(commands::compare(baseline, current, config.as_deref(), html.as_deref()))
         }
         _ => None,
     };
@@ -78,6 +84,10 @@ fn main() -> ExitCode {
             runtime.block_on(pipeline::floor(duration, clock))
         }
         Some(cli::Command::Run(args)) => run(&runtime, args),
+        Some(cli::Command::Top(mut args)) => {
+            args.console = true;
+            run(&runtime, args)
+        }
         None => run(&runtime, cli.run),
         Some(_) => Ok(()), // offline commands ran above
     };

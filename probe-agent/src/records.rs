@@ -305,6 +305,9 @@ pub struct StatusRecord {
     pub no_new_privs: bool,
     /// Each program's cost per run measured at start-up, ns.
     pub program_cost_ns: BTreeMap<&'static str, f64>,
+    /// The focus KPIs of the configuration (3-5 paths), the ones a
+    /// dashboard or report leads with.
+    pub focus: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -358,6 +361,13 @@ pub struct AgentRecord {
     pub processes_reported: u64,
     /// Matching processes left out by --top.
     pub processes_cut_by_top: u64,
+    /// Processes left out as nearly idle: under --min-cpu-pct of a core,
+    /// without TCP or requests (never with --pid or --comm).
+    pub processes_cut_idle: u64,
+    /// Per-(process, system call) records left out by `--syscalls top`
+    /// (all but the 3 calls each process spent most time in and the 3
+    /// others that failed most) or `none`.
+    pub syscalls_cut: u64,
     /// Endpoint records left out this interval: past 100 per process or
     /// 2000 in all, the busiest kept (their requests stay in the totals).
     pub endpoints_cut: u64,

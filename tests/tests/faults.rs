@@ -104,6 +104,8 @@ fn a_sink_that_never_reads() {
     let (mut w, pid) = reference();
     // Every process (not just the reference) and their buckets: enough
     // bytes each interval to fill the socket and the queue within seconds.
+    // Every record, not the default stream's selection: the reference is
+    // counted exactly from its system-call records.
     let _ = pid;
     let agent = Agent::start(&[
         "--interval",
@@ -111,6 +113,10 @@ fn a_sink_that_never_reads() {
         "--histograms",
         "--top",
         "100000",
+        "--min-cpu-pct",
+        "0",
+        "--syscalls",
+        "all",
         "--output",
         "stdout",
         "--output",

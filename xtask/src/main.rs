@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod names;
 mod soak;
+mod stream;
 mod vm;
 
 #[derive(Parser)]
@@ -39,6 +40,16 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         interval: u64,
     },
+    /// Bytes per interval of the default stream, near idle and busy (as
+    /// root; about 2.5 minutes).
+    Stream {
+        /// Full 10 s intervals measured in each case.
+        #[arg(long, default_value_t = 6)]
+        intervals: u64,
+        /// Write the table into the README.
+        #[arg(long)]
+        readme: bool,
+    },
     /// Boot each kernel of the matrix under QEMU and run the ground-truth
     /// checks inside (as root; about 5 minutes).
     Vm {
@@ -60,6 +71,7 @@ fn main() -> Result<()> {
         Task::GenNames => names::run(&root),
         Task::Bench { rounds, calls, server_only } => bench::run(&root, rounds, calls, server_only),
         Task::Soak { minutes, interval } => soak::run(&root, minutes, interval),
+        Task::Stream { intervals, readme } => stream::run(&root, intervals, readme),
         Task::Vm { only, refresh, readme } => vm::run(&root, &only, refresh, readme),
     }
 }

@@ -120,6 +120,8 @@ impl Health {
             processes_active: p.counts.active,
             processes_reported: p.counts.reported,
             processes_cut_by_top: p.counts.cut_by_top,
+            processes_cut_idle: p.counts.cut_idle,
+            syscalls_cut: p.counts.syscalls_cut,
             endpoints_cut: p.counts.endpoints_cut,
             routes_cut: p.counts.routes_cut,
             entries_reclaimed: p.reclaimed,

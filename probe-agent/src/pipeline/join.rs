@@ -18,7 +18,7 @@ use crate::{
         syscalls::{CallStats, ProcessCalls},
         tcp::{Endpoint, EndpointRequests, Outcomes, Requests, TcpStats},
     },
-    cli::RunConfig,
+    cli::{RunConfig, SyscallDetail},
     containers::{self, Cgroups, Container},
     cost, disk, names,
     probes::Probes,
@@ -35,16 +35,28 @@ use crate::{
 const ENDPOINTS_PER_PROCESS: usize = 100;
 const ENDPOINTS_TOTAL: usize = 2000;
 
+/// System-call records per process in the default stream (`--syscalls
+/// top`): the calls it spent most time in, and of the others those that
+/// failed most. Bounded both ways: most processes fail some calls as a
+/// matter of course (ENOENT along a search path, ENOTTY on a pipe), and a
+/// build or a script would otherwise bring back nearly every call.
+pub const TOP_SYSCALLS: usize = 3;
+pub const TOP_FAILING: usize = 3;
+
 /// How many processes were active, reported, and cut by the bounds.
 #[derive(Default)]
 pub struct Counts {
     pub active: u64,
     pub reported: u64,
     pub cut_by_top: u64,
+    /// Matching processes left out as nearly idle (`--min-cpu-pct`).
+    pub cut_idle: u64,
     /// Endpoint records left out by the bounds.
     pub endpoints_cut: u64,
     /// Routes added up under `other` (past 64 per endpoint).
     pub routes_cut: u64,
+    /// System-call records left out by `--syscalls top` or `none`.
+    pub syscalls_cut: u64,
     /// System calls counted on the host (timed or not).
     pub host_calls: u64,
 }
@@ -162,13 +174,27 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
     }
 
     // Process filters, then the top N by CPU time plus system-call time.
+    // Unless processes were named (--pid, --comm), those nearly idle are
+    // left out: under --min-cpu-pct of a core, and no TCP or requests (the
+    // rules' process KPIs), so an idle host's stream stays small.
     let cfg = cx.cfg;
+    let named = !cfg.pids.is_empty() || !cfg.comms.is_empty();
     let mut chosen: Vec<&ProcessView> = views
         .iter()
         .filter(|(tgid, _)| cfg.pids.is_empty() || cfg.pids.contains(tgid))
         .map(|(_, v)| v)
         .filter(|v| cfg.comms.is_empty() || cfg.comms.contains(&v.comm))
         .collect();
+    if !named {
+        let floor_ns = cfg.min_cpu_pct / 100.0 * span_ns as f64;
+        let before = chosen.len();
+        chosen.retain(|v| {
+            v.cpu.run_ns as f64 >= floor_ns
+                || v.tcp.connects + v.tcp.accepts > 0
+                || has_endpoints(&r.tcp.endpoints, v.calls.tgid)
+        });
+        counts.cut_idle = (before - chosen.len()) as u64;
+    }
     let matching = chosen.len() as u64;
     chosen.sort_by_key(|v| {
         (std::cmp::Reverse(v.cpu.run_ns + v.calls.total.latency.sum_ns), v.calls.tgid)
@@ -290,7 +316,9 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                 }));
             }
         }
-        for &(nr, ref stats) in &v.calls.calls {
+        let calls = syscalls_of(&v.calls.calls, cfg.syscalls, named);
+        counts.syscalls_cut += (v.calls.calls.len() - calls.len()) as u64;
+        for (nr, stats) in calls {
             out.push(Record::Syscall(SyscallRecord {
                 header: cx.header.with(Kind::Syscall),
                 pid: tgid,
@@ -366,6 +394,42 @@ fn routes(
 /// Most route records per endpoint: the busiest, the rest under `other`.
 const ROUTES_PER_ENDPOINT: usize = 64;
 
+/// Whether process `tgid` has an endpoint (served or made requests).
+fn has_endpoints<V>(endpoints: &BTreeMap<Endpoint, V>, tgid: u32) -> bool {
+    let from = Endpoint { tgid, role: 0, port: 0, peer: [0; 16] };
+    endpoints.range(from..).next().is_some_and(|(e, _)| e.tgid == tgid)
+}
+
+/// The system calls of a process that get a record, in number order:
+/// every one (`all`, or a process named by --pid or --comm: the filter
+/// already bounds the stream and asks for its detail), none, or the
+/// [`TOP_SYSCALLS`] it spent most time in plus the [`TOP_FAILING`] others
+/// with the most errors.
+fn syscalls_of(
+    calls: &[(u16, CallStats)],
+    detail: SyscallDetail,
+    named: bool,
+) -> Vec<(u16, &CallStats)> {
+    let all = calls.iter().map(|(nr, s)| (*nr, s));
+    match detail {
+        SyscallDetail::None => Vec::new(),
+        SyscallDetail::All => all.collect(),
+        SyscallDetail::Top if named => all.collect(),
+        SyscallDetail::Top => {
+            let mut by_time: Vec<(u16, &CallStats)> = all.collect();
+            by_time.sort_by_key(|(nr, s)| (std::cmp::Reverse((s.latency.sum_ns, s.count())), *nr));
+            let mut failing: Vec<(u16, &CallStats)> =
+                by_time.iter().skip(TOP_SYSCALLS).filter(|(_, s)| s.errors > 0).copied().collect();
+            failing.sort_by_key(|(nr, s)| (std::cmp::Reverse(s.errors), *nr));
+            by_time.truncate(TOP_SYSCALLS);
+            let mut keep = by_time;
+            keep.extend(failing.into_iter().take(TOP_FAILING));
+            keep.sort_by_key(|(nr, _)| *nr);
+            keep
+        }
+    }
+}
+
 /// The process's name: /proc while it lives (it may have renamed itself),
 /// else what the kernel recorded, else empty.
 fn comm(probes: &Probes, tgid: u32) -> String {
@@ -395,4 +459,38 @@ fn container_of(tgid: u32, v2_path: Option<&str>) -> Option<Container> {
         return Some(c);
     }
     procfs::cgroup_paths(tgid).iter().find_map(|p| containers::parse(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(sum_ns: u64, count: u64, errors: u64) -> CallStats {
+        let mut s = CallStats { calls: count, errors, ..CallStats::default() };
+        s.latency.add(0, count, sum_ns, sum_ns);
+        s
+    }
+
+    #[test]
+    fn top_syscalls_by_time_plus_those_that_failed() {
+        // nr: (time, calls, errors)
+        let calls: Vec<(u16, CallStats)> = vec![
+            (0, call(50, 10, 0)),
+            (1, call(900, 2, 0)),
+            (2, call(10, 1, 1)),
+            (3, call(700, 5, 0)),
+            (4, call(20, 9, 0)),
+            (5, call(800, 1, 1)),
+            (6, call(1, 8, 8)),
+            (7, call(2, 5, 5)),
+            (8, call(3, 4, 4)),
+        ];
+        let nrs = |v: Vec<(u16, &CallStats)>| v.into_iter().map(|c| c.0).collect::<Vec<_>>();
+        // By time 1, 5, 3; then the three others that failed most: 6, 7, 8
+        // (2 failed once: cut).
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, false)), [1, 3, 5, 6, 7, 8]);
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::Top, true)).len(), 9);
+        assert_eq!(nrs(syscalls_of(&calls, SyscallDetail::All, false)).len(), 9);
+        assert!(syscalls_of(&calls, SyscallDetail::None, true).is_empty());
+    }
 }

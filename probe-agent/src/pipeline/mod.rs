@@ -84,6 +84,8 @@ struct Agent {
     /// The next record's `seq`.
     seq: u64,
     last: Instant,
+    /// The live view on the terminal (`top`, `--console`).
+    console: Option<crate::console::Console>,
     /// Whether a configuration reload is being read, and whether another
     /// SIGHUP came meanwhile.
     reloading: bool,
@@ -156,6 +158,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         last: start,
         reloading: false,
         reload_again: false,
+        console: cfg.console.then(crate::console::Console::default),
         cfg,
     };
     match agent.status() {
@@ -185,8 +188,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
             _ = sighup.recv() => {
-                agent.reload(&reload_tx);
-                continue;
+                // On the console, a hang-up is the terminal going away: the end.
+                if agent.cfg.console {
+                    true
+                } else {
+                    agent.reload(&reload_tx);
+                    continue;
+                }
             }
             Some(result) = reload_rx.recv() => {
                 agent.reloaded(result, &reload_tx);
@@ -311,6 +319,7 @@ impl Agent {
                 .iter()
                 .map(|(&name, &ns)| (name, round(ns, 1)))
                 .collect(),
+            focus: self.cfg.config.focus.iter().map(|f| f.path()).collect(),
         };
         self.emit(vec![Record::Status(rec)])
     }
@@ -325,6 +334,9 @@ impl Agent {
             m.update(&records);
         }
         self.out.export(&records, deadline);
+        if let Some(c) = &mut self.console {
+            c.show(&records, &self.cfg.config);
+        }
         let mut enc = Encoder::new(self.seq);
         let mut kinds = Vec::with_capacity(records.len());
         for r in &mut records {
@@ -337,7 +349,10 @@ impl Agent {
         self.seq = enc.seq;
         let lines = enc.lines.freeze();
         drop(records);
-        self.out.send(&lines, &kinds, deadline)?;
+        // The console alone has no sink: nothing to send, nothing closes.
+        if !self.cfg.outputs.is_empty() {
+            self.out.send(&lines, &kinds, deadline)?;
+        }
         // A busy interval (thousands of processes) allocates a lot for a
         // moment; give it back rather than let the allocator keep the peak.
         procfs::trim_heap();
