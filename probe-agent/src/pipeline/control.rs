@@ -14,7 +14,7 @@ use super::health::agent_alert;
 use crate::{
     aggregate::round,
     family::Family,
-    overhead::Prices,
+    overhead::{Prices, SyscallMode},
     probes::{self, Probes, ProgramStats},
     procfs,
     records::{AlertRecord, Header, LostRecord, ProgramRecord, Shedding},
@@ -272,6 +272,13 @@ impl Control {
     fn apply(&mut self, probes: &mut Probes) {
         let mask = self.shedder.mask();
         let want = self.shedder.shed().to_vec();
+        self.prices.set_mode(if want.contains(&Shed::SyscallDetail) {
+            SyscallMode::DetailOff
+        } else if mask != 0 {
+            SyscallMode::Sampled
+        } else {
+            SyscallMode::Full
+        });
         if let Err(err) = probes.syscalls.set_control(mask, want.contains(&Shed::SyscallDetail)) {
             warn!("could not change the system-call sampling: {err}");
         }
@@ -326,9 +333,11 @@ fn shed_alert(
             "probe-agent overhead {cost_pct:.2}% of host CPU against its {budget:.2}% budget: {state}"
         )
     } else {
+        // Calm: the whole cost under half the budget, or the programs
+        // under a quarter of it (the agent process may be the rest).
         format!(
-            "probe-agent overhead {cost_pct:.2}% of host CPU is back under its {budget:.2}% \
-             budget: {state}"
+            "probe-agent overhead {cost_pct:.2}% of host CPU is calm against its {budget:.2}% \
+             budget, one step restored: {state}"
         )
     };
     warn!("{message}");
