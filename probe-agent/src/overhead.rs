@@ -262,7 +262,7 @@ mod tests {
     fn system_calls_are_priced_in_the_mode_in_force() {
         let full = [stats("sys_enter", 1000, 100_000), stats("sys_exit", 1000, 200_000)];
         let mut p = Prices::from_window(&["sys_enter", "sys_exit", "x"], &[], &full);
-        let shed = [stats("sys_enter", 2000, 140_000), stats("sys_exit", 2000, 180_000)];
+        let shed = [stats("sys_enter", 2000, 140_000), stats("sys_exit", 2000, 280_000)];
         p.set_mode_prices(SyscallMode::DetailOff, &full, &shed);
         let runs = BTreeMap::from([("sys_enter", 10), ("sys_exit", 10)]);
         assert_eq!(p.cost_ns(&runs), 3000.0);
