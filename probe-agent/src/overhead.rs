@@ -102,7 +102,7 @@ impl Prices {
     }
 
     /// A program's price per run in the mode in force.
-    fn price(&self, name: &str) -> f64 {
+    pub fn price(&self, name: &str) -> f64 {
         let moded = (self.mode as usize).checked_sub(1).and_then(|m| self.modes[m].get(name));
         moded.or_else(|| self.ns.get(name)).copied().unwrap_or(0.0)
     }

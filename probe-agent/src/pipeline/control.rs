@@ -203,7 +203,11 @@ impl Control {
                     runs_per_s: sampled.zip(window_s).map(|(r, w)| round(r as f64 / w, 1)),
                     avg_ns: sampled.filter(|&r| r > 0).map(|r| round(ns as f64 / r as f64, 1)),
                     runs: runs.get(name).copied(),
-                    cost_per_run_ns: self.prices.ns.get(name).map(|&ns| round(ns, 1)),
+                    cost_per_run_ns: self
+                        .prices
+                        .ns
+                        .contains_key(name)
+                        .then(|| round(self.prices.price(name), 1)),
                 }
             })
             .collect();
