@@ -16,6 +16,9 @@
 //! `sys_enter` and `sys_exit` are priced in each of those modes too, each
 //! with its own run of system calls, and a run is priced in the mode in
 //! force: the estimate then falls when shedding does, as the real cost.
+//! The programs of the other shed steps (run-queue latency, the
+//! connection detail) keep their full price though they skip work: an
+//! over-estimate, on the safe side of the budget.
 //!
 //! The trade-off: the price of a run is fixed at start. A program's cost
 //! per run varies with the load (cache misses, hash-map contention), so the
