@@ -37,15 +37,6 @@ impl Family {
             Family::Disk => "disk",
         }
     }
-
-    /// Whether the overhead budget may switch it off (its programs serve
-    /// it alone and stop at a control map's flag).
-    pub fn optional(self) -> bool {
-        match self {
-            Family::Runq | Family::Tcp => true,
-            Family::Syscalls | Family::Cpu | Family::Memory | Family::Disk => false,
-        }
-    }
 }
 
 impl std::fmt::Display for Family {

@@ -423,10 +423,18 @@ pub struct Shedding {
     /// 1 in this many system calls is timed for latency (1: all); every
     /// call is counted either way.
     pub latency_sample_every: u32,
-    /// Optional probes switched off to keep to the budget (`tcp`,
-    /// `runq_latency`), in the order they went off; their KPIs read as
+    /// Probes switched off to keep to the budget (`runq_latency`; TCP was
+    /// until request counting became never shed); their KPIs read as
     /// unavailable in `kpis` meanwhile.
     pub probes_off: Vec<&'static str>,
+    /// Families whose detail is shed, in the order it went: `syscalls`
+    /// (per-(process, call) records stop; each call is counted in
+    /// `lost.syscalls_shed`), `tcp` (RTT and byte counts; requests,
+    /// connects, retransmits and resets are still measured).
+    pub detail_off: Vec<&'static str>,
+    /// With everything but requests shed and the cost still over budget:
+    /// that cost, the floor at this event rate; null otherwise.
+    pub residual_pct: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -466,6 +474,9 @@ pub struct LostRecord {
     pub syscall_bad_nr: u64,
     /// Calls whose entry was not seen (in flight at attach, or start not stored).
     pub syscall_no_start: u64,
+    /// Calls counted only here: the overhead budget shed the per-(process,
+    /// system call) detail (`shedding.detail_off` has `syscalls`).
+    pub syscalls_shed: u64,
     /// CPU runs not recorded because CPU_TIME was full.
     pub cpu_time_full: u64,
     /// Run-queue waits not recorded because RUNQ_LAT was full.
@@ -492,13 +503,14 @@ pub struct LostRecord {
 
 impl LostRecord {
     /// Each counter by its field name.
-    pub fn fields(&self) -> [(&'static str, u64); 15] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("syscall_stats_full", self.syscall_stats_full),
             ("syscall_start_full", self.syscall_start_full),
             ("comm_full", self.comm_full),
             ("syscall_bad_nr", self.syscall_bad_nr),
             ("syscall_no_start", self.syscall_no_start),
+            ("syscalls_shed", self.syscalls_shed),
             ("cpu_time_full", self.cpu_time_full),
             ("runq_full", self.runq_full),
             ("runq_wake_full", self.runq_wake_full),

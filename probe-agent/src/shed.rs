@@ -1,12 +1,18 @@
 //! The overhead budget: the agent measures its own cost every interval (its
 //! process CPU plus its kernel programs') and, when that exceeds the budget
 //! (default 1% of the host's CPU), sheds load in steps, one per interval
-//! while over budget:
+//! while over budget, the least valuable measurement first:
 //!
 //! 1. time only 1 in 4, then 16, then 64 system calls for latency, while
 //!    still counting every call and error exactly;
-//! 2. then switch off the optional probes (TCP, run-queue latency), the
-//!    costliest first, one per step.
+//! 2. then, in [`Shed::LADDER`]'s order: the per-(process, system call)
+//!    detail (calls then counted in one total), run-queue latency, and the
+//!    per-segment connection detail (RTT and byte counts).
+//!
+//! Requests (count, errors, latency per endpoint and route) are the
+//! product's headline and are never shed: at the last step, a cost still
+//! over budget is the floor of what remains at this event rate, and the
+//! agent says so (`residual_pct`) rather than claim a budget it cannot keep.
 //!
 //! Every step sheds kernel work, so it is taken only when the kernel
 //! programs are at least half the budget: an agent process that is over
@@ -16,24 +22,72 @@
 //! under half the budget, or the programs under a quarter of it, for two
 //! intervals.
 
+use crate::family::Family;
+
 /// Sampling steps: time 1 in 4^step calls.
 const SAMPLE_STEPS: u32 = 3;
 /// Intervals under half the budget before stepping back.
 const CALM_INTERVALS: u32 = 2;
 
+/// What the budget gives up past latency sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// Per-(process, system call) counts, errors and latency: each call is
+    /// counted in one total (`lost.syscalls_shed`) instead.
+    SyscallDetail,
+    /// Run-queue latency (its programs return at once).
+    Runq,
+    /// RTT samples and byte counts per connection segment; requests,
+    /// connects, retransmits and resets are still measured.
+    TcpDetail,
+}
+
+impl Shed {
+    /// Least valuable first.
+    pub const LADDER: [Shed; 3] = [Shed::SyscallDetail, Shed::Runq, Shed::TcpDetail];
+
+    /// Its name in the `agent` record (`shedding.detail_off` for the
+    /// details, `shedding.probes_off` for run-queue latency).
+    pub fn name(self) -> &'static str {
+        match self {
+            Shed::SyscallDetail => "syscalls",
+            Shed::Runq => "runq_latency",
+            Shed::TcpDetail => "tcp",
+        }
+    }
+
+    /// The KPI family whose programs it sheds.
+    pub fn family(self) -> Family {
+        match self {
+            Shed::SyscallDetail => Family::Syscalls,
+            Shed::Runq => Family::Runq,
+            Shed::TcpDetail => Family::Tcp,
+        }
+    }
+
+    /// What is given up, in the overhead alert's words.
+    pub fn words(self) -> &'static str {
+        match self {
+            Shed::SyscallDetail => "per-(process, system call) detail off",
+            Shed::Runq => "run-queue latency off",
+            Shed::TcpDetail => "connection RTT and byte counts off",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Shedder {
     /// Percent of the host's CPU capacity (0: never shed).
     pub budget_pct: f64,
-    /// Optional probes that can be switched off.
-    optional: u32,
+    /// The steps past sampling this host can take, in order.
+    ladder: Vec<Shed>,
     step: u32,
     calm: u32,
 }
 
 impl Shedder {
-    pub fn new(budget_pct: f64, optional: u32) -> Self {
-        Shedder { budget_pct, optional, step: 0, calm: 0 }
+    pub fn new(budget_pct: f64, ladder: Vec<Shed>) -> Self {
+        Shedder { budget_pct, ladder, step: 0, calm: 0 }
     }
 
     /// How far it sheds: 0 is full measurement.
@@ -51,9 +105,14 @@ impl Shedder {
         self.every() - 1
     }
 
-    /// How many optional probes should be off.
-    pub fn probes_off(&self) -> u32 {
-        self.step.saturating_sub(SAMPLE_STEPS)
+    /// What is shed past sampling, in the order it went.
+    pub fn shed(&self) -> &[Shed] {
+        &self.ladder[..self.step.saturating_sub(SAMPLE_STEPS) as usize]
+    }
+
+    /// Whether every step is taken: nothing more can be shed.
+    pub fn at_floor(&self) -> bool {
+        self.step == SAMPLE_STEPS + self.ladder.len() as u32
     }
 
     /// Feeds one interval's cost, in all and of the kernel programs alone
@@ -65,7 +124,7 @@ impl Shedder {
         }
         if cost_pct > budget && kernel_pct >= budget / 2.0 {
             self.calm = 0;
-            if self.step < SAMPLE_STEPS + self.optional {
+            if !self.at_floor() {
                 self.step += 1;
                 return true;
             }
@@ -92,12 +151,12 @@ mod tests {
 
     #[test]
     fn sheds_in_steps_and_restores_when_calm() {
-        let mut s = Shedder::new(1.0, 2);
+        let mut s = Shedder::new(1.0, vec![Shed::SyscallDetail, Shed::Runq]);
         let mut seen = Vec::new();
         for c in [0.5, 3.0, 2.0, 1.5, 1.2, 1.1, 1.1, 0.9, 0.4, 0.4, 0.4, 0.3, 0.3] {
             // The kernel programs make most of the cost.
             s.observe(c, c * 0.8);
-            seen.push((s.every(), s.probes_off()));
+            seen.push((s.every(), s.shed().len()));
         }
         assert_eq!(
             seen,
@@ -118,16 +177,17 @@ mod tests {
             ]
         );
         assert_eq!(s.mask(), 63);
+        assert_eq!(s.shed(), []);
     }
 
     /// Over budget by its own process alone, the agent keeps its probes.
     #[test]
     fn an_expensive_agent_process_sheds_no_probe() {
-        let mut s = Shedder::new(1.0, 2);
+        let mut s = Shedder::new(1.0, vec![Shed::SyscallDetail, Shed::Runq]);
         for _ in 0..10 {
             assert!(!s.observe(1.5, 0.1));
         }
-        assert_eq!((s.every(), s.probes_off()), (1, 0));
+        assert_eq!((s.every(), s.shed().len()), (1, 0));
         // Once shed for kernel cost, it restores when the kernel is calm,
         // even if the process keeps the total over budget.
         for _ in 0..3 {
@@ -142,7 +202,7 @@ mod tests {
 
     #[test]
     fn zero_budget_never_sheds() {
-        let mut s = Shedder::new(0.0, 2);
+        let mut s = Shedder::new(0.0, Shed::LADDER.to_vec());
         assert!(!s.observe(99.0, 99.0));
         assert_eq!(s.every(), 1);
     }

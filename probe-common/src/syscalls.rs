@@ -24,6 +24,8 @@ pub const START_MAP: &str = "SYSCALL_START";
 pub const CONTROL_MAP: &str = "SYSCALL_CTL";
 /// `start_ns` of a call counted but not timed (sampled out).
 pub const UNTIMED: u64 = 1;
+/// `start_ns` of a call entered while the detail was off ([`DETAIL_OFF`]).
+pub const SHED: u64 = 2;
 /// Slot counting calls (and their errors) that were not timed.
 pub const SLOT_UNTIMED: u16 = 0x7ffe;
 
@@ -139,10 +141,19 @@ pub enum Counter {
     /// A call whose entry was not seen: in flight when the agent attached,
     /// or its thread's start could not be stored. Not recorded.
     NoStart = 4,
+    /// A call counted here alone: the overhead budget switched the
+    /// per-(process, system call) detail off ([`DETAIL_OFF`]).
+    Shed = 5,
 }
 
 /// Number of counters in [`COUNTER_MAP`].
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 6;
+
+/// The bit of the control word (`SYSCALL_CTL`, below the sampling mask)
+/// that switches the per-(process, system call) detail off: each call is
+/// then only counted in [`Counter::Shed`], and `sys_enter` keeps only what
+/// the socket programs need (the call's buffer).
+pub const DETAIL_OFF: u32 = 1 << 31;
 
 #[cfg(feature = "user")]
 mod pod {

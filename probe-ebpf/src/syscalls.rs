@@ -25,9 +25,9 @@ use probe_common::{
     hist::bucket_of,
     requests::io,
     syscalls::{
-        COMM_MAX_ENTRIES, COUNTERS, Counter, MAX_ERRNO, MAX_NR, SLOT_ERRNO, SLOT_UNTIMED,
-        START_MAX_ENTRIES, STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey, SyscallStart,
-        SyscallValue, UNTIMED,
+        COMM_MAX_ENTRIES, COUNTERS, Counter, DETAIL_OFF, MAX_ERRNO, MAX_NR, SHED, SLOT_ERRNO,
+        SLOT_UNTIMED, START_MAX_ENTRIES, STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey,
+        SyscallStart, SyscallValue, UNTIMED,
     },
 };
 
@@ -74,17 +74,26 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
     let Some(cur) = SYSCALL_CUR.get_ptr_mut(0) else { return };
     let tid = bpf_get_current_pid_tgid() as u32;
     // Load shedding: time only calls whose sequence matches the mask the
-    // agent set (0: all); the others are still counted, untimed.
-    let mask = SYSCALL_CTL.get(0).copied().unwrap_or(0);
+    // agent set (0: all); the others are still counted, untimed. With the
+    // detail off, the call is only counted at exit.
+    let ctl = SYSCALL_CTL.get(0).copied().unwrap_or(0);
+    let mask = ctl & !DETAIL_OFF;
+    let start_ns = if ctl & DETAIL_OFF != 0 {
+        SHED
     // Random, not every n-th: a periodic pattern of calls could otherwise
     // line up with the sampling and never be timed.
     // SAFETY: a helper with no arguments.
-    let timed = mask == 0 || unsafe { bpf_get_prandom_u32() } & mask == 0;
+    } else if mask == 0 || unsafe { bpf_get_prandom_u32() } & mask == 0 {
+        // SAFETY: a helper with no arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        UNTIMED
+    };
     let (io_kind, io_buf) = io_arg(ctx, id as u32);
     // SAFETY: a per-CPU slot: only this CPU writes it, and no program of
     // ours runs nested inside another on one CPU.
     unsafe {
-        (*cur).start_ns = if timed { bpf_ktime_get_ns() } else { UNTIMED };
+        (*cur).start_ns = start_ns;
         (*cur).nr = id as u32;
         (*cur).tid = tid;
         (*cur).io_kind = io_kind;
@@ -187,6 +196,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
         bump(Counter::NoStart);
         return;
     };
+    if start_ns == SHED {
+        bump(Counter::Shed);
+        return;
+    }
     if nr as u64 > MAX_NR {
         bump(Counter::BadNr);
         return;

@@ -107,13 +107,15 @@ static TCP_ENDPOINTS: PerCpuHashMap<EndpointKey, TcpValue> =
 #[map(name = "TCP_CNT")]
 static TCP_CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
-/// Set to 1 by the agent to switch TCP measurement off (its overhead
-/// budget): every program but the socket cleanup then returns at once.
+/// Set to 1 by the agent to shed the per-segment connection detail (its
+/// overhead budget): RTT samples and byte counts. Requests, connects,
+/// retransmits and resets are always measured: request counting is the
+/// product's headline and is never switched off.
 #[map(name = "TCP_CTL")]
 static TCP_CTL: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn switched_off() -> bool {
+fn detail_off() -> bool {
     TCP_CTL.get(0).is_some_and(|v| *v != 0)
 }
 
@@ -349,9 +351,6 @@ fn remote(ctx: &TracePointContext, family: u16) -> [u8; 16] {
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     runs::count(const { slot("inet_sock_set_state") });
-    if switched_off() {
-        return 0;
-    }
     let protocol: u16 = field(&ctx, set_state::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return 0;
@@ -463,9 +462,6 @@ fn owned(sk: u64) -> Option<(*mut SockState, u32)> {
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     runs::count(const { slot("sock_recv_length") });
-    if switched_off() {
-        return 0;
-    }
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
@@ -475,7 +471,9 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let Some((s, tgid)) = owned(sk) else { return 0 };
-    stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
+    if !detail_off() {
+        stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
     unsafe {
@@ -509,16 +507,15 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     runs::count(const { slot("sock_send_length") });
-    if switched_off() {
-        return 0;
-    }
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     if ret <= 0 {
         return 0;
     }
     let Some((s, tgid)) = owned(sk) else { return 0 };
-    stat(tgid, metric::BYTES_SENT, 0, ret as u64);
+    if !detail_off() {
+        stat(tgid, metric::BYTES_SENT, 0, ret as u64);
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
     unsafe {
@@ -564,9 +561,6 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_probe")]
 pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
     runs::count(const { slot("tcp_probe") });
-    if switched_off() {
-        return 0;
-    }
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     let Some(len) = kread::<u32>(skb + offset(&SKB_LEN_OFF)) else { return 0 };
@@ -580,7 +574,8 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
     }
     let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
     // srtt_us holds the smoothed RTT in microseconds, shifted left by 3.
-    let srtt_us = kread::<u32>(sk + offset(&TP_SRTT_OFF)).unwrap_or(0) >> 3;
+    let srtt_us =
+        if detail_off() { 0 } else { kread::<u32>(sk + offset(&TP_SRTT_OFF)).unwrap_or(0) >> 3 };
     if srtt_us != 0 {
         let ns = u64::from(srtt_us) * 1000;
         stat(unsafe { (*s).tgid }, metric::RTT, bucket_of(ns) as u16, ns);
@@ -602,9 +597,6 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     runs::count(const { slot("tcp_retransmit_skb") });
-    if switched_off() {
-        return 0;
-    }
     let sk: u64 = field(&ctx, tcp_events::RETRANSMIT_SKADDR);
     let tgid = TCP_SOCKS.get_ptr_mut(sk).map_or(0, |s| unsafe { (*s).tgid });
     stat(tgid, metric::RETRANSMITS, 0, 0);
@@ -614,9 +606,6 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     runs::count(const { slot("tcp_send_reset") });
-    if switched_off() {
-        return 0;
-    }
     let sk: u64 = field(&ctx, tcp_events::SEND_RESET_SKADDR);
     let s = if sk != 0 { TCP_SOCKS.get_ptr_mut(sk) } else { None };
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });
@@ -631,9 +620,6 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     runs::count(const { slot("tcp_receive_reset") });
-    if switched_off() {
-        return 0;
-    }
     let sk: u64 = field(&ctx, tcp_events::RECEIVE_RESET_SKADDR);
     let s = TCP_SOCKS.get_ptr_mut(sk);
     let tgid = s.map_or(0, |s| unsafe { (*s).tgid });

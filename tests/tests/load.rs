@@ -176,8 +176,8 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
         )
         .expect("full timing comes back when the storm is over");
     eprintln!("{}", restored["message"]);
-    // The optional probes switched off are back on and measure again: a
-    // server's requests after the storm are counted exactly.
+    // Everything shed is measured again: a server's requests after the
+    // storm are counted exactly (they were never switched off).
     let server = Workload::start(&["tcp-server", "--name", "pw-shed", "--delay-ms", "1"]).unwrap();
     let mut client = Workload::start(&[
         "tcp-client",
@@ -197,7 +197,7 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
         .filter(|r| r["type"] == "endpoint" && r["pid"] == server.pid && r["role"] == "server")
         .map(|r| r["requests"]["count"].as_u64().unwrap())
         .sum();
-    assert_eq!(served, 30, "TCP measures again after being switched off");
+    assert_eq!(served, 30, "requests after the storm");
     let agents: Vec<&Value> = records.iter().filter(|r| r["type"] == "agent").collect();
     let max_every = agents
         .iter()
@@ -212,19 +212,24 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
         .find(|a| a["ts"] == restored["ts"])
         .expect("the agent record of the restoring interval");
     assert_eq!(restored_at["shedding"]["latency_sample_every"], 1);
-    // Past 1 in 64, the costliest optional probe went off, and said so.
+    // Past 1 in 64, the per-(process, call) detail went first (the least
+    // valuable), said in the record and the alert; its calls were counted.
     let off = agents
         .iter()
-        .find(|a| !a["shedding"]["probes_off"].as_array().unwrap().is_empty())
-        .expect("an optional probe is switched off when sampling is not enough");
-    let family = off["shedding"]["probes_off"][0].as_str().unwrap();
-    assert!(["tcp", "runq_latency"].contains(&family));
-    assert_eq!(off["kpis"][family]["available"], false, "{}", off["kpis"]);
+        .find(|a| !a["shedding"]["detail_off"].as_array().unwrap().is_empty())
+        .expect("the detail is shed when sampling is not enough");
+    assert_eq!(off["shedding"]["detail_off"][0], "syscalls");
+    // Counted from the next interval on (the record says what holds now).
+    assert!(
+        agents.iter().any(|a| a["lost"]["syscalls_shed"].as_u64().unwrap() > 0),
+        "calls counted in lost.syscalls_shed while the detail is shed"
+    );
+    assert_eq!(off["kpis"]["tcp"]["available"], true, "requests are never switched off");
     assert!(records.iter().any(|r| r["type"] == "alert"
         && r["rule"] == "overhead-budget"
-        && r["message"].as_str().unwrap().contains("switched off")));
+        && r["message"].as_str().unwrap().contains("per-(process, system call) detail off")));
+    assert_eq!(restored_at["shedding"]["detail_off"], serde_json::json!([]));
     assert_eq!(restored_at["shedding"]["probes_off"], serde_json::json!([]));
-    assert_eq!(restored_at["kpis"][family]["available"], true);
     let pid = reference.pid;
     assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
     assert_eq!(

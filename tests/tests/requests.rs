@@ -659,6 +659,128 @@ fn redis_commands_and_error_replies_match_redis_info() {
     assert_eq!(cli_cmds["LPUSH"], by_cmd["LPUSH"].clone().minus(2000));
 }
 
+/// Under sustained load at the agent's defaults (1% budget; 2 s intervals
+/// to see many of them), the budget sheds everything but requests: every
+/// request redis-server answered is counted, through the whole run, with
+/// its latency; the overhead alert says what went, and a cost that stays
+/// over budget with everything shed is said as the residual floor.
+#[test]
+fn requests_stay_exact_under_sustained_load_at_defaults() {
+    require_bpf!();
+    let port = free_port();
+    let _redis = Daemon::spawn(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null()),
+        libc::SIGTERM,
+    );
+    wait_listening(port);
+    let before = redis_info(port, "stats");
+    let mut agent = probe_tests::Agent::start(&["--interval", "2s"]).unwrap();
+    // Let a quiet interval pass: the first one's cost includes start-up.
+    agent.wait_for(|r| r["type"] == "agent", Duration::from_secs(10)).unwrap();
+    // 8 connections, one GET each at a time: about 100k/s here, 20 s.
+    let started = Instant::now();
+    let bench = run(Command::new("redis-benchmark").args([
+        "-p",
+        &port.to_string(),
+        "-n",
+        "2000000",
+        "-c",
+        "8",
+        "-t",
+        "get",
+        "-q",
+    ]));
+    let loaded_s = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(2500));
+    let records = agent.stop().unwrap();
+    let after = redis_info(port, "stats");
+    let stat = |m: &BTreeMap<String, String>, k: &str| m[k].parse::<u64>().unwrap();
+    // Redis's count, less the INFO that asked; redis-benchmark's two
+    // pipelined CONFIG GET are one request (see the test above).
+    let truth =
+        stat(&after, "total_commands_processed") - stat(&before, "total_commands_processed") - 2;
+    let server = sum(&records, "endpoint", "redis", server_of("redis-server", port));
+    let last = bench.rsplit('\r').next().unwrap_or_default().trim();
+    eprintln!("redis-benchmark {loaded_s:.1} s: {last}");
+
+    let agents: Vec<&Value> = records.iter().filter(|r| r["type"] == "agent").collect();
+    for a in &agents {
+        let sh = &a["shedding"];
+        let served: u64 = records
+            .iter()
+            .filter(|r| r["type"] == "endpoint" && r["ts"] == a["ts"])
+            .filter(|r| server_of("redis-server", port)(r))
+            .map(|r| r["requests"]["count"].as_u64().unwrap())
+            .sum();
+        eprintln!(
+            "{} cost {}% every {} detail_off {} probes_off {} residual {} requests {served}",
+            a["ts"],
+            sh["cost_pct"],
+            sh["latency_sample_every"],
+            sh["detail_off"],
+            sh["probes_off"],
+            sh["residual_pct"]
+        );
+        assert_eq!(a["kpis"]["tcp"]["available"], true, "request KPIs are never switched off");
+    }
+    assert_eq!(server.count, truth, "every request counted through the load");
+    assert_eq!(server.errors, 0);
+
+    // Over budget, the agent shed, and said what and that requests stay.
+    assert!(
+        agents.iter().any(|a| a["shedding"]["latency_sample_every"].as_u64().unwrap() > 1),
+        "about 40k requests/s on 2 CPUs puts the agent over a 1% budget"
+    );
+    let said: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "alert" && r["rule"] == "overhead-budget")
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert!(said.iter().any(|m| m.contains("requests are always measured")), "{said:?}");
+    // Latency is still reported in every interval the server answered.
+    for e in
+        records.iter().filter(|r| r["type"] == "endpoint" && server_of("redis-server", port)(r))
+    {
+        let req = &e["requests"];
+        if req["count"].as_u64().unwrap() > 0 {
+            assert!(req["latency_ms"]["p50"].as_f64().is_some_and(|v| v > 0.0), "{e}");
+        }
+    }
+    // With everything shed, either the cost fell within budget or the
+    // agent said the residual floor it cannot go under, as alert and field.
+    let floored: Vec<&&Value> =
+        agents.iter().filter(|a| !a["shedding"]["residual_pct"].is_null()).collect();
+    for a in &floored {
+        let sh = &a["shedding"];
+        assert_eq!(sh["residual_pct"], sh["cost_pct"]);
+        assert!(sh["cost_pct"].as_f64().unwrap() > sh["budget_pct"].as_f64().unwrap());
+        assert_eq!(sh["detail_off"], serde_json::json!(["syscalls", "tcp"]), "{sh}");
+    }
+    let floor_alert = records.iter().find(|r| {
+        r["type"] == "alert" && r["rule"] == "overhead-floor" && r["level"] == "investigate"
+    });
+    match floor_alert {
+        Some(f) => {
+            assert!(!floored.is_empty(), "the agent record says the residual too");
+            assert!(f["message"].as_str().unwrap().contains("residual cost"), "{f}");
+        }
+        None => {
+            let full = agents
+                .iter()
+                .find(|a| a["shedding"]["detail_off"] == serde_json::json!(["syscalls", "tcp"]));
+            assert!(
+                floored.is_empty()
+                    && agents.iter().any(|a| a["shedding"]["cost_pct"].as_f64().unwrap()
+                        <= a["shedding"]["budget_pct"].as_f64().unwrap()),
+                "no floor said, so the budget was kept: {full:?}"
+            );
+        }
+    }
+}
+
 // --- PostgreSQL -----------------------------------------------------------
 
 /// The newest installed PostgreSQL's programs.

@@ -14,11 +14,11 @@ use super::health::agent_alert;
 use crate::{
     aggregate::round,
     family::Family,
-    overhead::Prices,
+    overhead::{Prices, SyscallMode},
     probes::{self, Probes, ProgramStats},
     procfs,
     records::{AlertRecord, Header, LostRecord, ProgramRecord, Shedding},
-    shed::Shedder,
+    shed::{Shed, Shedder},
 };
 
 /// BPF run-time statistics at the opening of a sampled window.
@@ -35,8 +35,10 @@ pub struct StatsSample {
 
 pub struct Control {
     pub shedder: Shedder,
-    /// Optional families switched off by the budget, in order.
-    pub probes_off: Vec<Family>,
+    /// The steps past sampling in force in the kernel, in order.
+    shed: Vec<Shed>,
+    /// Whether the `overhead-floor` alert holds.
+    at_floor: bool,
     prices: Prices,
     prev_runs: [u64; probe_common::runs::COUNTED.len()],
     prev_ctxt: u64,
@@ -57,8 +59,8 @@ pub struct Cost {
     pub programs_estimated_cpu_pct: f64,
     pub programs: Vec<ProgramRecord>,
     pub shedding: Shedding,
-    /// Said when the shedding step changed.
-    pub alert: Option<AlertRecord>,
+    /// Said when the shedding step changed, or the floor was reached or left.
+    pub alerts: Vec<AlertRecord>,
 }
 
 /// `ns` of CPU time over `interval_s` seconds, in percent of one core.
@@ -75,11 +77,16 @@ impl Control {
         interval: Duration,
     ) -> Result<Self, probes::ProbeError> {
         Ok(Control {
+            // A step whose probes did not attach would shed nothing.
             shedder: Shedder::new(
                 budget_pct,
-                Family::ALL.iter().filter(|f| f.optional()).count() as u32,
+                Shed::LADDER
+                    .into_iter()
+                    .filter(|&s| probes.unavailable(s.family()).is_none())
+                    .collect(),
             ),
-            probes_off: Vec::new(),
+            shed: Vec::new(),
+            at_floor: false,
             prices,
             prev_runs: probes.runs()?,
             prev_ctxt: procfs::context_switches(),
@@ -176,8 +183,11 @@ impl Control {
             self.prices.update(&s.programs);
         }
         let window_s = sample.as_ref().map(|s| s.window_s);
-        let calls =
-            host_calls + lost.syscall_no_start + lost.syscall_bad_nr + lost.syscall_stats_full;
+        let calls = host_calls
+            + lost.syscall_no_start
+            + lost.syscall_bad_nr
+            + lost.syscall_stats_full
+            + lost.syscalls_shed;
         let runs = self.runs(probes, calls);
         let programs = probes
             .attached()
@@ -193,7 +203,11 @@ impl Control {
                     runs_per_s: sampled.zip(window_s).map(|(r, w)| round(r as f64 / w, 1)),
                     avg_ns: sampled.filter(|&r| r > 0).map(|r| round(ns as f64 / r as f64, 1)),
                     runs: runs.get(name).copied(),
-                    cost_per_run_ns: self.prices.ns.get(name).map(|&ns| round(ns, 1)),
+                    cost_per_run_ns: self
+                        .prices
+                        .ns
+                        .contains_key(name)
+                        .then(|| round(self.prices.price(name), 1)),
                 }
             })
             .collect();
@@ -211,13 +225,21 @@ impl Control {
         // A short final interval (SIGINT) says little about the load.
         let whole = interval_s >= self.interval.as_secs_f64() / 2.0;
         let kernel_pct = prog_cores * 100.0 / cpus;
-        let mut alert = None;
+        let mut alerts = Vec::new();
         if whole && self.shedder.observe(cost_pct, kernel_pct) {
-            if let Err(err) = probes.syscalls.set_sample_mask(self.shedder.mask()) {
-                warn!("could not change the latency sampling: {err}");
-            }
-            self.switch_optional_probes(probes, &runs);
-            alert = Some(shed_alert(header, cost_pct, &self.shedder, before, &self.off_names()));
+            self.apply(probes);
+            alerts.push(shed_alert(header, cost_pct, &self.shedder, before, &self.shed));
+        }
+        // At the last step and still over budget: what remains is the floor
+        // at this event rate (requests are never shed).
+        let residual_pct = (self.shedder.budget_pct > 0.0
+            && self.shedder.at_floor()
+            && cost_pct > self.shedder.budget_pct)
+            .then_some(cost_pct);
+        let floor = if self.at_floor { self.shedder.at_floor() } else { residual_pct.is_some() };
+        if whole && floor != self.at_floor {
+            self.at_floor = floor;
+            alerts.push(floor_alert(header, cost_pct, self.shedder.budget_pct, floor));
         }
         debug!("overhead: process {cpu_pct:.3}% of a core, programs {prog_cores:.5} cores");
         Cost {
@@ -230,50 +252,73 @@ impl Control {
                 budget_pct: self.shedder.budget_pct,
                 cost_pct,
                 latency_sample_every: self.shedder.every(),
-                probes_off: self.off_names(),
+                probes_off: self.names(|s| s == Shed::Runq),
+                detail_off: self.names(|s| s != Shed::Runq),
+                residual_pct,
             },
-            alert,
+            alerts,
         }
     }
 
-    fn off_names(&self) -> Vec<&'static str> {
-        self.probes_off.iter().map(|f| f.name()).collect()
+    /// Whether the budget switched a family's probes off (run-queue
+    /// latency; the other steps shed detail, not the family).
+    pub fn switched_off(&self, family: Family) -> bool {
+        family == Family::Runq && self.shed.contains(&Shed::Runq)
     }
 
-    /// Switches optional families off or on to match the shedding step:
-    /// off, the costliest of those still on (by their programs' estimated
-    /// cost this interval; TCP first on a tie); on, the last switched off.
-    fn switch_optional_probes(&mut self, probes: &mut Probes, runs: &BTreeMap<&'static str, u64>) {
-        let want = self.shedder.probes_off() as usize;
-        while self.probes_off.len() < want {
-            let cost = |family: Family| -> u64 {
-                let programs = probes::programs_of(family);
-                let ran = runs.iter().filter(|(p, _)| programs.contains(p));
-                self.prices.cost_ns(&ran.map(|(&p, &n)| (p, n)).collect()) as u64
-            };
-            let Some(family) = Family::ALL
-                .into_iter()
-                .filter(|f| f.optional() && !self.probes_off.contains(f))
-                .filter(|&f| probes.unavailable(f).is_none())
-                .max_by_key(|&f| (cost(f), f == Family::Tcp))
-            else {
-                break;
-            };
-            match probes.set_on(family, false) {
-                Ok(()) => self.probes_off.push(family),
+    /// What is shed past sampling, by the names the records use.
+    fn names(&self, which: impl Fn(Shed) -> bool) -> Vec<&'static str> {
+        self.shed.iter().filter(|&&s| which(s)).map(|s| s.name()).collect()
+    }
+
+    /// Brings the kernel to the shedder's step: the sampling mask, then
+    /// each step past it shed or taken back, in the ladder's order.
+    fn apply(&mut self, probes: &mut Probes) {
+        let mask = self.shedder.mask();
+        let want = self.shedder.shed().to_vec();
+        self.prices.set_mode(if want.contains(&Shed::SyscallDetail) {
+            SyscallMode::DetailOff
+        } else if mask != 0 {
+            SyscallMode::Sampled
+        } else {
+            SyscallMode::Full
+        });
+        if let Err(err) = probes.syscalls.set_control(mask, want.contains(&Shed::SyscallDetail)) {
+            warn!("could not change the system-call sampling: {err}");
+        }
+        while self.shed.len() > want.len() {
+            let s = self.shed.pop().expect("not empty");
+            if let Err(err) = probes.set_shed(s, false, mask) {
+                warn!("could not measure {} again: {err}", s.name());
+            }
+        }
+        for &s in &want[self.shed.len()..] {
+            match probes.set_shed(s, true, mask) {
+                Ok(()) => self.shed.push(s),
                 Err(err) => {
-                    warn!("could not switch {family} off: {err}");
+                    warn!("could not shed {}: {err}", s.name());
                     break;
                 }
             }
         }
-        while self.probes_off.len() > want {
-            let family = self.probes_off.pop().expect("not empty");
-            if let Err(err) = probes.set_on(family, true) {
-                warn!("could not switch {family} back on: {err}");
-            }
-        }
     }
+}
+
+/// What the agent sheds, in words: "timing 1 in 64 system calls for
+/// latency (all still counted), run-queue latency off; requests always
+/// measured".
+fn shed_words(every: u32, shed: &[Shed]) -> String {
+    if every == 1 {
+        return "timing every system call again".into();
+    }
+    let mut parts = vec![format!("timing 1 in {every} system calls for latency")];
+    parts.extend(shed.iter().map(|s| s.words().to_string()));
+    let counted = if shed.contains(&Shed::SyscallDetail) {
+        "every call still counted"
+    } else {
+        "all still counted"
+    };
+    format!("{} ({counted}); requests are always measured", parts.join(", "))
 }
 
 /// The alert said when the agent sheds more or less load.
@@ -282,26 +327,21 @@ fn shed_alert(
     cost_pct: f64,
     shedder: &Shedder,
     before: u32,
-    probes_off: &[&str],
+    shed: &[Shed],
 ) -> AlertRecord {
     let budget = shedder.budget_pct;
     let every = shedder.every();
-    let state = match (every, probes_off) {
-        (1, _) => "timing every system call again".to_string(),
-        (_, []) => format!("timing 1 in {every} system calls for latency (all still counted)"),
-        (_, off) => format!(
-            "{} switched off; timing 1 in {every} system calls for latency (all still counted)",
-            off.join(" and ")
-        ),
-    };
+    let state = shed_words(every, shed);
     let message = if shedder.step() > before {
         format!(
             "probe-agent overhead {cost_pct:.2}% of host CPU against its {budget:.2}% budget: {state}"
         )
     } else {
+        // Calm: the whole cost under half the budget, or the programs
+        // under a quarter of it (the agent process may be the rest).
         format!(
-            "probe-agent overhead {cost_pct:.2}% of host CPU is back under its {budget:.2}% \
-             budget: {state}"
+            "probe-agent overhead {cost_pct:.2}% of host CPU is calm against its {budget:.2}% \
+             budget, one step restored: {state}"
         )
     };
     warn!("{message}");
@@ -318,7 +358,33 @@ fn shed_alert(
         &mut alert.place
     {
         *latency_sample_every = Some(every);
-        *off = Some(probes_off.iter().map(|s| s.to_string()).collect());
+        *off =
+            Some(shed.iter().filter(|&&s| s == Shed::Runq).map(|s| s.name().to_string()).collect());
     }
     alert
+}
+
+/// The alert said when everything that can be shed is, and the cost is
+/// still over budget (`at`), or when the agent leaves that floor.
+fn floor_alert(header: &Header, cost_pct: f64, budget: f64, at: bool) -> AlertRecord {
+    use crate::rules::lifecycle::Level;
+    let message = if at {
+        format!(
+            "probe-agent cannot keep its {budget:.2}% budget: with everything but requests shed, \
+             its residual cost at this event rate is {cost_pct:.2}% of host CPU (request \
+             counting is never switched off; raise --overhead-budget-pct to keep more detail)"
+        )
+    } else {
+        format!("probe-agent has left its cost floor: it now costs {cost_pct:.2}% of host CPU")
+    };
+    warn!("{message}");
+    let (level, previous) =
+        if at { (Level::Investigate, Level::Ok) } else { (Level::Ok, Level::Investigate) };
+    agent_alert(
+        header,
+        ("overhead-floor", "shedding.residual_pct"),
+        (level, previous),
+        (cost_pct, budget),
+        message,
+    )
 }

@@ -95,7 +95,7 @@ impl Health {
             sinks,
         };
         let cgroup_memory = self_memory(cgroups);
-        let mut alerts: Vec<AlertRecord> = p.cost.alert.into_iter().collect();
+        let mut alerts: Vec<AlertRecord> = p.cost.alerts;
         alerts.extend(self.check_memory(p.header, cgroup_memory.as_ref()));
         let (eff, nnp) = caps::threads();
         let rec = AgentRecord {

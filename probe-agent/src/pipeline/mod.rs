@@ -277,7 +277,7 @@ impl Agent {
             let reason = match family {
                 Family::Syscalls | Family::Cpu | Family::Runq | Family::Tcp => {
                     self.probes.unavailable(family).map(str::to_string).or_else(|| {
-                        self.control.probes_off.contains(&family).then(|| {
+                        self.control.switched_off(family).then(|| {
                             "switched off by the overhead budget (--overhead-budget-pct)".into()
                         })
                     })

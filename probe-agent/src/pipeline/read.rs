@@ -105,6 +105,7 @@ impl Readings {
             comm_full: sys(Counter::CommFull),
             syscall_bad_nr: sys(Counter::BadNr),
             syscall_no_start: sys(Counter::NoStart),
+            syscalls_shed: sys(Counter::Shed),
             cpu_time_full: cpu_lost(CpuCounter::TimeFull),
             runq_full: cpu_lost(CpuCounter::RunqFull),
             runq_wake_full: cpu_lost(CpuCounter::WakeFull),

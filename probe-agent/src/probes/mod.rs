@@ -19,7 +19,7 @@ use aya::{
 use log::{debug, warn};
 use probe_common::runs::{COUNTED, RUNS_MAP};
 
-use crate::family::Family;
+use crate::{family::Family, shed::Shed};
 
 /// The kernel object, built by build.rs from probe-ebpf (empty when built
 /// without the eBPF toolchain).
@@ -45,8 +45,6 @@ pub enum ProbeError {
     Map { name: &'static str, source: MapError },
     #[error("no probe could be attached: {0}")]
     NothingAttached(String),
-    #[error("the {0} KPIs cannot be switched off")]
-    NotOptional(Family),
 }
 
 /// An error and its causes, "a: b: c": aya keeps the OS error (what a
@@ -115,11 +113,6 @@ pub const HOOKS: &[Hook] = &[
     classic("tcp_receive_reset", "tcp", &[Family::Tcp]),
     classic("tcp_destroy_sock", "tcp", &[Family::Tcp]),
 ];
-
-/// The programs that serve `family` alone: what switching it off saves.
-pub fn programs_of(family: Family) -> Vec<&'static str> {
-    HOOKS.iter().filter(|h| h.needed_by == [family]).map(|h| h.program).collect()
-}
 
 /// The benchmark's floors: empty programs on the system-call tracepoints,
 /// and programs that only read the clock there.
@@ -438,15 +431,13 @@ impl Probes {
         self.unavailable.get(&family).map(String::as_str)
     }
 
-    /// Switches an optional family's programs off or on (they read a
-    /// control map first); an error for a family that cannot be.
-    pub fn set_on(&mut self, family: Family, on: bool) -> Result<(), ProbeError> {
-        match family {
-            Family::Tcp => self.tcp.set_on(on),
-            Family::Runq => self.cpu.set_runq_on(on),
-            Family::Syscalls | Family::Cpu | Family::Memory | Family::Disk => {
-                Err(ProbeError::NotOptional(family))
-            }
+    /// Sheds a step of [`Shed::LADDER`] past latency sampling, or takes
+    /// it back; `mask` is the latency sampling mask in force.
+    pub fn set_shed(&mut self, what: Shed, shed: bool, mask: u32) -> Result<(), ProbeError> {
+        match what {
+            Shed::SyscallDetail => self.syscalls.set_control(mask, shed),
+            Shed::Runq => self.cpu.set_runq_on(!shed),
+            Shed::TcpDetail => self.tcp.set_detail(!shed),
         }
     }
 
@@ -486,14 +477,6 @@ impl Probes {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn optional_families_own_their_programs() {
-        assert_eq!(programs_of(Family::Runq), ["sched_wakeup", "sched_wakeup_new"]);
-        let tcp = programs_of(Family::Tcp);
-        assert!(tcp.contains(&"tcp_probe") && tcp.contains(&"inet_sock_set_state"));
-        assert!(!tcp.contains(&"sched_switch"));
-    }
 
     use super::*;
 

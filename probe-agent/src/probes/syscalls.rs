@@ -40,9 +40,11 @@ impl SyscallMaps {
         })
     }
 
-    /// Sets the latency sampling mask (0: time every call).
-    pub fn set_sample_mask(&mut self, mask: u32) -> Result<(), ProbeError> {
-        self.control.set(0, mask, 0).map_err(map_err(CONTROL_MAP))
+    /// Sets the latency sampling mask (0: time every call) and whether the
+    /// per-(process, call) detail is shed (calls then counted in one total).
+    pub fn set_control(&mut self, mask: u32, detail_off: bool) -> Result<(), ProbeError> {
+        let flag = if detail_off { probe_common::syscalls::DETAIL_OFF } else { 0 };
+        self.control.set(0, mask | flag, 0).map_err(map_err(CONTROL_MAP))
     }
 
     /// Every stats slot, summed over CPUs (max: the largest of any CPU).

@@ -10,8 +10,8 @@ use aya::{
 use log::debug;
 use probe_common::requests::{ROUTE_COUNT_MAP, ROUTE_NAMES_MAP, RouteName};
 use probe_common::tcp::{
-    CONTROL_MAP, COUNTER_MAP, COUNTERS, ENDPOINT_MAP, EndpointKey, FIELDS, SOCK_MAP, STATS_MAP,
-    SockState, TcpKey, TcpValue,
+    CONTROL_MAP, COUNTER_MAP, COUNTERS, ENDPOINT_MAP, EndpointKey, FIELDS, STATS_MAP, TcpKey,
+    TcpValue,
 };
 
 use super::{MapFill, ProbeError, max_entries, take};
@@ -112,7 +112,6 @@ pub struct TcpMaps {
     stats: PerCpuHashMap<MapData, TcpKey, TcpValue>,
     endpoints: PerCpuHashMap<MapData, EndpointKey, TcpValue>,
     counters: PerCpuArray<MapData, u64>,
-    socks: BpfHashMap<MapData, u64, SockState>,
     control: Array<MapData, u32>,
     /// Entries each endpoint holds (the kernel's bound on its routes).
     route_count: BpfHashMap<MapData, EndpointKey, u32>,
@@ -130,7 +129,6 @@ impl TcpMaps {
             stats: take(ebpf, STATS_MAP)?.try_into().map_err(map_err(STATS_MAP))?,
             endpoints: take(ebpf, ENDPOINT_MAP)?.try_into().map_err(map_err(ENDPOINT_MAP))?,
             counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
-            socks: take(ebpf, SOCK_MAP)?.try_into().map_err(map_err(SOCK_MAP))?,
             control: take(ebpf, CONTROL_MAP)?.try_into().map_err(map_err(CONTROL_MAP))?,
             route_count: take(ebpf, ROUTE_COUNT_MAP)?
                 .try_into()
@@ -141,18 +139,9 @@ impl TcpMaps {
         })
     }
 
-    /// Switches TCP measurement on or off (the overhead budget). Switched
-    /// on again, no socket keeps a request started before: its answer
-    /// while off was not seen, so that request is forgotten, not timed.
-    pub fn set_on(&mut self, on: bool) -> Result<(), ProbeError> {
-        if on {
-            let open: Vec<(u64, SockState)> = self.socks.iter().filter_map(Result::ok).collect();
-            for (sk, mut s) in open.into_iter().filter(|(_, s)| s.outstanding != 0) {
-                s.outstanding = 0;
-                // BPF_EXIST: a socket closed meanwhile stays closed.
-                let _ = self.socks.insert(sk, s, 2);
-            }
-        }
+    /// Sheds the per-segment connection detail (RTT, bytes) or measures
+    /// it again (the overhead budget); requests are always measured.
+    pub fn set_detail(&mut self, on: bool) -> Result<(), ProbeError> {
         self.control.set(0, u32::from(!on), 0).map_err(map_err(CONTROL_MAP))
     }
 
