@@ -336,16 +336,19 @@ impl Console {
         }
         if let Some(Record::Agent(a)) = records.iter().find(|r| r.kind() == Kind::Agent) {
             let dropped: u64 = a.output.sinks.iter().map(|s| s.dropped_records.total()).sum();
-            let shed = if a.shedding.latency_sample_every > 1 || !a.shedding.probes_off.is_empty() {
-                format!(
-                    "sheds load (1 in {} calls timed{})",
-                    a.shedding.latency_sample_every,
-                    if a.shedding.probes_off.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} off", a.shedding.probes_off.join(", "))
-                    }
-                )
+            let sh = &a.shedding;
+            let shed = if sh.latency_sample_every > 1 {
+                let mut off: Vec<String> =
+                    sh.detail_off.iter().map(|d| format!("{d} detail")).collect();
+                off.extend(sh.probes_off.iter().map(|p| p.to_string()));
+                let off = if off.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} off", off.join(", "))
+                };
+                let floor =
+                    sh.residual_pct.map(|r| format!(", at its floor: {r:.1}%")).unwrap_or_default();
+                format!("sheds load (1 in {} calls timed{off}{floor})", sh.latency_sample_every)
             } else {
                 "sheds nothing".into()
             };

@@ -397,6 +397,12 @@ pub struct Flags {
     pub sample_every_max: u64,
     /// Optional probes switched off by the budget: intervals off.
     pub probes_off: BTreeMap<String, u64>,
+    /// Intervals each family's detail was shed (`syscalls`, `tcp`).
+    pub detail_off: BTreeMap<String, u64>,
+    /// Intervals at the cost floor (everything but requests shed, still
+    /// over budget), and the highest residual cost then.
+    pub floor_intervals: u64,
+    pub residual_max_pct: f64,
     /// Configuration reloads refused.
     pub config_errors: BTreeSet<String>,
 }
@@ -574,8 +580,9 @@ fn flag(flags: &mut Flags, a: &Value) {
     }
     let mut lost = 0;
     for (k, n) in a["lost"].as_object().into_iter().flatten() {
-        // Not a loss: grows with the fork rate (see the README).
-        if k == "syscall_no_start" {
+        // Not losses: the first grows with the fork rate (see the README);
+        // the second counts calls while their detail is shed (said below).
+        if k == "syscall_no_start" || k == "syscalls_shed" {
             continue;
         }
         let n = n.as_u64().unwrap_or(0);
@@ -594,6 +601,13 @@ fn flag(flags: &mut Flags, a: &Value) {
     }
     for p in a["shedding"]["probes_off"].as_array().into_iter().flatten() {
         *flags.probes_off.entry(p.as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    for d in a["shedding"]["detail_off"].as_array().into_iter().flatten() {
+        *flags.detail_off.entry(d.as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    if let Some(r) = a["shedding"]["residual_pct"].as_f64() {
+        flags.floor_intervals += 1;
+        flags.residual_max_pct = flags.residual_max_pct.max(r);
     }
     if let Some(e) = a["config"]["last_error"].as_str()
         && flags.config_errors.len() < 5

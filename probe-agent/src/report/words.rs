@@ -146,6 +146,21 @@ pub fn red_flags(r: &Report) -> Vec<String> {
              measured meanwhile."
         ));
     }
+    for (family, n) in &f.detail_off {
+        let what = match family.as_str() {
+            "syscalls" => "the per-(process, system call) detail (calls still counted in all)",
+            "tcp" => "the connection RTT and byte counts (requests still measured)",
+            other => other,
+        };
+        out.push(format!("Shed by the overhead budget: {what} in {n} interval(s)."));
+    }
+    if f.floor_intervals > 0 {
+        out.push(format!(
+            "Over budget at its floor: in {} interval(s) everything but requests was shed and \
+             the agent still cost up to {:.2}% of host CPU at that load.",
+            f.floor_intervals, f.residual_max_pct
+        ));
+    }
     if f.sampled_intervals > 0 {
         out.push(format!(
             "Latency sampled: in {} interval(s) the overhead budget had system calls timed 1 in \
