@@ -205,6 +205,9 @@ pub struct Walk {
     /// `scan_step`'s mode and its byte.
     mode: u32,
     target: u32,
+    /// Set when the bytes ended inside the target before the buffer was
+    /// full: the send cut the request line, so the route is not known.
+    cut: u32,
 }
 
 /// One byte of a request target: appended to the route, or, at a `/` or
@@ -216,7 +219,14 @@ unsafe extern "C" fn route_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i6
     // CPU (a bpf_loop callback runs inside it).
     let (b, name, w) = unsafe { (&(*s).buf, &mut (*s).name, &mut (*s).walk) };
     let i = w.i as usize;
-    let c = if i < w.n as usize && i < PEEK_LEN { b[i] } else { b' ' };
+    let c = if i < w.n as usize && i < PEEK_LEN {
+        b[i]
+    } else {
+        if (w.n as usize) < PEEK_LEN {
+            w.cut = 1;
+        }
+        b' '
+    };
     w.i += 1;
     let end = c == b' ' || c == b'?' || c == b'#' || c == b'\r' || c == b'\n';
     if !end && c != b'/' {
@@ -279,8 +289,12 @@ fn http_route(s: *mut Scratch, n: usize, start: usize) -> u32 {
             other: 0,
             mode: 0,
             target: 0,
+            cut: 0,
         };
         bpf_loop(PEEK_LEN as u32, route_step as *mut core::ffi::c_void, core::ptr::null_mut(), 0);
+        if (*s).walk.cut != 0 {
+            return ROUTE_NONE;
+        }
         finish(&(*s).name, (*s).walk.h)
     }
 }

@@ -199,11 +199,22 @@ impl Http {
         )
         .into_bytes();
         req.extend_from_slice(body);
+        self.call_in_parts(&[&req])
+    }
+
+    /// Sends one request in several writes, 20 ms apart (each its own
+    /// segment: TCP_NODELAY), and reads its whole answer, as [`Self::call`].
+    fn call_in_parts(&mut self, parts: &[&[u8]]) -> (u16, Duration) {
         if self.closed {
             *self = Http::connect(self.port);
         }
         let t0 = Instant::now();
-        self.conn.get_mut().write_all(&req).unwrap();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.conn.get_mut().write_all(part).unwrap();
+        }
         let mut line = String::new();
         self.conn.read_line(&mut line).unwrap();
         let took = t0.elapsed();
@@ -272,6 +283,107 @@ fn access_log(dir: &Path) -> Vec<(u16, String, String)> {
             (code, w.next().unwrap().to_string(), w.next().unwrap_or("").to_string())
         })
         .collect()
+}
+
+/// The HTTP cases that are not one request in one read and one answer in
+/// one write: headers split across sends (and a request line cut by one),
+/// chunked request bodies sent after `Expect: 100-continue` (an interim
+/// answer first), and answers far larger than one send (sendfile),
+/// keep-alive throughout. Counts and statuses as nginx's log and the
+/// clients' own figures say, on both sides.
+#[test]
+fn split_headers_chunked_bodies_expect_continue_and_large_answers() {
+    require_bpf!();
+    let dir = tempdir("req-edges");
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    // nginx's worker (user nobody) writes the uploads.
+    for sub in ["tmp", "up"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let big: Vec<u8> =
+        (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(dir.join("files/big.bin"), &big).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(dir.join("body.txt"), &body).unwrap();
+    let d = dir.display();
+    let (_nginx, port) = nginx(
+        &dir,
+        &format!(
+            "location = /split {{ return 200 \"split\\n\"; }}\n\
+             location /files/ {{ root {d}; sendfile on; }}\n\
+             location /up/ {{ root {d}; dav_methods PUT;\n\
+               client_max_body_size 16m; client_body_temp_path {d}/tmp; }}"
+        ),
+    );
+    let agent = agent(&["nginx", "curl"]);
+
+    // This process, one keep-alive connection: headers in three sends; a
+    // request line cut in the middle of its path; then a whole request.
+    let mut conn = Http::connect(port);
+    let mut mine = vec![
+        conn.call_in_parts(&[b"GET /split HTTP/1.1\r\nHo", b"st: t\r\nAccept: */*\r\n", b"\r\n"]).0,
+        conn.call_in_parts(&[b"GET /spl", b"it HTTP/1.1\r\nHost: t\r\n\r\n"]).0,
+        conn.call("GET", "/split", b"").0,
+    ];
+    drop(conn);
+    // curl: chunked uploads of 300 kB after Expect: 100-continue (nginx
+    // answers 100, reads the body, then 201 or 204), each on a new
+    // connection; then a 3 MiB file three times over one connection.
+    let curl = |args: &[&str]| -> Vec<u16> {
+        run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n"]).args(args))
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let upload = dir.join("body.txt");
+    let mut curls = Vec::new();
+    for i in 0..3 {
+        let headers = dir.join(format!("headers-{i}"));
+        curls.extend(curl(&[
+            "-D",
+            headers.to_str().unwrap(),
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "30",
+            "-T",
+            upload.to_str().unwrap(),
+            &url(&format!("/up/{}", 1 + i % 2)),
+        ]));
+        let seen = std::fs::read_to_string(&headers).unwrap();
+        assert!(seen.starts_with("HTTP/1.1 100 Continue"), "an interim answer first: {seen}");
+    }
+    let f = url("/files/big.bin");
+    curls.extend(curl(&[&f, "-o", "/dev/null", &f, "-o", "/dev/null", &f]));
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+
+    assert_eq!(std::fs::read(dir.join("up/1")).unwrap(), body, "the upload arrived whole");
+    let log = access_log(&dir);
+    let truth = Totals::http(log.iter().map(|e| e.0));
+    assert_eq!(log.len(), 3 + 6, "{log:?}");
+    assert_eq!(curls, [201, 201, 204, 200, 200, 200], "curl's own statuses");
+    assert_eq!(mine, [200, 200, 200]);
+    let server = sum(&records, "endpoint", "http1", server_of("nginx", port));
+    assert_eq!(server, truth, "nginx's side against its log {log:?}");
+    let curl_side = sum(&records, "endpoint", "http1", |r| {
+        r["comm"] == "curl" && r["role"] == "client" && r["port"] == port
+    });
+    assert_eq!(curl_side, Totals::http(curls.iter().copied()), "curl's side");
+    mine.sort();
+    let me = std::process::id();
+    assert_eq!(sum(&records, "endpoint", "http1", client_of(me, port)), Totals::http(mine));
+    // Routes: the cut request line names none; the rest by their path.
+    let routes = routes(&records, server_of("nginx", port));
+    assert_eq!(routes["GET /split"].count, 2, "{routes:?}");
+    assert_eq!(routes["PUT /up/{id}"].status[1], 3, "{routes:?}");
+    assert_eq!(routes["GET /files/big.bin"].count, 3, "{routes:?}");
+    assert_eq!(routes.values().map(|t| t.count).sum::<u64>(), server.count - 1);
 }
 
 /// ApacheBench's own "Complete requests" and "Non-2xx responses".
