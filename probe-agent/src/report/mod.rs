@@ -179,6 +179,16 @@ fn label(r: &Value) -> String {
             r["peer"].as_str().unwrap_or("?"),
             r["port"]
         ),
+        "route" => {
+            let method = r["method"].as_str().map(|m| format!("{m} ")).unwrap_or_default();
+            let side = if r["role"] == "server" { "on port" } else { "calling port" };
+            format!(
+                "{method}{} {side} {} ({})",
+                r["route"].as_str().unwrap_or("?"),
+                r["port"],
+                r["comm"].as_str().unwrap_or("?")
+            )
+        }
         other => other.to_string(),
     }
 }
@@ -458,11 +468,13 @@ impl Report {
 }
 
 /// The top offender tables: (title, record type, KPI).
-const OFFENDERS: [(&str, Kind, &str); 4] = [
+const OFFENDERS: [(&str, Kind, &str); 6] = [
     ("Processes by CPU (busy cores)", Kind::Process, "cpu.cores"),
     ("Containers by CPU (busy cores)", Kind::Container, "cpu.cores"),
     ("Ports by average request latency", Kind::Endpoint, "requests.latency_ms.avg"),
     ("Ports by request error rate", Kind::Endpoint, "requests.error_rate_pct"),
+    ("Routes by average request latency", Kind::Route, "requests.latency_ms.avg"),
+    ("Routes by request error rate", Kind::Route, "requests.error_rate_pct"),
 ];
 
 /// The scopes charted for a KPI besides the host, in order of preference.
@@ -960,7 +972,10 @@ fn compared(cfg: &Config) -> Vec<(Kind, String)> {
         let path = f.path();
         out.push((Kind::Host, path.clone()));
         if f.kpi.scopes.contains(&Kind::Endpoint) {
-            out.push((Kind::Endpoint, path));
+            out.push((Kind::Endpoint, path.clone()));
+        }
+        if f.kpi.scopes.contains(&Kind::Route) {
+            out.push((Kind::Route, path));
         }
     }
     for &(kind, kpi) in COMPARED {

@@ -278,3 +278,36 @@ fn cost_is_drawn_against_its_budget() {
         "{md}"
     );
 }
+
+fn route(sec: u32, route: &str, avg: f64, err: f64) -> String {
+    format!(
+        r#"{{"v":1,"type":"route","ts":"{}","host":"h","interval_s":10.0,"pid":7,"comm":"api","container_id":null,"role":"server","port":8080,"peer":null,"protocol":"http1","method":"GET","route":"{route}","requests":{{"count":10,"rate_per_s":1.0,"errors":0,"error_rate_pct":{err},"latency_ms":{{"avg":{avg},"p50":{avg},"p95":{avg},"p99":{avg},"max":{avg}}},"client_errors":0,"success_rate_pct":100.0,"status":{{"1xx":0,"2xx":10,"3xx":0,"4xx":0,"5xx":0}}}}}}"#,
+        ts(sec)
+    )
+}
+
+#[test]
+fn report_and_compare_name_routes() {
+    let lines = [
+        endpoint(0, 300.0, 1.0),
+        route(0, "/api/checkout", 900.0, 3.0),
+        route(0, "/api/items/{id}", 20.0, 0.0),
+    ];
+    let (_, md, page) = report_of("routes", &lines, &Config::default());
+    let slow = md.split("Routes by average request latency").nth(1).expect(&md);
+    let first = slow.lines().find(|l| l.contains("/api/")).unwrap();
+    assert!(first.contains("GET /api/checkout on port 8080 (api)"), "{md}");
+    assert!(md.contains("Routes by request error rate"), "{md}");
+    assert!(page.contains("GET /api/checkout on port 8080 (api)"), "{page}");
+
+    let base = write("routes-base", &[route(0, "/api/checkout", 900.0, 0.0)]);
+    let cur = write("routes-cur", &[route(0, "/api/checkout", 450.0, 0.0)]);
+    let c = compare(&base, &cur, &Config::default()).unwrap();
+    let md = compare_markdown(&c);
+    assert!(
+        md.contains("average request latency on GET /api/checkout on port 8080 (api) fell 50%"),
+        "{md}"
+    );
+    let _ = std::fs::remove_file(base);
+    let _ = std::fs::remove_file(cur);
+}
