@@ -29,6 +29,44 @@ pub mod status {
     pub const OK: u8 = 2;
     pub const CLIENT_ERROR: u8 = 4;
     pub const ERROR: u8 = 5;
+    /// A PostgreSQL ErrorResponse with its SQLSTATE class:
+    /// `SQLSTATE | sqlstate_code(class)` (an error, as [`ERROR`]).
+    pub const SQLSTATE: u8 = 0x80;
+
+    /// SQLSTATE classes that are not two digits (PostgreSQL's appendix A).
+    const LETTER_CLASSES: [[u8; 2]; 16] = [
+        *b"0A", *b"0B", *b"0F", *b"0L", *b"0P", *b"0Z", *b"2B", *b"2D", *b"2F", *b"3B", *b"3D",
+        *b"3F", *b"F0", *b"HV", *b"P0", *b"XX",
+    ];
+    /// The code of a class not in the tables.
+    pub const OTHER_CLASS: u8 = 127;
+
+    /// A SQLSTATE class (its first two characters) as 7 bits: two digits
+    /// as their number (0 to 99), the lettered classes from 100, any other
+    /// as [`OTHER_CLASS`].
+    #[inline(always)]
+    pub fn sqlstate_code(a: u8, b: u8) -> u8 {
+        if a.is_ascii_digit() && b.is_ascii_digit() {
+            return (a - b'0') * 10 + (b - b'0');
+        }
+        let mut i = 0;
+        while i < LETTER_CLASSES.len() {
+            if LETTER_CLASSES[i][0] == a && LETTER_CLASSES[i][1] == b {
+                return 100 + i as u8;
+            }
+            i += 1;
+        }
+        OTHER_CLASS
+    }
+
+    /// The class a code stands for (`None`: another class).
+    pub fn sqlstate_class(code: u8) -> Option<[u8; 2]> {
+        match code {
+            0..=99 => Some([b'0' + code / 10, b'0' + code % 10]),
+            100..=115 => Some(LETTER_CLASSES[usize::from(code - 100)]),
+            _ => None,
+        }
+    }
 }
 
 /// Route ids: a hash of the normalized route's text; these two are fixed.

@@ -432,6 +432,43 @@ fn fixed(text: &[u8], name: &mut RouteName) -> u32 {
     finish(name, h)
 }
 
+/// An ErrorResponse's outcome from its fields at `at`: the class of its
+/// SQLSTATE (`C` field: after the severities `S` and `V` since PostgreSQL
+/// 9.6, after `S` before), or a plain error if the code is not among the
+/// first three fields or past the bytes peeked.
+#[inline(always)]
+fn sqlstate(s: *mut Scratch, n: usize, at: usize) -> u8 {
+    // Indexes are masked to the buffer (a power of two) as well as checked:
+    // the compiler may re-derive an index after its check, and the
+    // verifier then sees it unbounded.
+    const MASK: usize = PEEK_LEN - 1;
+    const _: () = assert!(PEEK_LEN.is_power_of_two());
+    begin(s, n, at);
+    let mut field = 0;
+    while field < 3 {
+        // SAFETY: as in `scan`.
+        let (i, b) = unsafe { ((*s).walk.i as usize, &(*s).buf) };
+        if i >= n || i >= PEEK_LEN {
+            return status::ERROR;
+        }
+        match b[i & MASK] {
+            b'C' if i + 2 < n && i + 2 < PEEK_LEN => {
+                return status::SQLSTATE
+                    | status::sqlstate_code(b[(i + 1) & MASK], b[(i + 2) & MASK]);
+            }
+            b'C' | 0 => return status::ERROR,
+            _ => {
+                // Past this field's text and its terminating zero.
+                scan(s, SCAN_UNTIL, 0, 48);
+                // SAFETY: as in `scan`.
+                unsafe { (*s).walk.i += 1 };
+            }
+        }
+        field += 1;
+    }
+    status::ERROR
+}
+
 /// PostgreSQL start-up packets (no type byte): their protocol codes.
 const PG_PROTOCOL_3: u32 = 196_608;
 const PG_SSL_REQUEST: u32 = 80_877_103;
@@ -520,7 +557,7 @@ pub fn answer(s: *mut Scratch, n: usize, p: u8) -> Option<u8> {
             while k < 8 && at + 5 <= n && at + 5 <= PEEK_LEN {
                 let t = b[at];
                 if t == b'E' {
-                    return Some(status::ERROR);
+                    return Some(sqlstate(s, n, at + 5));
                 }
                 if t == b'Z' {
                     break;

@@ -936,12 +936,27 @@ fn postgres(dir: &Path) -> (Daemon, u16) {
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "log_statement=all", "-c", "log_line_prefix=%a|%p|"])
+            .args(["-c", "log_statement=all", "-c", "log_line_prefix=%a|%p|%e|"])
             .stderr(std::fs::File::create(dir.join("server.log")).unwrap()),
         libc::SIGINT,
     );
     wait_listening(port);
     (d, port)
+}
+
+/// PostgreSQL's errors by application and SQLSTATE class (the first two
+/// characters of `%e` on its ERROR lines).
+fn pg_error_classes(dir: &Path, from: usize) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let text = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for line in text[from..].lines() {
+        let f: Vec<&str> = line.splitn(4, '|').collect();
+        if f.len() == 4 && f[3].starts_with("ERROR:") {
+            *out.entry(f[0].to_string()).or_default().entry(f[2][..2].to_string()).or_default() +=
+                1;
+        }
+    }
+    out
 }
 
 /// PostgreSQL's own count, from its statement log past `from` (bytes):
@@ -953,8 +968,11 @@ fn pg_log(dir: &Path, from: usize) -> BTreeMap<String, (u64, u64)> {
     let mut by_app: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut logged: BTreeMap<String, bool> = BTreeMap::new();
     for line in text[from..].lines() {
-        let mut f = line.splitn(3, '|');
-        let (Some(app), Some(pid), Some(msg)) = (f.next(), f.next(), f.next()) else { continue };
+        let mut f = line.splitn(4, '|');
+        let (Some(app), Some(pid), Some(_), Some(msg)) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
         let t = by_app.entry(app.to_string()).or_default();
         let stmt = logged.entry(pid.to_string()).or_default();
         if msg.starts_with("LOG:  statement:") || msg.starts_with("LOG:  execute") {
@@ -1051,6 +1069,22 @@ fn postgres_queries_and_error_responses_match_the_server_log() {
     let count = |k: &str| by_kind.get(k).map_or(0, |t| t.count);
     assert_eq!((count("CREATE"), count("INSERT"), count("SELEC")), (1, 7, 2), "{by_kind:?}");
     assert_eq!(by_kind["INSERT"].errors, 2);
+    // Errors by SQLSTATE class, as the server logged them: division by
+    // zero and a bad integer (22), a syntax error (42); on both sides.
+    let classes = pg_error_classes(&dir, from);
+    assert_eq!(classes["psql"], BTreeMap::from([("22".into(), 5), ("42".into(), 2)]));
+    let by_class = |pick: &dyn Fn(&Value) -> bool| {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for r in records.iter().filter(|r| r["type"] == "endpoint" && pick(r)) {
+            for (c, n) in r["requests"]["sqlstate_classes"].as_object().unwrap() {
+                *m.entry(c.clone()).or_default() += n.as_u64().unwrap();
+            }
+        }
+        m
+    };
+    let psql = |r: &Value| r["comm"] == "psql" && r["role"] == "client" && r["port"] == port;
+    assert_eq!(by_class(&psql), classes["psql"], "psql's side");
+    assert_eq!(by_class(&server_of("postgres", port)), classes["psql"], "the server's side");
     assert_eq!(count("SELECT"), all.0 - 10, "{by_kind:?}");
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use probe_common::{
-    requests::status,
+    requests::{proto, status},
     tcp::{EndpointKey, ROLE_SERVER, SLOT_ERROR, TcpKey, TcpValue, metric},
 };
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,9 @@ pub struct Requests {
     /// Answered requests by outcome (`requests::status`: 0 unknown, the
     /// HTTP class 1 to 5; Redis and PostgreSQL OK = 2, error = 5).
     pub by_status: [u64; 6],
+    /// PostgreSQL errors by SQLSTATE class code (`status::sqlstate_code`),
+    /// also counted as errors in `by_status`.
+    pub sqlstate: BTreeMap<u8, u64>,
 }
 
 /// How the request KPIs count outcomes.
@@ -107,20 +110,26 @@ impl Requests {
         for (a, b) in self.by_status.iter_mut().zip(o.by_status) {
             *a += b;
         }
+        for (&c, &n) in &o.sqlstate {
+            *self.sqlstate.entry(c).or_default() += n;
+        }
     }
 
-    /// The requests group; `http` adds the status classes.
+    /// The requests group, of no protocol in particular.
     pub fn group(&self, interval_s: f64, buckets: bool) -> RequestsGroup {
-        self.group_with(interval_s, buckets, false, Outcomes::default())
+        self.group_with(interval_s, buckets, proto::UNKNOWN, Outcomes::default())
     }
 
+    /// The requests group of protocol `app` (`requests::proto`): HTTP adds
+    /// the status classes, PostgreSQL the errors' SQLSTATE classes.
     pub fn group_with(
         &self,
         interval_s: f64,
         buckets: bool,
-        http: bool,
+        app: u8,
         o: Outcomes,
     ) -> RequestsGroup {
+        let http = app == proto::HTTP1;
         let count = self.latency.count + self.errors;
         let client_errors = self.by_status[usize::from(status::CLIENT_ERROR)];
         let mut errors = self.errors + self.by_status[usize::from(status::ERROR)];
@@ -144,6 +153,18 @@ impl Requests {
                 (1..=5)
                     .map(|c| (format!("{c}xx"), self.by_status[c]))
                     .collect::<BTreeMap<String, u64>>()
+            }),
+            sqlstate_classes: (app == proto::POSTGRES).then(|| {
+                self.sqlstate
+                    .iter()
+                    .map(|(&code, &n)| {
+                        let class = status::sqlstate_class(code).map_or_else(
+                            || "other".to_string(),
+                            |c| String::from_utf8_lossy(&c).into(),
+                        );
+                        (class, n)
+                    })
+                    .collect()
             }),
         }
     }
@@ -171,6 +192,11 @@ pub struct RequestsGroup {
     /// HTTP answers by status class (`1xx` .. `5xx`); null for other protocols.
     #[serde(default)]
     pub status: Option<BTreeMap<String, u64>>,
+    /// PostgreSQL errors (ErrorResponse) by SQLSTATE class (`22`, `23`,
+    /// `42`...; `other` for a class PostgreSQL does not document), a part
+    /// of `errors`; null for other protocols.
+    #[serde(default)]
+    pub sqlstate_classes: Option<BTreeMap<String, u64>>,
 }
 
 /// An endpoint: a process serving a port, or calling a peer's port.
@@ -286,7 +312,12 @@ pub fn interval(prev: &TcpSnapshot, cur: &TcpSnapshot) -> TcpInterval {
                 r.errors += d.count;
             } else {
                 r.latency.add(u32::from(slot), d.count, d.sum, d.max);
-                r.by_status[usize::from(status.min(5))] += d.count;
+                if status & status::SQLSTATE != 0 {
+                    r.by_status[usize::from(status::ERROR)] += d.count;
+                    *r.sqlstate.entry(status & !status::SQLSTATE).or_default() += d.count;
+                } else {
+                    r.by_status[usize::from(status.min(5))] += d.count;
+                }
             }
         }
     }

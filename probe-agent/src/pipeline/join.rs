@@ -283,7 +283,6 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         endpoints_written += eps.len();
         for (e, req) in eps {
             let app = req.proto & !TLS;
-            let http = app == proto::HTTP1;
             let protocol = protocol_name(req.proto);
             let tls = (req.proto & TLS != 0).then_some(true).or((app != 0).then_some(false));
             out.push(Record::Endpoint(EndpointRecord {
@@ -294,7 +293,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                 role: e.role(),
                 port: e.port,
                 peer: e.peer_addr(),
-                requests: req.requests.group_with(interval_s, buckets, http, cx.outcomes),
+                requests: req.requests.group_with(interval_s, buckets, app, cx.outcomes),
                 protocol: protocol.into(),
                 tls,
             }));
@@ -312,7 +311,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                     protocol: protocol.into(),
                     method,
                     route,
-                    requests: rq.group_with(interval_s, buckets, http, cx.outcomes),
+                    requests: rq.group_with(interval_s, buckets, app, cx.outcomes),
                 }));
             }
         }
