@@ -438,11 +438,6 @@ fn fixed(text: &[u8], name: &mut RouteName) -> u32 {
 /// first three fields or past the bytes peeked.
 #[inline(always)]
 fn sqlstate(s: *mut Scratch, n: usize, at: usize) -> u8 {
-    // Indexes are masked to the buffer (a power of two) as well as checked:
-    // the compiler may re-derive an index after its check, and the
-    // verifier then sees it unbounded.
-    const MASK: usize = PEEK_LEN - 1;
-    const _: () = assert!(PEEK_LEN.is_power_of_two());
     begin(s, n, at);
     let mut field = 0;
     while field < 3 {
@@ -451,10 +446,10 @@ fn sqlstate(s: *mut Scratch, n: usize, at: usize) -> u8 {
         if i >= n || i >= PEEK_LEN {
             return status::ERROR;
         }
-        match b[i & MASK] {
-            b'C' if i + 2 < n && i + 2 < PEEK_LEN => {
+        match b[masked(i)] {
+            b'C' if i + 2 < n => {
                 return status::SQLSTATE
-                    | status::sqlstate_code(b[(i + 1) & MASK], b[(i + 2) & MASK]);
+                    | status::sqlstate_code(b[masked(i + 1)], b[masked(i + 2)]);
             }
             b'C' | 0 => return status::ERROR,
             _ => {
@@ -467,6 +462,18 @@ fn sqlstate(s: *mut Scratch, n: usize, at: usize) -> u8 {
         field += 1;
     }
     status::ERROR
+}
+
+/// An index into the peeked bytes that the verifier sees bounded: the
+/// compiler may check an index on one copy of a register and use another,
+/// which older verifiers (6.1) then see unbounded. The volatile read hides
+/// the index's range from the compiler, so the mask stays, on the register
+/// that indexes.
+#[inline(always)]
+fn masked(i: usize) -> usize {
+    const _: () = assert!(PEEK_LEN.is_power_of_two());
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&i) & (PEEK_LEN - 1) }
 }
 
 /// PostgreSQL start-up packets (no type byte): their protocol codes.
