@@ -435,45 +435,59 @@ fn fixed(text: &[u8], name: &mut RouteName) -> u32 {
 /// An ErrorResponse's outcome from its fields at `at`: the class of its
 /// SQLSTATE (`C` field: after the severities `S` and `V` since PostgreSQL
 /// 9.6, after `S` before), or a plain error if the code is not among the
-/// first three fields or past the bytes peeked.
+/// first three fields or past the bytes peeked. The walk is a `bpf_loop`
+/// callback, as the routes', so the verifier checks it once.
 #[inline(always)]
 fn sqlstate(s: *mut Scratch, n: usize, at: usize) -> u8 {
     begin(s, n, at);
-    let mut field = 0;
-    while field < 3 {
-        // SAFETY: as in `scan`.
-        let (i, b) = unsafe { ((*s).walk.i as usize, &(*s).buf) };
-        if i >= n || i >= PEEK_LEN {
-            return status::ERROR;
-        }
-        match b[masked(i)] {
-            b'C' if i + 2 < n => {
-                return status::SQLSTATE
-                    | status::sqlstate_code(b[masked(i + 1)], b[masked(i + 2)]);
-            }
-            b'C' | 0 => return status::ERROR,
-            _ => {
-                // Past this field's text and its terminating zero.
-                scan(s, SCAN_UNTIL, 0, 48);
-                // SAFETY: as in `scan`.
-                unsafe { (*s).walk.i += 1 };
-            }
-        }
-        field += 1;
+    // SAFETY: as in `scan`.
+    unsafe {
+        (*s).walk.mode = FIELD_START;
+        (*s).walk.target = 0;
+        (*s).walk.seg_len = 0;
+        bpf_loop(
+            PEEK_LEN as u32,
+            sqlstate_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        let found = (*s).walk.target;
+        if found == 0 { status::ERROR } else { found as u8 }
     }
-    status::ERROR
 }
 
-/// An index into the peeked bytes that the verifier sees bounded: the
-/// compiler may check an index on one copy of a register and use another,
-/// which older verifiers (6.1) then see unbounded. The volatile read hides
-/// the index's range from the compiler, so the mask stays, on the register
-/// that indexes.
-#[inline(always)]
-fn masked(i: usize) -> usize {
-    const _: () = assert!(PEEK_LEN.is_power_of_two());
-    // SAFETY: a read of a local.
-    unsafe { core::ptr::read_volatile(&i) & (PEEK_LEN - 1) }
+/// `sqlstate_step`'s modes: at a field's type byte, or inside its text.
+const FIELD_START: u32 = 1;
+const FIELD_TEXT: u32 = 2;
+
+/// One byte of an ErrorResponse's fields (see [`sqlstate`]); the fields
+/// passed are counted in `seg_len`, the outcome found left in `target`.
+unsafe extern "C" fn sqlstate_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(s) = REQ_SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: as in `route_step`.
+    let (b, w) = unsafe { (&(*s).buf, &mut (*s).walk) };
+    let i = w.i as usize;
+    if i >= w.n as usize || i + 2 >= PEEK_LEN {
+        return 1;
+    }
+    let c = b[i];
+    if w.mode == FIELD_START {
+        if c == b'C' {
+            if i + 2 < w.n as usize {
+                w.target = u32::from(status::SQLSTATE | status::sqlstate_code(b[i + 1], b[i + 2]));
+            }
+            return 1;
+        }
+        if c == 0 || w.seg_len >= 3 {
+            return 1;
+        }
+        w.mode = FIELD_TEXT;
+    } else if c == 0 {
+        w.mode = FIELD_START;
+        w.seg_len += 1;
+    }
+    w.i += 1;
+    0
 }
 
 /// PostgreSQL start-up packets (no type byte): their protocol codes.
