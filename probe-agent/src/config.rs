@@ -72,7 +72,7 @@ pub struct RawConfig {
     rules: Vec<RawRule>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRequests {
     /// Count client errors (HTTP 4xx) as errors too (default: beside them).
@@ -82,6 +82,16 @@ struct RawRequests {
     /// `{name}` matches one path segment, e.g. "/api/users/{user}".
     #[serde(default)]
     routes: Vec<String>,
+    /// Read HTTPS and other TLS through the uprobes on the libssl.so.3
+    /// processes map (default: on).
+    #[serde(default = "yes")]
+    tls_uprobes: bool,
+}
+
+impl Default for RawRequests {
+    fn default() -> Self {
+        RawRequests { client_errors_are_errors: false, routes: Vec::new(), tls_uprobes: true }
+    }
 }
 
 fn none() -> String {
@@ -130,6 +140,8 @@ pub struct Config {
     pub outcomes: crate::aggregate::tcp::Outcomes,
     /// Route patterns (`[requests] routes`), in order.
     pub route_patterns: Vec<String>,
+    /// Whether to attach the OpenSSL uprobes (`[requests] tls_uprobes`).
+    pub tls_uprobes: bool,
 }
 
 /// The escalation guide's industry profiles.
@@ -391,6 +403,7 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
             client_errors_are_errors: raw.requests.client_errors_are_errors,
         },
         route_patterns,
+        tls_uprobes: raw.requests.tls_uprobes,
     })
 }
 

@@ -85,21 +85,47 @@ fn user_data(kind: u32, arg: u64) -> Option<(u64, u64)> {
     }
 }
 
-/// Reads the first bytes (at most [`PEEK_LEN`], at most `len`) the current
-/// call moves into this CPU's scratch; returns it and how many were read.
-#[inline(always)]
-pub fn peek(tid: u32, len: u64) -> Option<(*mut Scratch, usize)> {
-    let (kind, arg) = crate::syscalls::io_buffer(tid)?;
-    let (addr, room) = user_data(kind, arg)?;
-    let n = len.min(room).min(PEEK_LEN as u64) as usize;
-    if n == 0 || n > PEEK_LEN {
-        return None;
+/// Where a request's or answer's bytes are in user memory.
+#[derive(Clone, Copy)]
+pub enum Data {
+    /// The buffer of the thread's current read or write call (stashed at
+    /// `sys_enter`).
+    Syscall(u32),
+    /// Plaintext at this address (OpenSSL's `SSL_read`/`SSL_write` buffer).
+    User(u64),
+}
+
+impl Data {
+    /// Reads the first bytes (at most [`PEEK_LEN`], at most `len`) into this
+    /// CPU's scratch; returns it and how many were read.
+    #[inline(always)]
+    pub fn peek(self, len: u64) -> Option<(*mut Scratch, usize)> {
+        let (addr, room) = match self {
+            Data::Syscall(tid) => {
+                let (kind, arg) = crate::syscalls::io_buffer(tid)?;
+                user_data(kind, arg)?
+            }
+            Data::User(addr) => (addr, u64::MAX),
+        };
+        let n = len.min(room).min(PEEK_LEN as u64) as usize;
+        if n == 0 || n > PEEK_LEN {
+            return None;
+        }
+        let s = REQ_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: a per-CPU value, used by one program at a time on its CPU;
+        // bpf_probe_read_user checks the source, and `n` is within the buffer.
+        unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut (&mut (*s).buf)[..n]) }.ok()?;
+        Some((s, n))
     }
-    let s = REQ_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU value, used by one program at a time on its CPU;
-    // bpf_probe_read_user checks the source, and `n` is within the buffer.
-    unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut (&mut (*s).buf)[..n]) }.ok()?;
-    Some((s, n))
+}
+
+/// Whether the bytes start a TLS handshake record (content type 22,
+/// version 3.x: SSL 3.0 to TLS 1.3 all say 3.1 to 3.4 on the record).
+#[inline(always)]
+pub fn tls_record(s: *mut Scratch, n: usize) -> bool {
+    // SAFETY: the per-CPU scratch `peek` filled, used by this program alone.
+    let b = unsafe { &(*s).buf };
+    n >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
 }
 
 #[inline(always)]
