@@ -230,7 +230,30 @@ impl Http {
 /// nginx on a loopback port with `locations` (its `server` block's body),
 /// writing "STATUS METHOD TARGET" per request to `DIR/access.log`.
 fn nginx(dir: &Path, locations: &str) -> (Daemon, u16) {
+    nginx_on(dir, locations, false)
+}
+
+/// As [`nginx`], over HTTPS with a self-signed certificate made in `dir`.
+fn nginx_tls(dir: &Path, locations: &str) -> (Daemon, u16) {
+    nginx_on(dir, locations, true)
+}
+
+fn nginx_on(dir: &Path, locations: &str, tls: bool) -> (Daemon, u16) {
     let port = free_port();
+    let ssl = if tls {
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem")));
+        format!(
+            " ssl;\n ssl_certificate {d}/cert.pem;\n ssl_certificate_key {d}/key.pem",
+            d = dir.display()
+        )
+    } else {
+        String::new()
+    };
     let conf = format!(
         "worker_processes 1;\n\
          pid {d}/nginx.pid;\n\
@@ -241,7 +264,7 @@ fn nginx(dir: &Path, locations: &str) -> (Daemon, u16) {
            access_log {d}/access.log truth;\n\
            keepalive_requests 100000;\n\
            server {{\n\
-             listen 127.0.0.1:{port};\n\
+             listen 127.0.0.1:{port}{ssl};\n\
              {locations}\n\
            }}\n\
          }}\n",
@@ -471,6 +494,185 @@ fn http_statuses_routes_and_errors_match_nginx_access_log() {
     assert_eq!(ab_side(&|t| t.count), ab_ok.0 + ab_err.0, "ab: {ab_ok:?} {ab_err:?}");
     assert_eq!(ab_side(&|t| t.errors), ab_err.1, "ab's non-2xx answers (all 500)");
     assert_eq!((ab_ok.1, ab_err.0, ab_err.1), (0, 40, 40));
+}
+
+/// Runs `cmd` (a client), returns its pid and what it printed.
+fn client(cmd: &mut Command) -> (u32, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// curl -k on `urls` in one invocation (one keep-alive connection): its
+/// pid and the status code of each answer, as curl printed them.
+fn curl(urls: &[String]) -> (u32, Vec<u16>) {
+    // `-o` applies to the URL after it: each answer's body is dropped.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-w", "%{http_code}\\n"]);
+    for u in urls {
+        cmd.args(["-o", "/dev/null", u]);
+    }
+    let (pid, out) = client(&mut cmd);
+    (pid, out.lines().map(|l| l.parse().unwrap()).collect())
+}
+
+/// nginx's HTTPS locations for the TLS tests.
+const TLS_LOCATIONS: &str = "location = /api/checkout { return 200 \"ok\\n\"; }\n\
+     location /api/items/ { return 200 \"item\\n\"; }\n\
+     location = /boom { return 500; }\n\
+     location = /busy { return 503; }\n\
+     location = /moved { return 301 /api/checkout; }\n\
+     location / { return 404; }";
+
+/// The status record's `tls` object.
+fn tls_status(records: &[Value]) -> &Value {
+    &records.iter().find(|r| r["type"] == "status").expect("a status record")["tls"]
+}
+
+#[test]
+fn https_through_openssl_matches_nginx_access_log() {
+    require_bpf!();
+    let dir = tempdir("req-nginx-tls");
+    let (_nginx, port) = nginx_tls(&dir, TLS_LOCATIONS);
+    let agent = agent(&["nginx", "curl", "ab", "openssl"]);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+
+    // curl: one keep-alive connection for many URLs, then fresh ones.
+    let mut curls = Vec::new();
+    let mut keep = Vec::new();
+    for (target, n) in [("/api/checkout", 6), ("/api/items/12", 3), ("/boom", 2), ("/nope", 2)] {
+        keep.extend(std::iter::repeat_n(url(target), n));
+    }
+    keep.extend([url("/moved"), url("/api/items/9f8e7d6c-5b4a?x=1"), url("/busy")]);
+    curls.push(curl(&keep));
+    for target in ["/boom", "/api/checkout", "/missing/7"] {
+        curls.push(curl(&[url(target)]));
+    }
+    // openssl s_client: one request per connection, its own answer read.
+    let mut s_clients = Vec::new();
+    for target in ["/api/items/77", "/nope"] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-quiet", "-ign_eof"])
+            .stdin(Stdio::piped());
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(req.as_bytes()).unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let code: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        s_clients.push((pid, code));
+    }
+    // ApacheBench over HTTPS: keep-alive and concurrent, then a new
+    // connection each.
+    let ab_ok = ab(&["-k", "-n", "60", "-c", "3", &url("/api/checkout")]);
+    let ab_err = ab(&["-n", "20", "-c", "2", &url("/busy")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let log = access_log(&dir);
+
+    let tls = tls_status(&records);
+    assert_eq!(tls["uprobes"], true, "{tls}");
+
+    // Every record of the port says TLS.
+    let on_port = |r: &&Value| r["type"] == "endpoint" && r["port"] == port;
+    assert!(records.iter().filter(on_port).count() >= 3);
+    for r in records.iter().filter(on_port) {
+        assert_eq!(r["tls"], true, "{r}");
+    }
+
+    // The server: every line of nginx's log, by status class.
+    let truth = Totals::http(log.iter().map(|l| l.0));
+    let sent: usize = curls.iter().map(|c| c.1.len()).sum::<usize>() + s_clients.len();
+    assert_eq!(truth.count, sent as u64 + 60 + 20, "nginx's own log");
+    let seen = sum(&records, "endpoint", "http1", server_of("nginx", port));
+    assert_eq!(seen, truth, "nginx HTTPS server endpoint vs its access log");
+
+    // Its routes: the log's targets, normalized by the reference rule.
+    let mut want: BTreeMap<String, Totals> = BTreeMap::new();
+    for (code, method, target) in &log {
+        let key = format!("{method} {}", reference_route(method, target));
+        let t = want.entry(key).or_default();
+        let one = Totals::http([*code]);
+        t.count += 1;
+        t.errors += one.errors;
+        t.client_errors += one.client_errors;
+        for (a, b) in t.status.iter_mut().zip(one.status) {
+            *a += b;
+        }
+    }
+    assert!(want.contains_key("GET /api/items/{id}"), "{want:?}");
+    assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx HTTPS routes");
+
+    // The clients: each saw exactly the answers it printed.
+    for (pid, codes) in &curls {
+        let seen = sum(&records, "endpoint", "http1", client_of(*pid, port));
+        assert_eq!(seen, Totals::http(codes.iter().copied()), "curl {pid}: {codes:?}");
+    }
+    for &(pid, code) in &s_clients {
+        let seen = sum(&records, "endpoint", "http1", client_of(pid, port));
+        assert_eq!(seen, Totals::http([code]), "openssl s_client {pid}");
+    }
+    let ab_side = sum(&records, "endpoint", "http1", |r: &Value| {
+        r["comm"] == "ab" && r["role"] == "client" && r["port"] == port
+    });
+    assert_eq!(ab_side.count, ab_ok.0 + ab_err.0, "ab: {ab_ok:?} {ab_err:?}");
+    assert_eq!(ab_side.errors, ab_err.1, "ab's non-2xx answers (all 503)");
+    assert_eq!((ab_ok, ab_err), ((60, 0), (20, 20)));
+}
+
+#[test]
+fn tls_without_uprobes_is_counted_with_no_protocol() {
+    require_bpf!();
+    let dir = tempdir("req-nginx-tls-l4");
+    let (_nginx, port) = nginx_tls(&dir, TLS_LOCATIONS);
+    let config = dir.join("probe.toml");
+    let default = run(Command::new(probe_tests::agent_bin()).args(["config", "--default"]));
+    let text = default
+        .replace("# [requests]\n", "[requests]\n")
+        .replace("# tls_uprobes = true\n", "tls_uprobes = false\n");
+    assert!(text.contains("[requests]\n") && text.contains("tls_uprobes = false\n"));
+    std::fs::write(&config, text).unwrap();
+    let agent = agent_with(&["nginx", "curl"], &["--config", config.to_str().unwrap()]);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let (keep, codes) = curl(&[url("/api/checkout"), url("/boom"), url("/nope"), url("/moved")]);
+    assert_eq!(codes, [200, 500, 404, 301]);
+    let (fresh, _) = curl(&[url("/api/items/1")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let log = access_log(&dir);
+    assert_eq!(log.len(), 5, "nginx's own log");
+
+    let tls = tls_status(&records);
+    assert_eq!(tls["uprobes"], false, "{tls}");
+    assert!(tls["reason"].as_str().unwrap().contains("tls_uprobes"), "{tls}");
+    // Both sides: TLS, no protocol, no status classes and no routes; the
+    // exchanges (handshake steps and requests) are counted as before.
+    for (what, pick) in [
+        ("nginx", &server_of("nginx", port) as &dyn Fn(&Value) -> bool),
+        ("curl keep-alive", &client_of(keep, port)),
+        ("curl fresh", &client_of(fresh, port)),
+    ] {
+        let eps: Vec<&Value> =
+            records.iter().filter(|r| r["type"] == "endpoint" && pick(r)).collect();
+        assert!(!eps.is_empty(), "{what}: no endpoint record");
+        for r in &eps {
+            assert_eq!((&r["protocol"], &r["tls"]), (&"unknown".into(), &true.into()), "{r}");
+            assert!(r["requests"]["status"].is_null(), "{r}");
+        }
+        let t = sum(&records, "endpoint", "unknown", pick);
+        assert!(t.count >= 1, "{what}: {t:?}");
+        assert!(!records.iter().any(|r| r["type"] == "route" && pick(r)), "{what}: routes");
+    }
+    // The server's exchanges at least one per request it logged.
+    let t = sum(&records, "endpoint", "unknown", server_of("nginx", port));
+    assert!(t.count >= log.len() as u64, "{t:?} vs {} logged", log.len());
 }
 
 #[test]
