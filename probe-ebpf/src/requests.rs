@@ -120,7 +120,9 @@ impl Data {
 }
 
 /// Whether the bytes start a TLS handshake record (content type 22,
-/// version 3.x: SSL 3.0 to TLS 1.3 all say 3.1 to 3.4 on the record).
+/// version 3.x: SSL 3.0 to TLS 1.3 all say 3.0 to 3.4 on the record). A
+/// connection's first bytes are its handshake; one made before the agent
+/// started has no role, so no requests, whatever its bytes.
 #[inline(always)]
 pub fn tls_record(s: *mut Scratch, n: usize) -> bool {
     // SAFETY: the per-CPU scratch `peek` filled, used by this program alone.
