@@ -638,6 +638,16 @@ mod tests {
     }
 
     #[test]
+    fn tls_uprobes_default_on_and_switch_off() {
+        assert!(Config::default().tls_uprobes);
+        let on = default_text().replace("# [requests]\n", "[requests]\n");
+        assert!(parse(&on, "x").unwrap().tls_uprobes, "a [requests] section without the key");
+        let off = on.replace("# tls_uprobes = true\n", "tls_uprobes = false\n");
+        assert_ne!(off, on);
+        assert!(!parse(&off, "x").unwrap().tls_uprobes);
+    }
+
+    #[test]
     fn route_patterns() {
         assert!(route_matches("/api/users/{user}", "/api/users/alice"));
         assert!(route_matches("/api/orders/{id}", "/api/orders/{id}"));
