@@ -540,7 +540,7 @@ fn https_through_openssl_matches_nginx_access_log() {
     require_bpf!();
     let dir = tempdir("req-nginx-tls");
     let (_nginx, port) = nginx_tls(&dir, TLS_LOCATIONS);
-    let agent = agent(&["nginx", "curl", "ab", "openssl"]);
+    let agent = agent(&["nginx", "curl", "ab", "openssl", "python3"]);
     let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
 
     // curl: one keep-alive connection for many URLs, then fresh ones.
@@ -569,6 +569,21 @@ fn https_through_openssl_matches_nginx_access_log() {
         let code: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
         s_clients.push((pid, code));
     }
+    // Python's http.client (its ssl module calls SSL_read_ex and
+    // SSL_write_ex): keep-alive, reconnecting when nginx closes.
+    let script = format!(
+        "import http.client, ssl\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {port},\n\
+         \x20   context=ssl._create_unverified_context())\n\
+         for t in ['/api/items/5', '/busy', '/api/checkout', '/nope', '/api/items/6']:\n\
+         \x20   c.request('GET', t)\n\
+         \x20   r = c.getresponse()\n\
+         \x20   r.read()\n\
+         \x20   print(r.status)\n"
+    );
+    let (py_pid, out) = client(Command::new("python3").arg("-c").arg(script));
+    let py_codes: Vec<u16> = out.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(py_codes, [200, 503, 200, 404, 200]);
     // ApacheBench over HTTPS: keep-alive and concurrent, then a new
     // connection each.
     let ab_ok = ab(&["-k", "-n", "60", "-c", "3", &url("/api/checkout")]);
@@ -589,7 +604,8 @@ fn https_through_openssl_matches_nginx_access_log() {
 
     // The server: every line of nginx's log, by status class.
     let truth = Totals::http(log.iter().map(|l| l.0));
-    let sent: usize = curls.iter().map(|c| c.1.len()).sum::<usize>() + s_clients.len();
+    let sent: usize =
+        curls.iter().map(|c| c.1.len()).sum::<usize>() + s_clients.len() + py_codes.len();
     assert_eq!(truth.count, sent as u64 + 60 + 20, "nginx's own log");
     let seen = sum(&records, "endpoint", "http1", server_of("nginx", port));
     assert_eq!(seen, truth, "nginx HTTPS server endpoint vs its access log");
@@ -615,6 +631,11 @@ fn https_through_openssl_matches_nginx_access_log() {
         let seen = sum(&records, "endpoint", "http1", client_of(*pid, port));
         assert_eq!(seen, Totals::http(codes.iter().copied()), "curl {pid}: {codes:?}");
     }
+    assert_eq!(
+        sum(&records, "endpoint", "http1", client_of(py_pid, port)),
+        Totals::http(py_codes.iter().copied()),
+        "python's http.client (SSL_read_ex, SSL_write_ex)"
+    );
     for &(pid, code) in &s_clients {
         let seen = sum(&records, "endpoint", "http1", client_of(pid, port));
         assert_eq!(seen, Totals::http([code]), "openssl s_client {pid}");
