@@ -241,12 +241,7 @@ fn nginx_tls(dir: &Path, locations: &str) -> (Daemon, u16) {
 fn nginx_on(dir: &Path, locations: &str, tls: bool) -> (Daemon, u16) {
     let port = free_port();
     let ssl = if tls {
-        run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem")));
+        self_signed(dir);
         format!(
             " ssl;\n ssl_certificate {d}/cert.pem;\n ssl_certificate_key {d}/key.pem",
             d = dir.display()
@@ -282,6 +277,16 @@ fn nginx_on(dir: &Path, locations: &str, tls: bool) -> (Daemon, u16) {
     );
     wait_listening(port);
     (d, port)
+}
+
+/// A self-signed certificate and its key, `DIR/cert.pem` and `DIR/key.pem`.
+fn self_signed(dir: &Path) {
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem")));
 }
 
 /// nginx's access log: (status, method, target) per request.
@@ -694,6 +699,84 @@ fn tls_without_uprobes_is_counted_with_no_protocol() {
     // The server's exchanges at least one per request it logged.
     let t = sum(&records, "endpoint", "unknown", server_of("nginx", port));
     assert!(t.count >= log.len() as u64, "{t:?} vs {} logged", log.len());
+}
+
+#[test]
+fn a_private_copy_of_libssl_mapped_before_the_start_is_probed_too() {
+    require_bpf!();
+    let dir = tempdir("req-libssl-copy");
+    self_signed(&dir);
+    // A copy of the host's libssl (another file), used by an HTTPS server
+    // (Python's http.server) started before the agent: only the server's
+    // maps name it.
+    let ldd = run(Command::new("ldd").arg(run(Command::new("which").arg("openssl")).trim()));
+    let host_lib = ldd
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(2).filter(|p| p.ends_with("/libssl.so.3")))
+        .expect("openssl links libssl.so.3");
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::copy(host_lib, lib.join("libssl.so.3")).unwrap();
+    let port = free_port();
+    let log = dir.join("served.log");
+    let script = format!(
+        "import http.server, ssl\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   protocol_version = 'HTTP/1.1'\n\
+         \x20   def do_GET(self):\n\
+         \x20       code = 200 if self.path.startswith('/ok') else 404\n\
+         \x20       with open('{log}', 'a') as f: f.write(f'{{code}}\\n')\n\
+         \x20       self.send_response(code)\n\
+         \x20       self.send_header('Content-Length', '3')\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(b'hi\\n')\n\
+         \x20   def log_message(self, *a): pass\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain('{d}/cert.pem', '{d}/key.pem')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        log = log.display(),
+        d = dir.display(),
+    );
+    let server = Daemon::spawn(
+        Command::new("python3").arg("-c").arg(script).env("LD_LIBRARY_PATH", &lib),
+        libc::SIGTERM,
+    );
+    let copy = lib.join("libssl.so.3").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let maps = format!("/proc/{}/maps", server.child.id());
+    while !std::fs::read_to_string(&maps).unwrap_or_default().contains(&copy) {
+        assert!(Instant::now() < deadline, "the server never mapped the copy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    wait_listening(port);
+    let agent = agent(&["python3", "curl"]);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let runs = [curl(&[url("/ok"), url("/ok/1"), url("/nope")]), curl(&[url("/ok")])];
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let served: Vec<u16> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+
+    let tls = tls_status(&records);
+    let libs = tls["libraries"].as_array().unwrap();
+    let seen_as = format!("/proc/{}/root{copy}", server.child.id());
+    assert!(libs.iter().any(|l| l == &seen_as), "{seen_as} in {libs:?}");
+    assert_eq!(served, [200, 200, 404, 200], "the server's own log");
+    let codes: Vec<u16> = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
+    assert_eq!(codes, served, "curl's own statuses");
+    let server_side = |r: &Value| r["role"] == "server" && r["port"] == port;
+    let seen = sum(&records, "endpoint", "http1", server_side);
+    assert_eq!(seen, Totals::http(served.iter().copied()), "the server over the copied libssl");
+    for r in records.iter().filter(|r| r["type"] == "endpoint" && r["port"] == port) {
+        assert_eq!(r["tls"], true, "{r}");
+    }
+    for (pid, codes) in &runs {
+        let seen = sum(&records, "endpoint", "http1", client_of(*pid, port));
+        assert_eq!(seen, Totals::http(codes.iter().copied()), "curl {pid}");
+    }
 }
 
 #[test]
