@@ -413,12 +413,22 @@ fn redis_command(s: *mut Scratch, n: usize) -> u32 {
     walked(s)
 }
 
+/// `i` if it is below `limit`, checked on `i` itself after a reload the
+/// compiler cannot see through, so the check stays in the program. Else
+/// LLVM may fold it into a loop's own condition on `i + k`, and a verifier
+/// before Linux 6.18 (seen on 6.12) then loses the lower bound of `i`:
+/// "min value is negative" on the byte read.
+#[inline(always)]
+fn below(i: usize, limit: usize) -> Option<usize> {
+    // SAFETY: a read of a local variable.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    (i < limit).then_some(i)
+}
+
 /// Big-endian u32 at `at` (PostgreSQL's lengths and codes).
 #[inline(always)]
 fn be32(b: &[u8; PEEK_LEN], at: usize) -> u32 {
-    if at + 4 > PEEK_LEN {
-        return 0;
-    }
+    let Some(at) = below(at, PEEK_LEN - 3) else { return 0 };
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -532,18 +542,19 @@ pub fn answer(s: *mut Scratch, n: usize, p: u8) -> Option<u8> {
             let mut at = 0usize;
             let mut k = 0;
             while k < 8 && at + 5 <= n && at + 5 <= PEEK_LEN {
-                let t = b[at];
+                let Some(i) = below(at, PEEK_LEN) else { break };
+                let t = b[i];
                 if t == b'E' {
                     return Some(status::ERROR);
                 }
                 if t == b'Z' {
                     break;
                 }
-                let len = be32(b, at + 1) as usize;
+                let len = be32(b, i + 1) as usize;
                 if len < 4 {
                     break;
                 }
-                at += 1 + len;
+                at = i + 1 + len;
                 k += 1;
             }
             Some(status::OK)

@@ -1,10 +1,12 @@
 //! Application-level requests against real servers and clients whose own
 //! counts are the truth: nginx (its access log) with a raw keep-alive
-//! client, a pipelining shell and ApacheBench; Python's http.server with
-//! known per-route delays; redis-server (its INFO) with redis-cli and
-//! redis-benchmark; PostgreSQL with psql and pgbench; hostile bytes; and
-//! route normalization checked against an independent reference on
-//! random paths.
+//! client, a pipelining shell and ApacheBench; nginx over HTTPS with curl,
+//! openssl s_client, Python's http.client and ApacheBench (read through
+//! the OpenSSL uprobes, and without them); a private copy of libssl under
+//! Python's HTTPS server; Python's http.server with known per-route
+//! delays; redis-server (its INFO) with redis-cli and redis-benchmark;
+//! PostgreSQL with psql and pgbench; hostile bytes; and route
+//! normalization checked against an independent reference on random paths.
 
 use std::{
     collections::BTreeMap,
