@@ -20,7 +20,9 @@
 //! none is outstanding, and ends when the server next sends; a client's is
 //! the mirror image: it starts when the client sends and ends when it
 //! first reads the answer. A reset or close while a request is outstanding
-//! counts as a failed request.
+//! counts as a failed request. A socket used inside a probed OpenSSL call
+//! (`tls.rs`) is driven by the plaintext of `SSL_read`/`SSL_write` instead
+//! of its system calls, which carry ciphertext.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -512,15 +514,24 @@ fn through_ssl(s: *mut SockState, sk: u64, tid: u32) -> bool {
         if (p != proto::UNKNOWN && p & proto::TLS == 0) || !tls::in_call(tid, sk) {
             return false;
         }
-        // Whatever the socket programs made of its handshake is dropped:
-        // requests start with its first plaintext.
+    }
+    hand_to_ssl(s);
+    true
+}
+
+/// From now on the socket's requests come from OpenSSL's plaintext: what
+/// the socket programs made of its handshake is dropped, and requests
+/// start with its first plaintext.
+#[inline(always)]
+fn hand_to_ssl(s: *mut SockState) {
+    // SAFETY: as in `through_ssl`.
+    unsafe {
         (*s).ssl = 1;
         (*s).proto = proto::TLS;
         (*s).outstanding = 0;
         (*s).answered = 0;
         (*s).parsed = PARSED_NO;
     }
-    true
 }
 
 /// Plaintext `len` bytes at `buf` that OpenSSL read (`read`) or wrote on
@@ -530,12 +541,8 @@ fn through_ssl(s: *mut SockState, sk: u64, tid: u32) -> bool {
 pub(crate) fn on_ssl(sk: u64, read: bool, buf: u64, len: u64) {
     let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return };
     // SAFETY: as in `through_ssl`.
-    unsafe {
-        if (*s).ssl == 0 {
-            (*s).ssl = 1;
-            (*s).proto = proto::TLS;
-            (*s).outstanding = 0;
-        }
+    if unsafe { (*s).ssl } == 0 {
+        hand_to_ssl(s);
     }
     if read {
         on_recv(s, Data::User(buf), len);
