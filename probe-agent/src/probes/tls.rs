@@ -57,6 +57,8 @@ pub struct TlsStatus {
 
 /// The distinct libssl.so.3 files (by device and inode): the host's, then
 /// those processes map; at most [`LIBRARIES_MAX`], and how many more.
+/// Another user's process's maps (and root) need CAP_SYS_PTRACE: without
+/// it, its private copy is missed (the host's copy is still found).
 pub fn find_libraries() -> (Vec<PathBuf>, u64) {
     let mut seen = BTreeSet::new();
     let mut found = Vec::new();
@@ -72,8 +74,12 @@ pub fn find_libraries() -> (Vec<PathBuf>, u64) {
             cut += 1;
         }
     };
-    for dir in HOST_DIRS {
-        add(Path::new(dir).join(LIBRARY));
+    // The host's copy, seen from the agent's root and from init's (the
+    // host's, when the agent runs in a container with the host's PIDs).
+    for root in ["/", "/proc/1/root"] {
+        for dir in HOST_DIRS {
+            add(Path::new(root).join(&dir[1..]).join(LIBRARY));
+        }
     }
     let Ok(procs) = std::fs::read_dir("/proc") else { return (found, cut) };
     for entry in procs.flatten() {
