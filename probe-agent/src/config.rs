@@ -90,6 +90,10 @@ struct RawRequests {
     /// `{name}` matches one path segment, e.g. "/api/users/{user}".
     #[serde(default)]
     routes: Vec<String>,
+    /// Read HTTPS and other TLS through the uprobes on the libssl.so.3
+    /// processes map (default: off, for their cost per call).
+    #[serde(default)]
+    tls_uprobes: bool,
 }
 
 fn none() -> String {
@@ -141,6 +145,8 @@ pub struct Config {
     pub outcomes: crate::aggregate::tcp::Outcomes,
     /// Route patterns (`[requests] routes`), in order.
     pub route_patterns: Vec<String>,
+    /// Whether to attach the OpenSSL uprobes (`[requests] tls_uprobes`).
+    pub tls_uprobes: bool,
 }
 
 /// The escalation guide's industry profiles.
@@ -506,6 +512,7 @@ fn validate(raw: RawConfig) -> Result<Config, String> {
             client_errors_are_errors: raw.requests.client_errors_are_errors,
         },
         route_patterns,
+        tls_uprobes: raw.requests.tls_uprobes,
     })
 }
 
@@ -737,6 +744,16 @@ mod tests {
             }
         }
         assert!(accepted > 0, "some mutations stay valid (e.g. a changed comment)");
+    }
+
+    #[test]
+    fn tls_uprobes_default_off_and_switch_on() {
+        assert!(!Config::default().tls_uprobes);
+        let section = default_text().replace("# [requests]\n", "[requests]\n");
+        assert!(!parse(&section, "x").unwrap().tls_uprobes, "a [requests] section without the key");
+        let on = section.replace("# tls_uprobes = false\n", "tls_uprobes = true\n");
+        assert_ne!(on, section);
+        assert!(parse(&on, "x").unwrap().tls_uprobes);
     }
 
     #[test]

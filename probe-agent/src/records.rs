@@ -303,6 +303,8 @@ pub struct StatusRecord {
     pub capabilities: Vec<String>,
     /// Whether no_new_privs is set (on every thread).
     pub no_new_privs: bool,
+    /// Whether HTTPS through OpenSSL is read (its uprobes), and why not.
+    pub tls: crate::probes::tls::TlsStatus,
     /// Each program's cost per run measured at start-up, ns.
     pub program_cost_ns: BTreeMap<&'static str, f64>,
     /// The focus KPIs of the configuration (3-5 paths), the ones a
@@ -497,13 +499,19 @@ pub struct LostRecord {
     /// Route names the kernel could not store (its map is an LRU: only
     /// when it failed outright).
     pub route_names_full: u64,
+    /// OpenSSL calls not followed because SSL_CALLS (threads inside one at
+    /// once, 16384) was full: their plaintext was not read.
+    pub tls_calls_full: u64,
+    /// Plaintext read or written through OpenSSL whose socket was unknown
+    /// (no system call in that call, and SSL_SOCKS, an LRU, forgot it).
+    pub tls_no_socket: u64,
     /// Rule evaluations skipped: too many (rule, scope) pairs tracked (100000).
     pub alert_scopes_cut: u64,
 }
 
 impl LostRecord {
     /// Each counter by its field name.
-    pub fn fields(&self) -> [(&'static str, u64); 16] {
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
         [
             ("syscall_stats_full", self.syscall_stats_full),
             ("syscall_start_full", self.syscall_start_full),
@@ -520,6 +528,8 @@ impl LostRecord {
             ("tcp_endpoints_full", self.tcp_endpoints_full),
             ("tcp_routes_cut", self.tcp_routes_cut),
             ("route_names_full", self.route_names_full),
+            ("tls_calls_full", self.tls_calls_full),
+            ("tls_no_socket", self.tls_no_socket),
             ("alert_scopes_cut", self.alert_scopes_cut),
         ]
     }

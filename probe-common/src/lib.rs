@@ -12,6 +12,7 @@ pub mod requests;
 pub mod runs;
 pub mod syscalls;
 pub mod tcp;
+pub mod tls;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`, include/linux/sched.h).
 pub const COMM_LEN: usize = 16;

@@ -14,6 +14,11 @@ pub mod proto {
     pub const REDIS: u8 = 2;
     /// The PostgreSQL frontend/backend protocol (v3).
     pub const POSTGRES: u8 = 3;
+    /// A flag on the others: the connection's first bytes were a TLS
+    /// record. Its requests are then read as plaintext through OpenSSL's
+    /// `SSL_read`/`SSL_write` when the process uses a libssl the agent
+    /// probes, else counted as request/response exchanges (`UNKNOWN | TLS`).
+    pub const TLS: u8 = 0x80;
 }
 
 /// HTTP methods, the `method` of an endpoint key (0: none or unknown).

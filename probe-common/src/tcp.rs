@@ -57,7 +57,10 @@ pub struct SockState {
     /// bytes were read (method and route known).
     pub method: u8,
     pub parsed: u8,
-    pub _pad: u8,
+    /// 1 once the socket was used inside an OpenSSL call the agent probes:
+    /// its requests are then read from the plaintext at `SSL_read` and
+    /// `SSL_write`, not from its (encrypted) system calls.
+    pub ssl: u8,
     /// Remote address: IPv6, or IPv4-mapped IPv6.
     pub raddr: [u8; 16],
     /// When the connect started (SYN sent).
@@ -151,9 +154,15 @@ pub enum Counter {
     RoutesCut = 3,
     /// A route's name could not be stored: `ROUTE_NAMES` full.
     RouteNamesFull = 4,
+    /// An OpenSSL call could not be followed: `SSL_CALLS` (threads inside
+    /// `SSL_read`/`SSL_write`/`SSL_do_handshake` at once) full.
+    SslCallsFull = 5,
+    /// Plaintext read or written through OpenSSL whose socket was not
+    /// known (no system call in that call, and `SSL_SOCKS` forgot it).
+    SslNoSocket = 6,
 }
 
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 7;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,6 +11,7 @@ mod runs;
 mod sched;
 mod syscalls;
 mod tcp;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -85,21 +85,49 @@ fn user_data(kind: u32, arg: u64) -> Option<(u64, u64)> {
     }
 }
 
-/// Reads the first bytes (at most [`PEEK_LEN`], at most `len`) the current
-/// call moves into this CPU's scratch; returns it and how many were read.
-#[inline(always)]
-pub fn peek(tid: u32, len: u64) -> Option<(*mut Scratch, usize)> {
-    let (kind, arg) = crate::syscalls::io_buffer(tid)?;
-    let (addr, room) = user_data(kind, arg)?;
-    let n = len.min(room).min(PEEK_LEN as u64) as usize;
-    if n == 0 || n > PEEK_LEN {
-        return None;
+/// Where a request's or answer's bytes are in user memory.
+#[derive(Clone, Copy)]
+pub enum Data {
+    /// The buffer of the thread's current read or write call (stashed at
+    /// `sys_enter`).
+    Syscall(u32),
+    /// Plaintext at this address (OpenSSL's `SSL_read`/`SSL_write` buffer).
+    User(u64),
+}
+
+impl Data {
+    /// Reads the first bytes (at most [`PEEK_LEN`], at most `len`) into this
+    /// CPU's scratch; returns it and how many were read.
+    #[inline(always)]
+    pub fn peek(self, len: u64) -> Option<(*mut Scratch, usize)> {
+        let (addr, room) = match self {
+            Data::Syscall(tid) => {
+                let (kind, arg) = crate::syscalls::io_buffer(tid)?;
+                user_data(kind, arg)?
+            }
+            Data::User(addr) => (addr, u64::MAX),
+        };
+        let n = len.min(room).min(PEEK_LEN as u64) as usize;
+        if n == 0 || n > PEEK_LEN {
+            return None;
+        }
+        let s = REQ_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: a per-CPU value, used by one program at a time on its CPU;
+        // bpf_probe_read_user checks the source, and `n` is within the buffer.
+        unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut (&mut (*s).buf)[..n]) }.ok()?;
+        Some((s, n))
     }
-    let s = REQ_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU value, used by one program at a time on its CPU;
-    // bpf_probe_read_user checks the source, and `n` is within the buffer.
-    unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut (&mut (*s).buf)[..n]) }.ok()?;
-    Some((s, n))
+}
+
+/// Whether the bytes start a TLS handshake record (content type 22,
+/// version 3.x: SSL 3.0 to TLS 1.3 all say 3.0 to 3.4 on the record). A
+/// connection's first bytes are its handshake; one made before the agent
+/// started has no role, so no requests, whatever its bytes.
+#[inline(always)]
+pub fn tls_record(s: *mut Scratch, n: usize) -> bool {
+    // SAFETY: the per-CPU scratch `peek` filled, used by this program alone.
+    let b = unsafe { &(*s).buf };
+    n >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
 }
 
 #[inline(always)]
@@ -399,12 +427,22 @@ fn redis_command(s: *mut Scratch, n: usize) -> u32 {
     walked(s)
 }
 
+/// `i` if it is below `limit`, checked on `i` itself after a reload the
+/// compiler cannot see through, so the check stays in the program. Else
+/// LLVM may fold it into a loop's own condition on `i + k`, and a verifier
+/// before Linux 6.18 (seen on 6.12) then loses the lower bound of `i`:
+/// "min value is negative" on the byte read.
+#[inline(always)]
+fn below(i: usize, limit: usize) -> Option<usize> {
+    // SAFETY: a read of a local variable.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    (i < limit).then_some(i)
+}
+
 /// Big-endian u32 at `at` (PostgreSQL's lengths and codes).
 #[inline(always)]
 fn be32(b: &[u8; PEEK_LEN], at: usize) -> u32 {
-    if at + 4 > PEEK_LEN {
-        return 0;
-    }
+    let Some(at) = below(at, PEEK_LEN - 3) else { return 0 };
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -576,18 +614,19 @@ pub fn answer(s: *mut Scratch, n: usize, p: u8) -> Option<u8> {
             let mut at = 0usize;
             let mut k = 0;
             while k < 8 && at + 5 <= n && at + 5 <= PEEK_LEN {
-                let t = b[at];
+                let Some(i) = below(at, PEEK_LEN) else { break };
+                let t = b[i];
                 if t == b'E' {
                     return Some(sqlstate(s, n, at + 5));
                 }
                 if t == b'Z' {
                     break;
                 }
-                let len = be32(b, at + 1) as usize;
+                let len = be32(b, i + 1) as usize;
                 if len < 4 {
                     break;
                 }
-                at += 1 + len;
+                at = i + 1 + len;
                 k += 1;
             }
             Some(status::OK)

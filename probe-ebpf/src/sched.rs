@@ -8,7 +8,7 @@ use aya_ebpf::{
 
 use probe_common::runs::slot;
 
-use crate::{cpu, runs, syscalls};
+use crate::{cpu, runs, syscalls, tls};
 
 /// `sched_switch(preempt, prev, next, prev_state)`: runs on the switching
 /// CPU with `current` still `prev`.
@@ -53,5 +53,6 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     syscalls::on_thread_exit(pid_tgid as u32, (pid_tgid >> 32) as u32);
     cpu::on_thread_exit();
+    tls::on_thread_exit(pid_tgid as u32);
     0
 }

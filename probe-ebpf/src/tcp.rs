@@ -20,7 +20,9 @@
 //! none is outstanding, and ends when the server next sends; a client's is
 //! the mirror image: it starts when the client sends and ends when it
 //! first reads the answer. A reset or close while a request is outstanding
-//! counts as a failed request.
+//! counts as a failed request. A socket used inside a probed OpenSSL call
+//! (`tls.rs`) is driven by the plaintext of `SSL_read`/`SSL_write` instead
+//! of its system calls, which carry ciphertext.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -32,7 +34,8 @@ use aya_ebpf::{
 
 use crate::{
     maps::{self, Upserted},
-    requests, runs,
+    requests::{self, Data},
+    runs, tls,
 };
 use probe_common::{
     hist::bucket_of,
@@ -120,7 +123,7 @@ fn detail_off() -> bool {
 }
 
 #[inline(always)]
-fn bump(reason: Counter) {
+pub(crate) fn bump(reason: Counter) {
     maps::bump(&TCP_CNT, reason as u32);
 }
 
@@ -165,7 +168,8 @@ fn request(s: &SockState, slot: u16, ns: u64, status: u8) {
     }
     let (port, peer) =
         if s.role == ROLE_SERVER { (s.lport, [0u8; 16]) } else { (s.rport, s.raddr) };
-    let proto = if s.proto == PROTO_L4 { proto::UNKNOWN } else { s.proto };
+    let app = s.proto & !proto::TLS;
+    let proto = if app == PROTO_L4 { proto::UNKNOWN } else { app } | (s.proto & proto::TLS);
     let mut key = EndpointKey {
         tgid: s.tgid,
         port,
@@ -222,19 +226,20 @@ fn admit(key: &EndpointKey) -> bool {
     }
 }
 
-/// `proto` of a socket whose first request matched no protocol: counted
-/// as L4 request/response exchanges, and not looked at again.
-const PROTO_L4: u8 = 0xfe;
+/// `proto` (without its TLS flag) of a socket whose first request matched
+/// no protocol: counted as L4 request/response exchanges, and not looked
+/// at again.
+const PROTO_L4: u8 = 0x7f;
 /// `parsed` of a socket's outstanding request: not yet read, read, or
 /// read and not a request (start-up, authentication).
 const PARSED_NO: u8 = 0;
 const PARSED_YES: u8 = 1;
 const PARSED_SKIP: u8 = 2;
 
-/// Reads the outstanding request's first bytes (moved by the current
-/// call, `len` of them) for its protocol, method and route.
+/// Reads the outstanding request's first bytes (at `data`, `len` of them)
+/// for its protocol, method and route.
 #[inline(always)]
-fn parse_request(s: *mut SockState, tid: u32, len: u64) {
+fn parse_request(s: *mut SockState, data: Data, len: u64) {
     // SAFETY: `s` is this socket's entry in TCP_SOCKS; programs on other
     // CPUs may write it too, which at worst mixes two requests' labels.
     unsafe {
@@ -244,22 +249,31 @@ fn parse_request(s: *mut SockState, tid: u32, len: u64) {
         (*s).parsed = PARSED_YES;
         (*s).method = 0;
         (*s).route = ROUTE_NONE;
-        if (*s).proto == PROTO_L4 {
+        let tls = (*s).proto & proto::TLS;
+        let app = (*s).proto & !proto::TLS;
+        // L4, or TLS seen only encrypted: nothing to read.
+        if app == PROTO_L4 || (tls != 0 && (*s).ssl == 0) {
             return;
         }
-        let Some((scratch, n)) = requests::peek(tid, len) else { return };
-        let r = requests::request(scratch, n, (*s).proto);
+        let Some((scratch, n)) = data.peek(len) else { return };
+        if app == proto::UNKNOWN && tls == 0 && requests::tls_record(scratch, n) {
+            // A TLS handshake: the rest is encrypted, counted as L4
+            // exchanges unless OpenSSL's probes see its plaintext.
+            (*s).proto = proto::TLS;
+            return;
+        }
+        let r = requests::request(scratch, n, app);
         if r.proto == proto::UNKNOWN {
             // A connection's first request decides: L4 from now on. On a
             // known protocol, bytes that start no request are the rest of
             // one read before (pipelined requests split across segments):
             // its answer still says the outcome; its route is not known.
-            if (*s).proto == proto::UNKNOWN {
-                (*s).proto = PROTO_L4;
+            if app == proto::UNKNOWN {
+                (*s).proto = PROTO_L4 | tls;
             }
             return;
         }
-        (*s).proto = r.proto;
+        (*s).proto = r.proto | tls;
         (*s).method = r.method;
         (*s).route = r.route;
         if r.skip {
@@ -270,16 +284,16 @@ fn parse_request(s: *mut SockState, tid: u32, len: u64) {
     }
 }
 
-/// What the answer the current call moves says of the outstanding
+/// What the answer at `data` (`len` bytes) says of the outstanding
 /// request: its outcome, or `None` for an interim HTTP answer (1xx).
 #[inline(always)]
-fn parse_answer(s: *mut SockState, tid: u32, len: u64) -> Option<u8> {
+fn parse_answer(s: *mut SockState, data: Data, len: u64) -> Option<u8> {
     // SAFETY: as in `parse_request`.
-    let p = unsafe { (*s).proto };
+    let p = unsafe { (*s).proto } & !proto::TLS;
     if p == proto::UNKNOWN || p == PROTO_L4 {
         return Some(status::UNKNOWN);
     }
-    let Some((scratch, n)) = requests::peek(tid, len) else { return Some(status::UNKNOWN) };
+    let Some((scratch, n)) = data.peek(len) else { return Some(status::UNKNOWN) };
     requests::answer(scratch, n, p)
 }
 
@@ -475,23 +489,88 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
         stat(tgid, metric::BYTES_RECEIVED, 0, ret as u64);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
+    if through_ssl(s, sk, tid) {
+        return 0;
+    }
+    on_recv(s, Data::Syscall(tid), ret as u64);
+    0
+}
+
+/// Whether the socket's requests come through OpenSSL's probes (then its
+/// system calls carry only ciphertext and are not read): it is, from the
+/// first time it is used inside a probed OpenSSL call (`tls::in_call`).
+/// Only a socket whose protocol is not known yet, or TLS, is asked.
+#[inline(always)]
+fn through_ssl(s: *mut SockState, sk: u64, tid: u32) -> bool {
+    // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
+    unsafe {
+        if (*s).ssl != 0 {
+            tls::in_call(tid, sk);
+            return true;
+        }
+        let p = (*s).proto;
+        if (p != proto::UNKNOWN && p & proto::TLS == 0) || !tls::in_call(tid, sk) {
+            return false;
+        }
+    }
+    hand_to_ssl(s);
+    true
+}
+
+/// From now on the socket's requests come from OpenSSL's plaintext: what
+/// the socket programs made of its handshake is dropped, and requests
+/// start with its first plaintext.
+#[inline(always)]
+fn hand_to_ssl(s: *mut SockState) {
+    // SAFETY: as in `through_ssl`.
+    unsafe {
+        (*s).ssl = 1;
+        (*s).proto = proto::TLS;
+        (*s).outstanding = 0;
+        (*s).answered = 0;
+        (*s).parsed = PARSED_NO;
+    }
+}
+
+/// Plaintext `len` bytes at `buf` that OpenSSL read (`read`) or wrote on
+/// socket `sk`, from its `SSL_read`/`SSL_write` return probes: the same
+/// request state machine as a plaintext socket's system calls drive.
+#[inline(always)]
+pub(crate) fn on_ssl(sk: u64, read: bool, buf: u64, len: u64) {
+    let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return };
+    // SAFETY: as in `through_ssl`.
+    if unsafe { (*s).ssl } == 0 {
+        hand_to_ssl(s);
+    }
+    if read {
+        on_recv(s, Data::User(buf), len);
+    } else {
+        on_send(s, Data::User(buf), len);
+    }
+}
+
+/// Bytes a socket received (`len` of them, at `data`): a server's request
+/// starts, or a client's ends.
+#[inline(always)]
+fn on_recv(s: *mut SockState, data: Data, len: u64) {
     // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
     unsafe {
         match (*s).role {
             ROLE_SERVER => {
                 // Normally tcp_probe saw the data arrive first; this covers
-                // data that came with the handshake's last ACK.
+                // data that came with the handshake's last ACK (and every
+                // request read through OpenSSL).
                 if (*s).outstanding == 0 {
                     (*s).outstanding = 1;
                     (*s).req_ns = bpf_ktime_get_ns();
                     (*s).parsed = PARSED_NO;
                 }
-                parse_request(s, tid, ret as u64);
+                parse_request(s, data, len);
             }
             // A client's request ends when it reads the answer (a final
             // one: an interim HTTP 1xx keeps it outstanding).
             ROLE_CLIENT if (*s).outstanding != 0 => {
-                let Some(st) = parse_answer(s, tid, ret as u64) else { return 0 };
+                let Some(st) = parse_answer(s, data, len) else { return };
                 (*s).outstanding = 0;
                 (*s).answered = 0;
                 let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
@@ -500,7 +579,6 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
             _ => {}
         }
     }
-    0
 }
 
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
@@ -517,6 +595,17 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
         stat(tgid, metric::BYTES_SENT, 0, ret as u64);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
+    if through_ssl(s, sk, tid) {
+        return 0;
+    }
+    on_send(s, Data::Syscall(tid), ret as u64);
+    0
+}
+
+/// Bytes a socket sent (`len` of them, at `data`): a server's request
+/// ends, or a client's starts.
+#[inline(always)]
+fn on_send(s: *mut SockState, data: Data, len: u64) {
     // SAFETY: `s` is this socket's entry in TCP_SOCKS (see parse_request).
     unsafe {
         match (*s).role {
@@ -526,7 +615,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
                     // Its bytes were never read (sendfile-style proxies).
                     (*s).parsed = PARSED_YES;
                 }
-                let Some(st) = parse_answer(s, tid, ret as u64) else { return 0 };
+                let Some(st) = parse_answer(s, data, len) else { return };
                 (*s).outstanding = 0;
                 let ns = bpf_ktime_get_ns().saturating_sub((*s).req_ns);
                 request(&*s, bucket_of(ns) as u16, ns, st);
@@ -534,8 +623,10 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
             // An HTTP server answering pipelined requests (several read at
             // once) starts each further answer with its own status line:
             // each is one more request, from the same arrival.
-            ROLE_SERVER if (*s).proto == proto::HTTP1 && (*s).parsed == PARSED_YES => {
-                if let Some((scratch, n)) = requests::peek(tid, 16)
+            ROLE_SERVER
+                if (*s).proto & !proto::TLS == proto::HTTP1 && (*s).parsed == PARSED_YES =>
+            {
+                if let Some((scratch, n)) = data.peek(16)
                     && let Some(class) = requests::http_status(&(*scratch).buf, n)
                     && class != 1
                 {
@@ -548,12 +639,11 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
                 (*s).req_ns = bpf_ktime_get_ns();
                 (*s).answered = 0;
                 (*s).parsed = PARSED_NO;
-                parse_request(s, tid, ret as u64);
+                parse_request(s, data, len);
             }
             _ => {}
         }
     }
-    0
 }
 
 /// `tcp_probe(struct sock *sk, struct sk_buff *skb)`, from
@@ -582,7 +672,12 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
     }
     unsafe {
         // A server's request starts when its first bytes arrive; a
-        // client's answer has arrived (it ends when read).
+        // client's answer has arrived (it ends when read). Not for a
+        // socket read through OpenSSL: its requests start and end with
+        // plaintext.
+        if (*s).ssl != 0 {
+            return 0;
+        }
         if (*s).role == ROLE_SERVER && (*s).outstanding == 0 {
             (*s).outstanding = 1;
             (*s).req_ns = bpf_ktime_get_ns();

@@ -1,10 +1,12 @@
 //! Application-level requests against real servers and clients whose own
 //! counts are the truth: nginx (its access log) with a raw keep-alive
-//! client, a pipelining shell and ApacheBench; Python's http.server with
-//! known per-route delays; redis-server (its INFO) with redis-cli and
-//! redis-benchmark; PostgreSQL with psql and pgbench; hostile bytes; and
-//! route normalization checked against an independent reference on
-//! random paths.
+//! client, a pipelining shell and ApacheBench; nginx over HTTPS with curl,
+//! openssl s_client, Python's http.client and ApacheBench (read through
+//! the OpenSSL uprobes, and without them); a private copy of libssl under
+//! Python's HTTPS server; Python's http.server with known per-route
+//! delays; redis-server (its INFO) with redis-cli and redis-benchmark;
+//! PostgreSQL with psql and pgbench; hostile bytes; and route
+//! normalization checked against an independent reference on random paths.
 
 use std::{
     collections::BTreeMap,
@@ -97,6 +99,19 @@ fn agent_with(comms: &[&str], more: &[&str]) -> probe_tests::Agent {
     }
     args.extend(more);
     probe_tests::Agent::start(&args).unwrap()
+}
+
+/// As [`agent`], with the OpenSSL uprobes on (`[requests] tls_uprobes`,
+/// off by default), its configuration file written in `dir`.
+fn tls_agent(dir: &Path, comms: &[&str]) -> probe_tests::Agent {
+    let default = run(Command::new(probe_tests::agent_bin()).args(["config", "--default"]));
+    let text = default
+        .replace("# [requests]\n", "[requests]\n")
+        .replace("# tls_uprobes = false\n", "tls_uprobes = true\n");
+    assert!(text.contains("[requests]\n") && text.contains("tls_uprobes = true\n"));
+    let config = dir.join("probe-tls.toml");
+    std::fs::write(&config, text).unwrap();
+    agent_with(comms, &["--config", config.to_str().unwrap()])
 }
 
 /// Request totals, as the agent reports them or as the truth counts them.
@@ -241,7 +256,25 @@ impl Http {
 /// nginx on a loopback port with `locations` (its `server` block's body),
 /// writing "STATUS METHOD TARGET" per request to `DIR/access.log`.
 fn nginx(dir: &Path, locations: &str) -> (Daemon, u16) {
+    nginx_on(dir, locations, false)
+}
+
+/// As [`nginx`], over HTTPS with a self-signed certificate made in `dir`.
+fn nginx_tls(dir: &Path, locations: &str) -> (Daemon, u16) {
+    nginx_on(dir, locations, true)
+}
+
+fn nginx_on(dir: &Path, locations: &str, tls: bool) -> (Daemon, u16) {
     let port = free_port();
+    let ssl = if tls {
+        self_signed(dir);
+        format!(
+            " ssl;\n ssl_certificate {d}/cert.pem;\n ssl_certificate_key {d}/key.pem",
+            d = dir.display()
+        )
+    } else {
+        String::new()
+    };
     let conf = format!(
         "worker_processes 1;\n\
          pid {d}/nginx.pid;\n\
@@ -252,7 +285,7 @@ fn nginx(dir: &Path, locations: &str) -> (Daemon, u16) {
            access_log {d}/access.log truth;\n\
            keepalive_requests 100000;\n\
            server {{\n\
-             listen 127.0.0.1:{port};\n\
+             listen 127.0.0.1:{port}{ssl};\n\
              {locations}\n\
            }}\n\
          }}\n",
@@ -270,6 +303,16 @@ fn nginx(dir: &Path, locations: &str) -> (Daemon, u16) {
     );
     wait_listening(port);
     (d, port)
+}
+
+/// A self-signed certificate and its key, `DIR/cert.pem` and `DIR/key.pem`.
+fn self_signed(dir: &Path) {
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem")));
 }
 
 /// nginx's access log: (status, method, target) per request.
@@ -583,6 +626,284 @@ fn http_statuses_routes_and_errors_match_nginx_access_log() {
     assert_eq!(ab_side(&|t| t.count), ab_ok.0 + ab_err.0, "ab: {ab_ok:?} {ab_err:?}");
     assert_eq!(ab_side(&|t| t.errors), ab_err.1, "ab's non-2xx answers (all 500)");
     assert_eq!((ab_ok.1, ab_err.0, ab_err.1), (0, 40, 40));
+}
+
+/// Runs `cmd` (a client), returns its pid and what it printed.
+fn client(cmd: &mut Command) -> (u32, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// curl -k on `urls` in one invocation (one keep-alive connection): its
+/// pid and the status code of each answer, as curl printed them.
+fn curl(urls: &[String]) -> (u32, Vec<u16>) {
+    // `-o` applies to the URL after it: each answer's body is dropped.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-w", "%{http_code}\\n"]);
+    for u in urls {
+        cmd.args(["-o", "/dev/null", u]);
+    }
+    let (pid, out) = client(&mut cmd);
+    (pid, out.lines().map(|l| l.parse().unwrap()).collect())
+}
+
+/// nginx's HTTPS locations for the TLS tests.
+const TLS_LOCATIONS: &str = "location = /api/checkout { return 200 \"ok\\n\"; }\n\
+     location /api/items/ { return 200 \"item\\n\"; }\n\
+     location = /boom { return 500; }\n\
+     location = /busy { return 503; }\n\
+     location = /moved { return 301 /api/checkout; }\n\
+     location / { return 404; }";
+
+/// The status record's `tls` object.
+fn tls_status(records: &[Value]) -> &Value {
+    &records.iter().find(|r| r["type"] == "status").expect("a status record")["tls"]
+}
+
+#[test]
+fn https_through_openssl_matches_nginx_access_log() {
+    require_bpf!();
+    let dir = tempdir("req-nginx-tls");
+    let (_nginx, port) = nginx_tls(&dir, TLS_LOCATIONS);
+    let agent = tls_agent(&dir, &["nginx", "curl", "ab", "openssl", "python3"]);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+
+    // curl: one keep-alive connection for many URLs, then fresh ones.
+    let mut curls = Vec::new();
+    let mut keep = Vec::new();
+    for (target, n) in [("/api/checkout", 6), ("/api/items/12", 3), ("/boom", 2), ("/nope", 2)] {
+        keep.extend(std::iter::repeat_n(url(target), n));
+    }
+    keep.extend([url("/moved"), url("/api/items/9f8e7d6c-5b4a?x=1"), url("/busy")]);
+    curls.push(curl(&keep));
+    for target in ["/boom", "/api/checkout", "/missing/7"] {
+        curls.push(curl(&[url(target)]));
+    }
+    // openssl s_client: one request per connection, its own answer read.
+    let mut s_clients = Vec::new();
+    for target in ["/api/items/77", "/nope"] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-quiet", "-ign_eof"])
+            .stdin(Stdio::piped());
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(req.as_bytes()).unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let code: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        s_clients.push((pid, code));
+    }
+    // Python's http.client (its ssl module calls SSL_read_ex and
+    // SSL_write_ex): keep-alive, reconnecting when nginx closes.
+    let script = format!(
+        "import http.client, ssl\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {port},\n\
+         \x20   context=ssl._create_unverified_context())\n\
+         for t in ['/api/items/5', '/busy', '/api/checkout', '/nope', '/api/items/6']:\n\
+         \x20   c.request('GET', t)\n\
+         \x20   r = c.getresponse()\n\
+         \x20   r.read()\n\
+         \x20   print(r.status)\n"
+    );
+    let (py_pid, out) = client(Command::new("python3").arg("-c").arg(script));
+    let py_codes: Vec<u16> = out.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(py_codes, [200, 503, 200, 404, 200]);
+    // ApacheBench over HTTPS: keep-alive and concurrent, then a new
+    // connection each.
+    let ab_ok = ab(&["-k", "-n", "60", "-c", "3", &url("/api/checkout")]);
+    let ab_err = ab(&["-n", "20", "-c", "2", &url("/busy")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let log = access_log(&dir);
+
+    let tls = tls_status(&records);
+    assert_eq!(tls["uprobes"], true, "{tls}");
+
+    // Every record of the port says TLS.
+    let on_port = |r: &&Value| r["type"] == "endpoint" && r["port"] == port;
+    assert!(records.iter().filter(on_port).count() >= 3);
+    for r in records.iter().filter(on_port) {
+        assert_eq!(r["tls"], true, "{r}");
+    }
+
+    // The server: every line of nginx's log, by status class.
+    let truth = Totals::http(log.iter().map(|l| l.0));
+    let sent: usize =
+        curls.iter().map(|c| c.1.len()).sum::<usize>() + s_clients.len() + py_codes.len();
+    assert_eq!(truth.count, sent as u64 + 60 + 20, "nginx's own log");
+    let seen = sum(&records, "endpoint", "http1", server_of("nginx", port));
+    assert_eq!(seen, truth, "nginx HTTPS server endpoint vs its access log");
+
+    // Its routes: the log's targets, normalized by the reference rule.
+    let mut want: BTreeMap<String, Totals> = BTreeMap::new();
+    for (code, method, target) in &log {
+        let key = format!("{method} {}", reference_route(method, target));
+        let t = want.entry(key).or_default();
+        let one = Totals::http([*code]);
+        t.count += 1;
+        t.errors += one.errors;
+        t.client_errors += one.client_errors;
+        for (a, b) in t.status.iter_mut().zip(one.status) {
+            *a += b;
+        }
+    }
+    assert!(want.contains_key("GET /api/items/{id}"), "{want:?}");
+    assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx HTTPS routes");
+
+    // The clients: each saw exactly the answers it printed.
+    for (pid, codes) in &curls {
+        let seen = sum(&records, "endpoint", "http1", client_of(*pid, port));
+        assert_eq!(seen, Totals::http(codes.iter().copied()), "curl {pid}: {codes:?}");
+    }
+    assert_eq!(
+        sum(&records, "endpoint", "http1", client_of(py_pid, port)),
+        Totals::http(py_codes.iter().copied()),
+        "python's http.client (SSL_read_ex, SSL_write_ex)"
+    );
+    for &(pid, code) in &s_clients {
+        let seen = sum(&records, "endpoint", "http1", client_of(pid, port));
+        assert_eq!(seen, Totals::http([code]), "openssl s_client {pid}");
+    }
+    let ab_side = sum(&records, "endpoint", "http1", |r: &Value| {
+        r["comm"] == "ab" && r["role"] == "client" && r["port"] == port
+    });
+    assert_eq!(ab_side.count, ab_ok.0 + ab_err.0, "ab: {ab_ok:?} {ab_err:?}");
+    assert_eq!(ab_side.errors, ab_err.1, "ab's non-2xx answers (all 503)");
+    assert_eq!((ab_ok, ab_err), ((60, 0), (20, 20)));
+}
+
+#[test]
+fn tls_without_uprobes_is_counted_with_no_protocol() {
+    require_bpf!();
+    let dir = tempdir("req-nginx-tls-l4");
+    let (_nginx, port) = nginx_tls(&dir, TLS_LOCATIONS);
+    let config = dir.join("probe.toml");
+    let default = run(Command::new(probe_tests::agent_bin()).args(["config", "--default"]));
+    let text = default
+        .replace("# [requests]\n", "[requests]\n")
+        .replace("# tls_uprobes = false\n", "tls_uprobes = false\n");
+    assert!(text.contains("[requests]\n") && text.contains("tls_uprobes = false\n"));
+    std::fs::write(&config, text).unwrap();
+    let agent = agent_with(&["nginx", "curl"], &["--config", config.to_str().unwrap()]);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let (keep, codes) = curl(&[url("/api/checkout"), url("/boom"), url("/nope"), url("/moved")]);
+    assert_eq!(codes, [200, 500, 404, 301]);
+    let (fresh, _) = curl(&[url("/api/items/1")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let log = access_log(&dir);
+    assert_eq!(log.len(), 5, "nginx's own log");
+
+    let tls = tls_status(&records);
+    assert_eq!(tls["uprobes"], false, "{tls}");
+    assert!(tls["reason"].as_str().unwrap().contains("tls_uprobes"), "{tls}");
+    // Both sides: TLS, no protocol, no status classes and no routes; the
+    // exchanges (handshake steps and requests) are counted as before.
+    for (what, pick) in [
+        ("nginx", &server_of("nginx", port) as &dyn Fn(&Value) -> bool),
+        ("curl keep-alive", &client_of(keep, port)),
+        ("curl fresh", &client_of(fresh, port)),
+    ] {
+        let eps: Vec<&Value> =
+            records.iter().filter(|r| r["type"] == "endpoint" && pick(r)).collect();
+        assert!(!eps.is_empty(), "{what}: no endpoint record");
+        for r in &eps {
+            assert_eq!((&r["protocol"], &r["tls"]), (&"unknown".into(), &true.into()), "{r}");
+            assert!(r["requests"]["status"].is_null(), "{r}");
+        }
+        let t = sum(&records, "endpoint", "unknown", pick);
+        assert!(t.count >= 1, "{what}: {t:?}");
+        assert!(!records.iter().any(|r| r["type"] == "route" && pick(r)), "{what}: routes");
+    }
+    // The server's exchanges at least one per request it logged.
+    let t = sum(&records, "endpoint", "unknown", server_of("nginx", port));
+    assert!(t.count >= log.len() as u64, "{t:?} vs {} logged", log.len());
+}
+
+#[test]
+fn a_private_copy_of_libssl_mapped_before_the_start_is_probed_too() {
+    require_bpf!();
+    let dir = tempdir("req-libssl-copy");
+    self_signed(&dir);
+    // A copy of the host's libssl (another file), used by an HTTPS server
+    // (Python's http.server) started before the agent: only the server's
+    // maps name it.
+    let ldd = run(Command::new("ldd").arg(run(Command::new("which").arg("openssl")).trim()));
+    let host_lib = ldd
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(2).filter(|p| p.ends_with("/libssl.so.3")))
+        .expect("openssl links libssl.so.3");
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::copy(host_lib, lib.join("libssl.so.3")).unwrap();
+    let port = free_port();
+    let log = dir.join("served.log");
+    let script = format!(
+        "import http.server, ssl\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   protocol_version = 'HTTP/1.1'\n\
+         \x20   def do_GET(self):\n\
+         \x20       code = 200 if self.path.startswith('/ok') else 404\n\
+         \x20       with open('{log}', 'a') as f: f.write(f'{{code}}\\n')\n\
+         \x20       self.send_response(code)\n\
+         \x20       self.send_header('Content-Length', '3')\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(b'hi\\n')\n\
+         \x20   def log_message(self, *a): pass\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain('{d}/cert.pem', '{d}/key.pem')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        log = log.display(),
+        d = dir.display(),
+    );
+    let server = Daemon::spawn(
+        Command::new("python3").arg("-c").arg(script).env("LD_LIBRARY_PATH", &lib),
+        libc::SIGTERM,
+    );
+    let copy = lib.join("libssl.so.3").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let maps = format!("/proc/{}/maps", server.child.id());
+    while !std::fs::read_to_string(&maps).unwrap_or_default().contains(&copy) {
+        assert!(Instant::now() < deadline, "the server never mapped the copy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    wait_listening(port);
+    let agent = tls_agent(&dir, &["python3", "curl"]);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let runs = [curl(&[url("/ok"), url("/ok/1"), url("/nope")]), curl(&[url("/ok")])];
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let served: Vec<u16> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+
+    let tls = tls_status(&records);
+    let libs = tls["libraries"].as_array().unwrap();
+    let seen_as = format!("/proc/{}/root{copy}", server.child.id());
+    assert!(libs.iter().any(|l| l == &seen_as), "{seen_as} in {libs:?}");
+    assert_eq!(served, [200, 200, 404, 200], "the server's own log");
+    let codes: Vec<u16> = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
+    assert_eq!(codes, served, "curl's own statuses");
+    let server_side = |r: &Value| r["role"] == "server" && r["port"] == port;
+    let seen = sum(&records, "endpoint", "http1", server_side);
+    assert_eq!(seen, Totals::http(served.iter().copied()), "the server over the copied libssl");
+    for r in records.iter().filter(|r| r["type"] == "endpoint" && r["port"] == port) {
+        assert_eq!(r["tls"], true, "{r}");
+    }
+    for (pid, codes) in &runs {
+        let seen = sum(&records, "endpoint", "http1", client_of(*pid, port));
+        assert_eq!(seen, Totals::http(codes.iter().copied()), "curl {pid}");
+    }
 }
 
 #[test]

@@ -106,7 +106,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         Some(addr) => Some(Listener::bind(addr).map_err(|e| AgentError::Metrics(addr, e))?),
         None => None,
     };
-    let mut probes = Probes::start()?;
+    let mut probes = Probes::start(cfg.config.tls_uprobes)?;
     let prices = crate::overhead::calibrate(&mut probes);
     // Everything is loaded, attached and priced: keep only what is still
     // needed, before any other thread exists (threads are started by
@@ -312,6 +312,7 @@ impl Agent {
             programs: self.probes.attached().to_vec(),
             capabilities: caps::names(eff),
             no_new_privs: nnp,
+            tls: self.probes.tls.clone(),
             program_cost_ns: self
                 .control
                 .prices()

@@ -115,6 +115,8 @@ impl Readings {
             tcp_endpoints_full: tcp_lost(TcpCounter::EndpointsFull),
             tcp_routes_cut: tcp_lost(TcpCounter::RoutesCut),
             route_names_full: tcp_lost(TcpCounter::RouteNamesFull),
+            tls_calls_full: tcp_lost(TcpCounter::SslCallsFull),
+            tls_no_socket: tcp_lost(TcpCounter::SslNoSocket),
             alert_scopes_cut: 0,
         };
         Ok(Reading {

@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod syscalls;
 pub mod tcp;
+pub mod tls;
 
 use std::{collections::BTreeMap, os::fd::OwnedFd};
 
@@ -366,13 +367,16 @@ pub struct Probes {
     pub syscalls: syscalls::SyscallMaps,
     pub cpu: cpu::CpuMaps,
     pub tcp: tcp::TcpMaps,
+    /// Whether the OpenSSL uprobes are attached, and to what.
+    pub tls: tls::TlsStatus,
     /// Run counts of the programs no other figure counts.
     runs: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
 }
 
 impl Probes {
-    /// Loads the object and attaches every KPI's programs.
-    pub fn start() -> Result<Self, ProbeError> {
+    /// Loads the object and attaches every KPI's programs, and the OpenSSL
+    /// uprobes if `tls_uprobes`.
+    pub fn start(tls_uprobes: bool) -> Result<Self, ProbeError> {
         let (mut ebpf, tcp_missing) = load()?;
         let mut attached = Vec::new();
         let mut unavailable = BTreeMap::new();
@@ -406,13 +410,24 @@ impl Probes {
         if attached.is_empty() {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
         }
+        let tls = match (&unavailable.get(&Family::Tcp), tls_uprobes) {
+            (_, false) => tls::TlsStatus {
+                reason: Some("off by default ([requests] tls_uprobes = true turns them on)".into()),
+                ..tls::TlsStatus::default()
+            },
+            (Some(reason), true) => tls::TlsStatus {
+                reason: Some(format!("the TCP KPIs are unavailable: {reason}")),
+                ..tls::TlsStatus::default()
+            },
+            (None, true) => tls::attach(&mut ebpf),
+        };
         let syscalls = syscalls::SyscallMaps::take(&mut ebpf)?;
         let cpu = cpu::CpuMaps::take(&mut ebpf)?;
         let tcp = tcp::TcpMaps::take(&mut ebpf)?;
         let runs = take(&mut ebpf, RUNS_MAP)?
             .try_into()
             .map_err(|source| ProbeError::Map { name: RUNS_MAP, source })?;
-        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu, tcp, runs })
+        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu, tcp, tls, runs })
     }
 
     /// Cumulative runs of each program of `probe_common::runs::COUNTED`
