@@ -154,6 +154,11 @@ pub struct RunArgs {
     /// (a bare port binds 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Label process, endpoint and route series of the metrics endpoint
+    /// with `pid` too. Without it they are keyed by command name: the
+    /// processes of one name add up, and a restart makes no new series.
+    #[arg(long)]
+    pub metrics_pid: bool,
 }
 
 /// Which per-(process, system call) records are written.
@@ -186,6 +191,8 @@ pub struct RunConfig {
     pub outputs: Vec<crate::sink::OutputSpec>,
     pub histograms: bool,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `pid` on process, endpoint and route series.
+    pub metrics_pid: bool,
 }
 
 /// `PORT` (on 127.0.0.1) or `IP:PORT`.
@@ -284,6 +291,7 @@ impl RunArgs {
         };
         Ok(RunConfig {
             outputs,
+            metrics_pid: self.metrics_pid,
             histograms: self.histograms,
             metrics_addr,
             interval: self.interval,
@@ -351,6 +359,8 @@ mod tests {
         assert_eq!((c.syscalls, c.min_cpu_pct), (SyscallDetail::All, 0.0));
         let c = args(&["top", "--interval", "2s"]).unwrap();
         assert!(c.console && c.outputs.is_empty(), "the console writes no records to stdout");
+        assert!(!args(&[]).unwrap().metrics_pid);
+        assert!(args(&["--metrics-pid"]).unwrap().metrics_pid);
     }
 
     #[test]

@@ -125,9 +125,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     })?;
     let liveness = Liveness::new(cfg.interval);
     let metrics = match listener {
-        Some(l) => {
-            Some(Metrics::start(l, cfg.interval, liveness.clone()).map_err(AgentError::Output)?)
-        }
+        Some(l) => Some(
+            Metrics::start(l, cfg.interval, liveness.clone(), cfg.metrics_pid)
+                .map_err(AgentError::Output)?,
+        ),
         None => None,
     };
     let start = Instant::now();
