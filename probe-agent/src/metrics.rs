@@ -37,7 +37,7 @@ use std::{
 
 use crate::{
     catalogue::{KPIS, MetricKind, Read},
-    records::{AgentRecord, Record},
+    records::{AgentRecord, K8s, Record},
 };
 
 /// Most sample lines kept (a series of a counter or gauge is one line; a
@@ -109,6 +109,16 @@ pub struct Metrics {
     /// Label process, endpoint and route series with their `pid`.
     pid_label: bool,
     text: Arc<Mutex<Arc<str>>>,
+}
+
+/// `namespace` and `pod`, when the container's pod is known.
+fn k8s_labels(l: &mut Vec<(&'static str, String)>, k8s: &K8s) {
+    if let Some(ns) = &k8s.k8s_namespace {
+        l.push(("namespace", ns.clone()));
+    }
+    if let Some(pod) = &k8s.k8s_pod {
+        l.push(("pod", pod.clone()));
+    }
 }
 
 /// Label sets are rendered once, as `{k="v",...}` with the values escaped.
@@ -307,22 +317,25 @@ impl Metrics {
     fn labels_of(&self, r: &Record) -> Option<Vec<(&'static str, String)>> {
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         let mut l = vec![("host", r.header().host.clone()), ("scope", r.kind().name().to_string())];
-        // Who: the process (by name; by pid only if asked) and its container.
-        let mut who = |pid: u32, comm: &str, container_id: &Option<String>| {
+        // Who: the process (by name; by pid only if asked), its container,
+        // and the container's pod and namespace when known.
+        let mut who = |pid: u32, comm: &str, container_id: &Option<String>, k8s: &K8s| {
             if self.pid_label {
                 l.push(("pid", pid.to_string()));
             }
             l.push(("comm", comm.to_string()));
             l.push(("container_id", opt(container_id)));
+            k8s_labels(&mut l, k8s);
         };
         match r {
             Record::Host(_) => {}
             Record::Container(c) => {
                 l.push(("container_id", c.container_id.clone()));
+                k8s_labels(&mut l, &c.k8s);
             }
-            Record::Process(p) => who(p.pid, &p.comm, &p.container_id),
+            Record::Process(p) => who(p.pid, &p.comm, &p.container_id, &p.k8s),
             Record::Endpoint(e) => {
-                who(e.pid, &e.comm, &e.container_id);
+                who(e.pid, &e.comm, &e.container_id, &e.k8s);
                 l.extend([
                     ("role", e.role.name().to_string()),
                     ("port", e.port.to_string()),
@@ -330,7 +343,7 @@ impl Metrics {
                 ]);
             }
             Record::Route(rt) => {
-                who(rt.pid, &rt.comm, &rt.container_id);
+                who(rt.pid, &rt.comm, &rt.container_id, &rt.k8s);
                 l.extend([
                     ("role", rt.role.name().to_string()),
                     ("port", rt.port.to_string()),
@@ -657,6 +670,28 @@ mod tests {
             assert!(t.contains(&format!("probe_syscalls_total{l} {n}\n")), "{t}");
             assert!(t.contains(&format!("probe_cpu_cores{l} 0.5\n")), "{t}");
         }
+    }
+
+    /// A container's pod and namespace, when known, label its series and
+    /// its processes'; unknown, the labels are left out.
+    #[test]
+    fn pod_and_namespace_label_what_is_in_a_pod() {
+        let mut p = process(7, "api", 1, serde_json::json!([]));
+        let Record::Process(rec) = &mut p else { unreachable!() };
+        rec.container_id = Some("c1".into());
+        rec.k8s = K8s {
+            k8s_namespace: Some("shop".into()),
+            k8s_pod: Some("web-1".into()),
+            k8s_container: Some("app".into()),
+        };
+        let mut m = metrics();
+        m.update(&[p, process(8, "host", 1, serde_json::json!([]))]);
+        let t = m.render();
+        let l = r#"{host="h",scope="process",comm="api",container_id="c1",namespace="shop",pod="web-1"}"#;
+        assert!(t.contains(&format!("probe_syscalls_total{l} 1\n")), "{t}");
+        let l = r#"{host="h",scope="process",comm="host",container_id=""}"#;
+        assert!(t.contains(&format!("probe_syscalls_total{l} 1\n")), "{t}");
+        assert!(!t.contains("container=") && !t.contains("pid="), "{t}");
     }
 
     #[test]
