@@ -536,6 +536,11 @@ impl TestCgroup {
         Ok(())
     }
 
+    /// Its directories (the v2 one, and the v1 memory controller's).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     /// Moves process `pid` in.
     pub fn enter(&self, pid: u32) -> Result<()> {
         for d in &self.dirs {

@@ -200,3 +200,34 @@ fn containers_of_a_pod_are_named_from_the_kubelets_logs() {
     drop((busy, pause, host, server));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The agent in a cgroup namespace, as in a pod: /proc/self/cgroup says
+/// `/` (the root: no limit), yet its own memory is read from its real
+/// cgroup, the one the kernel charges, found in the mounted hierarchy,
+/// with that cgroup's limit.
+#[test]
+fn the_agents_own_cgroup_is_found_from_inside_a_cgroup_namespace() {
+    require_bpf!();
+    let rel = format!("probe-test-cgns-{}/agent", std::process::id());
+    let cg = TestCgroup::create(&rel).unwrap();
+    cg.limit_memory(512 << 20).unwrap();
+    // Into the cgroup, then a new cgroup namespace rooted there, then the agent.
+    let procs: Vec<String> =
+        cg.dirs().iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
+    let script = format!(
+        "for f in {}; do echo $$ > $f || exit 1; done; exec unshare --cgroup \"$@\"",
+        procs.join(" ")
+    );
+    let mut agent =
+        Agent::start_wrapped(&["sh", "-c", &script, "sh"], &["--interval", "500ms"]).unwrap();
+    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+    assert_ne!(ns(agent.pid()), ns(std::process::id()), "the agent is in a cgroup namespace");
+    let seen = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).unwrap();
+    assert!(seen.contains(&rel), "from outside, its cgroup is {rel}: {seen}");
+    let rec = agent.wait_for(|r| r["type"] == "agent", Duration::from_secs(10)).unwrap();
+    drop(agent);
+    let own = &rec["cgroup_memory"];
+    assert_eq!(own["cgroup"], format!("/{rel}"), "{own}");
+    assert_eq!(own["limit_bytes"], 512u64 << 20, "{own}");
+    assert!(own["used_bytes"].as_u64().unwrap() > 0, "{own}");
+}

@@ -61,6 +61,10 @@ pub struct Counts {
     pub syscalls_cut: u64,
     /// System calls counted on the host (timed or not).
     pub host_calls: u64,
+    /// The agent's own cgroup as the kernel charged its CPU time, in the
+    /// mounted hierarchy: the node's path even from inside a cgroup
+    /// namespace (a pod's), where /proc/self/cgroup says `/`.
+    pub self_cgroup: Option<String>,
 }
 
 /// One process's interval: its calls (`calls.tgid` is its id), CPU,
@@ -153,9 +157,15 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         v.cgroup = cgroup_of(cx.cgroups, tgid, v.cpu.cgroup);
         v.container = container_of(tgid, v.cgroup.as_ref().map(|c| c.1.as_str()));
     }
+    let self_cgroup = views
+        .get(&std::process::id())
+        .and_then(|v| v.cpu.cgroup)
+        .and_then(|id| cx.cgroups.path(id))
+        .map(str::to_string);
     let mut counts = Counts {
         active: views.len() as u64,
         host_calls: r.host_calls.count(),
+        self_cgroup,
         ..Counts::default()
     };
 
