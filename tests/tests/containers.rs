@@ -215,7 +215,7 @@ fn the_agents_own_cgroup_is_found_from_inside_a_cgroup_namespace() {
     let procs: Vec<String> =
         cg.dirs().iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
     let script = format!(
-        "for f in {}; do echo $$ > $f || exit 1; done; exec unshare --cgroup \"$@\"",
+        "for f in {}; do echo $$ > \"$f\" || exit 1; done; exec unshare --cgroup \"$@\"",
         procs.join(" ")
     );
     let mut agent =

@@ -238,7 +238,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         cpus,
         cpu: CpuGroup::new(r.cpu.host_run_ns, &r.cpu.host_runq, span_ns, cpus, buckets),
         memory,
-        disk: disk::disks(),
+        disk: disk::disks(&cfg.host_root),
         tcp: host_tcp.group(buckets),
         requests: host_requests.group(interval_s, buckets),
         cost: cost::host(prices, host_cores, host_mem),
