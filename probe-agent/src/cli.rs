@@ -117,7 +117,8 @@ pub struct RunArgs {
     /// to stdout (as `probe-agent top`).
     #[arg(long)]
     pub console: bool,
-    /// The `host` label of every record (default: the host name).
+    /// The `host` label of every record (default: the host name; with
+    /// --host-root, the node's /etc/hostname).
     #[arg(long)]
     pub host: Option<String>,
     /// Configuration file (TOML): rules, alert lifecycle, prices. Default:

@@ -231,3 +231,23 @@ fn the_agents_own_cgroup_is_found_from_inside_a_cgroup_namespace() {
     assert_eq!(own["limit_bytes"], 512u64 << 20, "{own}");
     assert!(own["used_bytes"].as_u64().unwrap() > 0, "{own}");
 }
+
+/// The node's name from a pod: in a UTS namespace of its own (a pod's is
+/// named after the pod), the agent names the host after the node's
+/// /etc/hostname under `--host-root`; without it, after its namespace.
+#[test]
+fn the_host_is_named_after_the_node_from_a_uts_namespace() {
+    require_bpf!();
+    let root = tempdir("utsroot");
+    std::fs::create_dir(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hostname"), "node-a7\n").unwrap();
+    let wrapper = ["unshare", "--uts", "sh", "-c", "hostname pw-pod-5d8c7 && exec \"$@\"", "sh"];
+    let host = |args: &[&str]| {
+        let agent = Agent::start_wrapped(&wrapper, args).unwrap();
+        // The status record, first, has the host label every record has.
+        agent.records[0]["host"].clone()
+    };
+    assert_eq!(host(&["--interval", "1s", "--host-root", root.to_str().unwrap()]), "node-a7");
+    assert_eq!(host(&["--interval", "1s"]), "pw-pod-5d8c7");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -157,7 +157,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         liveness,
         seq: 0,
         cpus: procfs::cpus(),
-        host: cfg.host.clone().unwrap_or_else(procfs::hostname),
+        host: cfg.host.clone().unwrap_or_else(|| procfs::node_hostname(&cfg.host_root)),
         probes,
         last: start,
         reloading: false,
