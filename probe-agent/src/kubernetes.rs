@@ -11,14 +11,15 @@
 //!   sandbox too, which has no log); the container only when one of its
 //!   logs is a link to a file named with the id (docker's json logs).
 //!
-//! Pod and namespace names are DNS labels and container names DNS-1123
-//! labels, none with an underscore, so the `_`-separated names split
+//! Namespaces and container names are DNS labels and pod names DNS
+//! subdomains: none holds an underscore, so the `_`-separated names split
 //! exactly. Only names are read (directory listings and links), never a
 //! log's contents; links are not followed (the kubelet's are absolute, and
 //! dangle under a host root mounted elsewhere). Listings are bounded
-//! ([`MAX_ENTRIES`]); what the bound cuts is counted. Names are cached per
-//! container id (at most twice the bound); an unknown id reads the listings again at most once per
-//! interval.
+//! ([`MAX_ENTRIES`]); what the bound cuts is counted. Complete names are
+//! cached per container id (at most twice the bound); an id without a
+//! container name yet (its link not made yet, or a sandbox) reads the
+//! listings again, at most once per interval.
 
 use std::{
     collections::HashMap,
@@ -89,7 +90,7 @@ impl Kubelet {
             k8s_pod: Some(p.pod.clone()),
             k8s_container: linked_container(&p.dir, id),
         };
-        if self.by_id.len() < 2 * self.max_entries {
+        if k.k8s_container.is_some() && self.by_id.len() < 2 * self.max_entries {
             self.by_id.insert(id.to_string(), k.clone());
         }
         k
@@ -243,6 +244,16 @@ mod tests {
         assert_eq!(k.names(ID2, UID), names("shop", "web-7d9f", Some("sidecar")));
         assert_eq!(k.names(&"6".repeat(64), "no-such-uid"), K8s::default());
         assert_eq!(k.cut, 0);
+        // A link made later (the kubelet makes it as the container starts)
+        // names the container from the next interval.
+        symlink(
+            format!("/var/log/pods/shop_web-7d9f_{UID}/sidecar/1.log"),
+            root.join(format!("var/log/containers/web-7d9f_shop_late-{sandbox}.log")),
+        )
+        .unwrap();
+        assert_eq!(k.names(&sandbox, UID), names("shop", "web-7d9f", None));
+        k.next_interval();
+        assert_eq!(k.names(&sandbox, UID), names("shop", "web-7d9f", Some("late")));
         assert_eq!(Kubelet::new(&root.join("nowhere")).names(ID, UID), K8s::default());
         fs::remove_dir_all(&root).unwrap();
     }
