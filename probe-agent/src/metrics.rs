@@ -672,6 +672,26 @@ mod tests {
         }
     }
 
+    /// A gauge given twice in an interval adds up (processes sharing a
+    /// name), so no record may feed one metric twice: KPIs that share a
+    /// metric name share no scope.
+    #[test]
+    fn no_record_feeds_a_metric_twice() {
+        let mut sharing = 0;
+        for (i, a) in KPIS.iter().enumerate() {
+            for b in &KPIS[i + 1..] {
+                if a.metric.zip(b.metric).is_some_and(|(x, y)| x.name == y.name) {
+                    let shared = a.scopes.iter().find(|s| b.scopes.contains(s));
+                    assert!(shared.is_none(), "{} and {} in {shared:?}", a.path, b.path);
+                    sharing += 1;
+                }
+            }
+        }
+        // Memory used (host, container; RSS for processes) and the limit
+        // (host total, container limit) share their names.
+        assert!(sharing >= 2);
+    }
+
     /// A container's pod and namespace, when known, label its series and
     /// its processes'; unknown, the labels are left out.
     #[test]
