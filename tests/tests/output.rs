@@ -794,6 +794,14 @@ fn the_schema_refuses_broken_records() {
         "latency_ms":{"avg":1.0,"p50":1.0,"p95":1.0,"p99":1.0,"max":1.0,"buckets":[[1.015807,10,10.0]]}}}"#
         .replace('\n', "");
     validate_lines(&format!("{good}\n")).unwrap();
+    // Kubernetes names: optional, non-empty strings.
+    let named =
+        r#""container_id":"c1","k8s_namespace":"shop","k8s_pod":"web-1","k8s_container":"app","#;
+    let in_pod = good.replacen(r#""container_id":null,"#, named, 1);
+    validate_lines(&format!("{in_pod}\n")).unwrap();
+    for bad in [in_pod.replacen(r#""shop""#, "7", 1), in_pod.replacen(r#""web-1""#, r#""""#, 1)] {
+        assert!(validate_lines(&format!("{bad}\n")).is_err(), "accepted: {bad}");
+    }
     for (from, to) in [
         (r#""role":"server""#, r#""role":"both""#),
         (r#""seq":3,"#, ""),
