@@ -117,7 +117,8 @@ pub struct RunArgs {
     /// to stdout (as `probe-agent top`).
     #[arg(long)]
     pub console: bool,
-    /// The `host` label of every record (default: the host name).
+    /// The `host` label of every record (default: the host name; with
+    /// --host-root, the node's /etc/hostname).
     #[arg(long)]
     pub host: Option<String>,
     /// Configuration file (TOML): rules, alert lifecycle, prices. Default:
@@ -154,6 +155,16 @@ pub struct RunArgs {
     /// (a bare port binds 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Label process, endpoint and route series of the metrics endpoint
+    /// with `pid` too. Without it they are keyed by command name: the
+    /// processes of one name add up, and a restart makes no new series.
+    #[arg(long)]
+    pub metrics_pid: bool,
+    /// Where the node's root filesystem is: `/` on the node, `/host` in the
+    /// DaemonSet (the node's `/` mounted there). Kubernetes names are read
+    /// under it (the kubelet's /var/log/pods and /var/log/containers).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub host_root: std::path::PathBuf,
 }
 
 /// Which per-(process, system call) records are written.
@@ -186,6 +197,10 @@ pub struct RunConfig {
     pub outputs: Vec<crate::sink::OutputSpec>,
     pub histograms: bool,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `pid` on process, endpoint and route series.
+    pub metrics_pid: bool,
+    /// The node's root filesystem (`/`, or where it is mounted).
+    pub host_root: std::path::PathBuf,
 }
 
 /// `PORT` (on 127.0.0.1) or `IP:PORT`.
@@ -282,8 +297,16 @@ impl RunArgs {
                 ))
             })?),
         };
+        if !self.host_root.is_absolute() || !self.host_root.is_dir() {
+            return bad(format!(
+                "--host-root must be an absolute path to a directory, got {}",
+                self.host_root.display()
+            ));
+        }
         Ok(RunConfig {
             outputs,
+            metrics_pid: self.metrics_pid,
+            host_root: self.host_root,
             histograms: self.histograms,
             metrics_addr,
             interval: self.interval,
@@ -351,6 +374,10 @@ mod tests {
         assert_eq!((c.syscalls, c.min_cpu_pct), (SyscallDetail::All, 0.0));
         let c = args(&["top", "--interval", "2s"]).unwrap();
         assert!(c.console && c.outputs.is_empty(), "the console writes no records to stdout");
+        let c = args(&[]).unwrap();
+        assert_eq!((c.metrics_pid, c.host_root.as_path()), (false, std::path::Path::new("/")));
+        let c = args(&["--metrics-pid", "--host-root", "/tmp"]).unwrap();
+        assert_eq!((c.metrics_pid, c.host_root.as_path()), (true, std::path::Path::new("/tmp")));
     }
 
     #[test]
@@ -371,6 +398,8 @@ mod tests {
             &["--syscalls", "some"],
             &["--min-cpu-pct", "-1"],
             &["top", "--output", "stdout"],
+            &["--host-root", "relative"],
+            &["--host-root", "/no/such/dir"],
         ] {
             assert!(args(bad).is_err(), "{bad:?} accepted");
         }

@@ -29,7 +29,8 @@ pub struct Container {
     pub cgroup: String,
 }
 
-fn is_id(s: &str) -> bool {
+/// A runtime's container id: 64 lowercase hex digits.
+pub fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 

@@ -1,6 +1,11 @@
 //! Disk space per real mounted filesystem, as statvfs(3) reports it.
+//!
+//! With a host root other than `/` (`--host-root`: the DaemonSet mounts the
+//! node's `/` at `/host`), the filesystems are the node's: those mounted at
+//! or under the root, named as the node names them (`/host/data` is
+//! `/data`), not the container's own (its overlay, its bind mounts).
 
-use std::{collections::HashSet, ffi::CString, fs};
+use std::{collections::HashSet, ffi::CString, fs, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,8 +78,10 @@ fn unescape(s: &str) -> String {
 }
 
 /// (device, mount point, fs type) of each real filesystem in a mountinfo
-/// text, once per device (bind mounts and subvolumes repeat it).
-pub fn real_mounts(mountinfo: &str) -> Vec<(String, String, String)> {
+/// text mounted at or under `root`, once per device (bind mounts and
+/// subvolumes repeat it), its mount point as seen from `root`.
+pub fn real_mounts(mountinfo: &str, root: &str) -> Vec<(String, String, String)> {
+    let root = root.trim_end_matches('/');
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for line in mountinfo.lines() {
@@ -88,8 +95,15 @@ pub fn real_mounts(mountinfo: &str) -> Vec<(String, String, String)> {
         if PSEUDO.contains(fstype) || fstype.starts_with("fuse.") && *fstype != "fuse.sshfs" {
             continue;
         }
+        // Under the root (on a path boundary), or left out.
+        let mount = unescape(mount);
+        let Some(rel) = mount.strip_prefix(root).filter(|r| r.is_empty() || r.starts_with('/'))
+        else {
+            continue;
+        };
+        let rel = if rel.is_empty() { "/" } else { rel };
         if seen.insert(dev.to_string()) {
-            out.push((dev.to_string(), unescape(mount), fstype.to_string()));
+            out.push((dev.to_string(), rel.to_string(), fstype.to_string()));
         }
     }
     out
@@ -109,13 +123,15 @@ pub fn statvfs(mount: &str) -> Option<(u64, u64, u64)> {
     Some((st.f_blocks as u64 * f, st.f_bfree as u64 * f, st.f_bavail as u64 * f))
 }
 
-/// Every real filesystem's space.
-pub fn disks() -> Vec<DiskRecord> {
+/// Every real filesystem's space, of the node whose root is at `root`.
+pub fn disks(root: &Path) -> Vec<DiskRecord> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    real_mounts(&info)
+    let root = root.to_string_lossy();
+    real_mounts(&info, &root)
         .into_iter()
         .filter_map(|(_, mount, fstype)| {
-            let (size, free, avail) = statvfs(&mount)?;
+            let here = format!("{}{mount}", root.trim_end_matches('/'));
+            let (size, free, avail) = statvfs(&here)?;
             if size == 0 {
                 return None;
             }
@@ -148,14 +164,33 @@ mod tests {
 32 22 0:44 / /run rw - tmpfs tmpfs rw
 33 22 0:50 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 ";
-        let m = real_mounts(info);
+        let m = real_mounts(info, "/");
         let mounts: Vec<&str> = m.iter().map(|x| x.1.as_str()).collect();
         assert_eq!(mounts, ["/", "/data disk"]);
     }
 
+    /// In a pod: the container's overlay root and its bind mounts from the
+    /// node's disk (first in the table) are not the node's view; the
+    /// node's root at /host and what is under it are, named as on the node.
+    #[test]
+    fn under_a_host_root_the_nodes_filesystems() {
+        let info = "900 800 0:310 / / rw - overlay overlay rw,lowerdir=/var/lib/containerd/x
+901 900 254:0 /var/lib/kubelet/pods/u/etc-hosts /etc/hosts rw - ext4 /dev/vda rw
+902 900 254:0 / /host ro,relatime rslave - ext4 /dev/vda rw
+903 902 259:1 / /host/data\\040disk ro rslave - xfs /dev/nvme0n1p1 rw
+904 902 0:5 / /host/dev ro rslave - devtmpfs udev rw
+905 902 254:0 /var/lib/kubelet /host/var/lib/kubelet ro rslave - ext4 /dev/vda rw
+906 900 259:2 / /hostile ro - xfs /dev/nvme1n1 rw
+";
+        let m = real_mounts(info, "/host");
+        let got: Vec<(&str, &str)> = m.iter().map(|x| (x.0.as_str(), x.1.as_str())).collect();
+        assert_eq!(got, [("254:0", "/"), ("259:1", "/data disk")]);
+        assert_eq!(real_mounts(info, "/host/"), m);
+    }
+
     #[test]
     fn root_matches_statvfs() {
-        let d = disks();
+        let d = disks(Path::new("/"));
         let root = d.iter().find(|d| d.mount == "/");
         if let Some(root) = root {
             let (size, free, _) = statvfs("/").unwrap();

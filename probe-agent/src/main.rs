@@ -14,6 +14,7 @@ mod cost;
 
 mod disk;
 mod family;
+mod kubernetes;
 mod merge;
 mod metrics;
 mod names;

@@ -14,6 +14,17 @@
 //! plus its sum and count), so the page stays under a few MiB however many
 //! processes and endpoints there are; what that bound cuts is itself a
 //! counter.
+//!
+//! Labels follow the conventions of Kubernetes' own exporters: the
+//! container is `container_id` (cAdvisor's and the Prometheus Operator's
+//! `container` is a container's *name*), and process, endpoint and route
+//! series are keyed by `comm`, not `pid`, unless asked (`--metrics-pid`):
+//! a pid changes with every restart, and each new one would be a new
+//! series. Without `pid`, the processes of one name (in one container)
+//! share a series: counters and histograms add up their counts (they stay
+//! monotonic when a process exits or starts), and gauges, all of which are
+//! additive at the process scope (busy cores, CPU share, RSS), are the sum
+//! over the processes of that interval.
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +37,7 @@ use std::{
 
 use crate::{
     catalogue::{KPIS, MetricKind, Read},
-    records::{AgentRecord, Record},
+    records::{AgentRecord, K8s, Record},
 };
 
 /// Most sample lines kept (a series of a counter or gauge is one line; a
@@ -69,6 +80,9 @@ struct Series {
     value: f64,
     hist: Hist,
     seen: u64,
+    /// The interval whose values a gauge holds: a gauge fed twice in one
+    /// interval (processes sharing a name) holds their sum.
+    set_in: u64,
 }
 
 struct Family {
@@ -92,7 +106,19 @@ pub struct Metrics {
     stale_after: u64,
     series: usize,
     cut: u64,
+    /// Label process, endpoint and route series with their `pid`.
+    pid_label: bool,
     text: Arc<Mutex<Arc<str>>>,
+}
+
+/// `namespace` and `pod`, when the container's pod is known.
+fn k8s_labels(l: &mut Vec<(&'static str, String)>, k8s: &K8s) {
+    if let Some(ns) = &k8s.k8s_namespace {
+        l.push(("namespace", ns.clone()));
+    }
+    if let Some(pod) = &k8s.k8s_pod {
+        l.push(("pod", pod.clone()));
+    }
 }
 
 /// Label sets are rendered once, as `{k="v",...}` with the values escaped.
@@ -110,15 +136,21 @@ fn labels(pairs: &[(&str, String)]) -> String {
 }
 
 impl Metrics {
-    /// Serves from a thread of its own on a bound listener.
-    pub fn start(listener: Listener, interval: Duration, health: Arc<Health>) -> io::Result<Self> {
+    /// Serves from a thread of its own on a bound listener; `pid_label`
+    /// adds `pid` to process, endpoint and route series.
+    pub fn start(
+        listener: Listener,
+        interval: Duration,
+        health: Arc<Health>,
+        pid_label: bool,
+    ) -> io::Result<Self> {
         let text: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from("")));
         let t = text.clone();
         crate::caps::spawn("metrics".into(), move || serve(listener.0, t, health))?;
-        Ok(Metrics::new(interval, text))
+        Ok(Metrics::new(interval, text, pid_label))
     }
 
-    fn new(interval: Duration, text: Arc<Mutex<Arc<str>>>) -> Self {
+    fn new(interval: Duration, text: Arc<Mutex<Arc<str>>>, pid_label: bool) -> Self {
         let stale_after = (STALE_AFTER.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
         Metrics {
             families: BTreeMap::new(),
@@ -126,6 +158,7 @@ impl Metrics {
             stale_after: stale_after.max(5),
             series: 0,
             cut: 0,
+            pid_label,
             text,
         }
     }
@@ -162,9 +195,16 @@ impl Metrics {
         }
     }
 
+    /// Sets a gauge for this interval; values given again in the same
+    /// interval (processes sharing a series) add up.
     fn gauge(&mut self, name: &'static str, help: &'static str, labels: &str, v: f64) {
+        let now = self.interval;
         if let Some(s) = self.series(name, Kind::Gauge, help, labels) {
-            s.value = v;
+            if s.set_in == now {
+                s.value += v;
+            } else {
+                (s.value, s.set_in) = (v, now);
+            }
         }
     }
 
@@ -273,60 +313,61 @@ impl Metrics {
         }
     }
 
+    /// The labels of a KPI record's series (None: not exported as KPIs).
+    fn labels_of(&self, r: &Record) -> Option<Vec<(&'static str, String)>> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut l = vec![("host", r.header().host.clone()), ("scope", r.kind().name().to_string())];
+        // Who: the process (by name; by pid only if asked), its container,
+        // and the container's pod and namespace when known.
+        let mut who = |pid: u32, comm: &str, container_id: &Option<String>, k8s: &K8s| {
+            if self.pid_label {
+                l.push(("pid", pid.to_string()));
+            }
+            l.push(("comm", comm.to_string()));
+            l.push(("container_id", opt(container_id)));
+            k8s_labels(&mut l, k8s);
+        };
+        match r {
+            Record::Host(_) => {}
+            Record::Container(c) => {
+                l.push(("container_id", c.container_id.clone()));
+                k8s_labels(&mut l, &c.k8s);
+            }
+            Record::Process(p) => who(p.pid, &p.comm, &p.container_id, &p.k8s),
+            Record::Endpoint(e) => {
+                who(e.pid, &e.comm, &e.container_id, &e.k8s);
+                l.extend([
+                    ("role", e.role.name().to_string()),
+                    ("port", e.port.to_string()),
+                    ("peer", opt(&e.peer)),
+                ]);
+            }
+            Record::Route(rt) => {
+                who(rt.pid, &rt.comm, &rt.container_id, &rt.k8s);
+                l.extend([
+                    ("role", rt.role.name().to_string()),
+                    ("port", rt.port.to_string()),
+                    ("peer", opt(&rt.peer)),
+                    ("method", opt(&rt.method)),
+                    ("route", rt.route.clone()),
+                ]);
+            }
+            Record::Agent(_) | Record::Status(_) | Record::Syscall(_) | Record::Alert(_) => {
+                return None;
+            }
+        }
+        Some(l)
+    }
+
     /// Takes one interval's records.
     pub fn update(&mut self, records: &[Record]) {
         self.interval += 1;
         for r in records {
-            let host = r.header().host.clone();
-            let scope = |scope: &str| vec![("host", host.clone()), ("scope", scope.to_string())];
-            let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-            let l = match r {
-                Record::Host(_) => scope("host"),
-                Record::Container(c) => {
-                    let mut l = scope("container");
-                    l.push(("container", c.container_id.clone()));
-                    l
-                }
-                Record::Process(p) => {
-                    let mut l = scope("process");
-                    l.extend([
-                        ("pid", p.pid.to_string()),
-                        ("comm", p.comm.clone()),
-                        ("container", opt(&p.container_id)),
-                    ]);
-                    l
-                }
-                Record::Endpoint(e) => {
-                    let mut l = scope("endpoint");
-                    l.extend([
-                        ("pid", e.pid.to_string()),
-                        ("comm", e.comm.clone()),
-                        ("container", opt(&e.container_id)),
-                        ("role", e.role.name().to_string()),
-                        ("port", e.port.to_string()),
-                        ("peer", opt(&e.peer)),
-                    ]);
-                    l
-                }
-                Record::Route(rt) => {
-                    let mut l = scope("route");
-                    l.extend([
-                        ("pid", rt.pid.to_string()),
-                        ("comm", rt.comm.clone()),
-                        ("container", opt(&rt.container_id)),
-                        ("role", rt.role.name().to_string()),
-                        ("port", rt.port.to_string()),
-                        ("peer", opt(&rt.peer)),
-                        ("method", opt(&rt.method)),
-                        ("route", rt.route.clone()),
-                    ]);
-                    l
-                }
-                Record::Agent(a) => {
+            let Some(l) = self.labels_of(r) else {
+                if let Record::Agent(a) = r {
                     self.agent(a);
-                    continue;
                 }
-                Record::Status(_) | Record::Syscall(_) | Record::Alert(_) => continue,
+                continue;
             };
             self.kpis(r, &labels(&l));
         }
@@ -517,7 +558,7 @@ mod tests {
     use crate::records::ProcessRecord;
 
     fn metrics() -> Metrics {
-        Metrics::new(Duration::from_secs(60), Arc::new(Mutex::new(Arc::from(""))))
+        Metrics::new(Duration::from_secs(60), Arc::new(Mutex::new(Arc::from(""))), false)
     }
 
     fn process(pid: u32, comm: &str, count: u64, buckets: serde_json::Value) -> Record {
@@ -543,7 +584,7 @@ mod tests {
         m.update(std::slice::from_ref(&r));
         m.update(std::slice::from_ref(&r));
         let t = m.render();
-        let l = r#"host="h",scope="process",pid="7",comm="a\"b",container="""#;
+        let l = r#"host="h",scope="process",comm="a\"b",container_id="""#;
         assert!(t.contains(&format!("probe_syscalls_total{{{l}}} 20\n")), "{t}");
         assert!(t.contains(&format!("probe_syscall_errors_total{{{l}}} 2\n")));
         assert!(
@@ -594,14 +635,94 @@ mod tests {
         assert!(!t.contains("cost_budget_usd_per_month{host=\"g\""), "{t}");
     }
 
+    /// Without `pid`, processes of one name share a series: counters and
+    /// histograms add up over processes and intervals, gauges are the sum
+    /// of the interval's processes. With `pid`, each process has its own.
+    #[test]
+    fn processes_of_one_name_add_up_without_pid() {
+        let b = |n: u64| serde_json::json!([[0.000999, n, 0.0005 * n as f64]]);
+        let (a, c) = (process(7, "nginx", 10, b(10)), process(8, "nginx", 30, b(30)));
+        let mut m = metrics();
+        m.update(&[a.clone(), c.clone()]);
+        let t = m.render();
+        let l = r#"{host="h",scope="process",comm="nginx",container_id=""}"#;
+        assert!(t.contains(&format!("probe_syscalls_total{l} 40\n")), "{t}");
+        assert!(t.contains(&format!("probe_syscall_latency_seconds_count{l} 40\n")), "{t}");
+        // Two processes at 0.5 cores and 4096 bytes each.
+        assert!(t.contains(&format!("probe_cpu_cores{l} 1\n")), "{t}");
+        assert!(t.contains(&format!("probe_memory_used_bytes{l} 8192\n")), "{t}");
+        assert_eq!(t.matches("probe_syscalls_total{").count(), 1, "{t}");
+        // Next interval one has exited (or restarted under a new pid): the
+        // counter goes on from its total, the gauge is this interval's.
+        m.update(&[process(9, "nginx", 5, b(5))]);
+        let t = m.render();
+        assert!(t.contains(&format!("probe_syscalls_total{l} 45\n")), "{t}");
+        assert!(t.contains(&format!("probe_cpu_cores{l} 0.5\n")), "{t}");
+        assert!(t.contains(&format!("probe_memory_used_bytes{l} 4096\n")), "{t}");
+
+        let mut m =
+            Metrics::new(Duration::from_secs(60), Arc::new(Mutex::new(Arc::from(""))), true);
+        m.update(&[a, c]);
+        let t = m.render();
+        for (pid, n) in [(7, 10), (8, 30)] {
+            let l =
+                format!(r#"{{host="h",scope="process",pid="{pid}",comm="nginx",container_id=""}}"#);
+            assert!(t.contains(&format!("probe_syscalls_total{l} {n}\n")), "{t}");
+            assert!(t.contains(&format!("probe_cpu_cores{l} 0.5\n")), "{t}");
+        }
+    }
+
+    /// A gauge given twice in an interval adds up (processes sharing a
+    /// name), so no record may feed one metric twice: KPIs that share a
+    /// metric name share no scope.
+    #[test]
+    fn no_record_feeds_a_metric_twice() {
+        let mut sharing = 0;
+        for (i, a) in KPIS.iter().enumerate() {
+            for b in &KPIS[i + 1..] {
+                if a.metric.zip(b.metric).is_some_and(|(x, y)| x.name == y.name) {
+                    let shared = a.scopes.iter().find(|s| b.scopes.contains(s));
+                    assert!(shared.is_none(), "{} and {} in {shared:?}", a.path, b.path);
+                    sharing += 1;
+                }
+            }
+        }
+        // Memory used (host, container; RSS for processes) and the limit
+        // (host total, container limit) share their names.
+        assert!(sharing >= 2);
+    }
+
+    /// A container's pod and namespace, when known, label its series and
+    /// its processes'; unknown, the labels are left out.
+    #[test]
+    fn pod_and_namespace_label_what_is_in_a_pod() {
+        let mut p = process(7, "api", 1, serde_json::json!([]));
+        let Record::Process(rec) = &mut p else { unreachable!() };
+        rec.container_id = Some("c1".into());
+        rec.k8s = K8s {
+            k8s_namespace: Some("shop".into()),
+            k8s_pod: Some("web-1".into()),
+            k8s_container: Some("app".into()),
+        };
+        let mut m = metrics();
+        m.update(&[p, process(8, "host", 1, serde_json::json!([]))]);
+        let t = m.render();
+        let l = r#"{host="h",scope="process",comm="api",container_id="c1",namespace="shop",pod="web-1"}"#;
+        assert!(t.contains(&format!("probe_syscalls_total{l} 1\n")), "{t}");
+        let l = r#"{host="h",scope="process",comm="host",container_id=""}"#;
+        assert!(t.contains(&format!("probe_syscalls_total{l} 1\n")), "{t}");
+        assert!(!t.contains("container=") && !t.contains("pid="), "{t}");
+    }
+
     #[test]
     fn quiet_series_are_dropped() {
         let mut m = metrics();
         m.update(&[process(7, "x", 1, serde_json::json!([]))]);
+        assert!(m.render().contains("comm=\"x\""));
         for _ in 0..5 {
             m.update(&[]);
         }
-        assert!(!m.render().contains("pid=\"7\""));
+        assert!(!m.render().contains("comm=\"x\""));
         assert_eq!(m.series, 0);
     }
 
@@ -626,7 +747,8 @@ mod tests {
             "fixture".into(),
         );
         // As recorded: 1 s intervals.
-        let mut m = Metrics::new(Duration::from_secs(1), Arc::new(Mutex::new(Arc::from(""))));
+        // With `pid`, as then; the container's label is `container_id` now.
+        let mut m = Metrics::new(Duration::from_secs(1), Arc::new(Mutex::new(Arc::from(""))), true);
         let mut intervals = 0;
         while let Some((_, values)) = rec.next_interval().unwrap() {
             let records: Vec<Record> =
@@ -642,11 +764,15 @@ mod tests {
         // since (client errors, route series) may be there too, and the
         // errors' help says what they count since server errors count.
         let now: std::collections::HashSet<&str> = got.lines().collect();
+        let mut renamed = 0;
         for line in want.lines().filter(|l| !l.contains("probe_agent_")) {
             if line.starts_with("# HELP probe_request_errors_total") {
                 continue;
             }
-            assert!(now.contains(line), "missing now: {line}");
+            let line = line.replace(",container=\"", ",container_id=\"");
+            renamed += usize::from(line.contains("container_id="));
+            assert!(now.contains(line.as_str()), "missing now: {line}");
         }
+        assert!(renamed > 0);
     }
 }

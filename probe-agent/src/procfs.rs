@@ -32,6 +32,26 @@ pub fn hostname() -> String {
     comm_from_kernel(&buf)
 }
 
+/// The node's host name: under a host root other than `/` (the agent in a
+/// container, whose UTS namespace has a name of its own: a pod's is the
+/// pod's name), the first line of the node's `/etc/hostname` when it holds
+/// one; else the name of this UTS namespace.
+pub fn node_hostname(root: &Path) -> String {
+    use std::io::Read as _;
+    if root != Path::new("/")
+        && let Ok(f) = fs::File::open(root.join("etc/hostname"))
+    {
+        let mut text = String::new();
+        // A host name is at most 253 bytes: read no more than a page.
+        let _ = f.take(4096).read_to_string(&mut text);
+        let name = text.lines().next().unwrap_or_default().trim();
+        if (1..=253).contains(&name.len()) {
+            return name.to_string();
+        }
+    }
+    hostname()
+}
+
 /// CPU time (user + system) this process has used, in ns.
 pub fn self_cpu_ns() -> u64 {
     // SAFETY: rusage is plain C data (integers): all zeros is valid.

@@ -116,6 +116,19 @@ impl Role {
     }
 }
 
+/// A container's Kubernetes names, read from the kubelet's log layout
+/// (`kubernetes.rs`). Each is left out of the record when unknown: off
+/// Kubernetes, or before the kubelet has named the container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8s {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_container: Option<String>,
+}
+
 /// The runtime a container's cgroup names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +169,8 @@ pub struct ProcessRecord {
     /// cgroup v2 id it ran in (most, this interval); null if unknown.
     pub cgroup_id: Option<u64>,
     pub container_id: Option<String>,
+    #[serde(flatten)]
+    pub k8s: K8s,
     pub syscalls: SyscallsGroup,
     pub cpu: CpuGroup,
     pub memory: ProcessMemory,
@@ -172,6 +187,8 @@ pub struct EndpointRecord {
     pub pid: u32,
     pub comm: String,
     pub container_id: Option<String>,
+    #[serde(flatten)]
+    pub k8s: K8s,
     pub role: Role,
     /// The local listening port for servers, the remote port for clients.
     pub port: u16,
@@ -200,6 +217,8 @@ pub struct RouteRecord {
     pub pid: u32,
     pub comm: String,
     pub container_id: Option<String>,
+    #[serde(flatten)]
+    pub k8s: K8s,
     pub role: Role,
     pub port: u16,
     pub peer: Option<String>,
@@ -229,6 +248,8 @@ pub struct ContainerRecord {
     /// The container's own cgroup (with the id, what identifies it).
     pub cgroup: String,
     pub pod_uid: Option<String>,
+    #[serde(flatten)]
+    pub k8s: K8s,
     pub cpu: CpuGroup,
     pub memory: ContainerMemory,
     pub syscalls: SyscallsGroup,
@@ -487,6 +508,9 @@ pub struct LostRecord {
     pub runq_wake_full: u64,
     /// cgroup directories not walked to map ids to paths (bound: 100000).
     pub cgroup_walk_cut: u64,
+    /// Entries of the kubelet's log directories not read to name
+    /// containers (bound: 50000 per directory).
+    pub kubelet_entries_cut: u64,
     /// Sockets not tracked because TCP_SOCKS was full.
     pub tcp_socks_full: u64,
     /// Connection figures not recorded because TCP_STATS was full.
@@ -511,7 +535,7 @@ pub struct LostRecord {
 
 impl LostRecord {
     /// Each counter by its field name.
-    pub fn fields(&self) -> [(&'static str, u64); 18] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         [
             ("syscall_stats_full", self.syscall_stats_full),
             ("syscall_start_full", self.syscall_start_full),
@@ -523,6 +547,7 @@ impl LostRecord {
             ("runq_full", self.runq_full),
             ("runq_wake_full", self.runq_wake_full),
             ("cgroup_walk_cut", self.cgroup_walk_cut),
+            ("kubelet_entries_cut", self.kubelet_entries_cut),
             ("tcp_socks_full", self.tcp_socks_full),
             ("tcp_stats_full", self.tcp_stats_full),
             ("tcp_endpoints_full", self.tcp_endpoints_full),

@@ -482,6 +482,8 @@ impl Drop for TestUser {
 /// drop: a stand-in for a container runtime's cgroup, named as one names it.
 pub struct TestCgroup {
     dirs: Vec<PathBuf>,
+    /// The directories above `dirs` that `create` made, deepest first.
+    made: Vec<PathBuf>,
 }
 
 impl TestCgroup {
@@ -493,13 +495,20 @@ impl TestCgroup {
         } else {
             vec![root.join("unified"), root.join("memory")]
         };
-        let mut dirs = Vec::new();
+        let (mut dirs, mut made) = (Vec::new(), Vec::new());
         for base in bases {
             let dir = base.join(rel);
+            let missing: Vec<PathBuf> = dir
+                .ancestors()
+                .skip(1)
+                .take_while(|p| p.starts_with(&base) && *p != base && !p.exists())
+                .map(Path::to_path_buf)
+                .collect();
             std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
             dirs.push(dir);
+            made.extend(missing);
         }
-        Ok(TestCgroup { dirs })
+        Ok(TestCgroup { dirs, made })
     }
 
     /// Sets a memory limit: v1 `memory.limit_in_bytes` on hybrid hosts
@@ -527,6 +536,11 @@ impl TestCgroup {
         Ok(())
     }
 
+    /// Its directories (the v2 one, and the v1 memory controller's).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     /// Moves process `pid` in.
     pub fn enter(&self, pid: u32) -> Result<()> {
         for d in &self.dirs {
@@ -550,6 +564,10 @@ impl Drop for TestCgroup {
             if let Some(parent) = d.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
+        }
+        // Those it made above (a sibling's still there keeps them).
+        for d in &self.made {
+            let _ = std::fs::remove_dir(d);
         }
     }
 }

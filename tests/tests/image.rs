@@ -444,6 +444,13 @@ fn the_image_runs_as_the_daemonset_runs_it() {
     assert_eq!(host["memory"]["total_bytes"], total_kib * 1024);
     assert!(host["syscalls"]["count"].as_u64().unwrap() > 0);
     assert!(host["cpu"]["cores"].as_f64().unwrap() > 0.0);
+    // The node's disks (`--host-root /host`), not the container's: its root
+    // is the node's `/`, with the node's size.
+    let disks = host["disk"].as_array().unwrap();
+    let root = disks.iter().find(|d| d["mount"] == "/").expect("the node's / among the disks");
+    let (f, blocks, _, _) = probe_tests::statvfs(Path::new("/")).unwrap();
+    assert_eq!(root["size_bytes"], f * blocks, "{disks:?}");
+    assert!(disks.iter().all(|d| !d["mount"].as_str().unwrap().starts_with("/host")), "{disks:?}");
 
     // The metrics port, as Prometheus scrapes it: the container's limit.
     let addr = format!("127.0.0.1:{host_port}");

@@ -371,12 +371,27 @@ fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
 /// The Prometheus endpoint: a server's exact request count and latency
 /// histogram, text that `promtool check metrics` accepts, and a real
 /// Prometheus scraping it and answering a query with the same figure.
+/// Series are keyed by command name, not pid: two servers of one name
+/// share their process series, which adds up both.
 #[test]
 fn prometheus_scrapes_the_endpoint() {
     require_bpf!();
     let dir = tempdir("prom");
     let server = Workload::start(&["tcp-server", "--name", "pw-prom", "--delay-ms", "5"]).unwrap();
     let port = server.ready[0].clone();
+    let twin = Workload::start(&["tcp-server", "--name", "pw-prom", "--delay-ms", "5"]).unwrap();
+    let twin_port = twin.ready[0].clone();
+    let mut twin_client = Workload::start(&[
+        "tcp-client",
+        "--name",
+        "pw-promc",
+        "--port",
+        &twin_port,
+        "--requests",
+        "25",
+        "--keepalive",
+    ])
+    .unwrap();
     let mut client = Workload::start(&[
         "tcp-client",
         "--name",
@@ -391,17 +406,18 @@ fn prometheus_scrapes_the_endpoint() {
     let maddr = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start(&["--interval", "500ms", "--metrics-addr", &maddr]).unwrap();
     client.go().unwrap();
+    twin_client.go().unwrap();
     client.finish().unwrap();
+    twin_client.finish().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
 
     let text = http_get(&maddr, "/metrics").unwrap();
-    let series = format!("scope=\"endpoint\",pid=\"{}\"", server.pid);
+    assert!(!text.contains("pid=\"") && !text.contains("container=\""), "{text}");
+    let series = "scope=\"endpoint\",comm=\"pw-prom\",container_id=\"\"";
     let line = |name: &str| -> f64 {
         text.lines()
             .find(|l| {
-                l.starts_with(name)
-                    && l.contains(&series)
-                    && l.contains(&format!("port=\"{port}\""))
+                l.starts_with(name) && l.contains(series) && l.contains(&format!("port=\"{port}\""))
             })
             .unwrap_or_else(|| panic!("no {name} for the server in:\n{text}"))
             .rsplit(' ')
@@ -420,7 +436,7 @@ fn prometheus_scrapes_the_endpoint() {
         text.lines()
             .find(|l| {
                 l.starts_with("probe_request_latency_seconds_bucket{")
-                    && l.contains(&series)
+                    && l.contains(series)
                     && l.contains(&format!("le=\"{b}\""))
             })
             .unwrap()
@@ -431,6 +447,19 @@ fn prometheus_scrapes_the_endpoint() {
             .unwrap()
     };
     assert_eq!((le("0.0025"), le("0.01"), le("+Inf")), (0.0, 40.0, 40.0));
+    // The twin's endpoint is its own (its port); the process series of
+    // their name is one, with both servers' requests.
+    let values = |name: &str, labels: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let twin_series = format!("{series},role=\"server\",port=\"{twin_port}\"");
+    assert_eq!(values("probe_requests_total{", &twin_series), [25.0], "{text}");
+    let process = r#",scope="process",comm="pw-prom",container_id=""}"#;
+    let process = values("probe_requests_total{", process);
+    assert_eq!(process, [65.0], "one process series for both servers:\n{text}");
     assert!(http_get(&maddr, "/other").is_err(), "only /metrics is served");
 
     let mut promtool = Command::new("promtool")
@@ -765,6 +794,14 @@ fn the_schema_refuses_broken_records() {
         "latency_ms":{"avg":1.0,"p50":1.0,"p95":1.0,"p99":1.0,"max":1.0,"buckets":[[1.015807,10,10.0]]}}}"#
         .replace('\n', "");
     validate_lines(&format!("{good}\n")).unwrap();
+    // Kubernetes names: optional, non-empty strings.
+    let named =
+        r#""container_id":"c1","k8s_namespace":"shop","k8s_pod":"web-1","k8s_container":"app","#;
+    let in_pod = good.replacen(r#""container_id":null,"#, named, 1);
+    validate_lines(&format!("{in_pod}\n")).unwrap();
+    for bad in [in_pod.replacen(r#""shop""#, "7", 1), in_pod.replacen(r#""web-1""#, r#""""#, 1)] {
+        assert!(validate_lines(&format!("{bad}\n")).is_err(), "accepted: {bad}");
+    }
     for (from, to) in [
         (r#""role":"server""#, r#""role":"both""#),
         (r#""seq":3,"#, ""),

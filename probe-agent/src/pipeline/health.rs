@@ -94,7 +94,7 @@ impl Health {
             failing: sinks.iter().any(|s| s.failing),
             sinks,
         };
-        let cgroup_memory = self_memory(cgroups);
+        let cgroup_memory = self_memory(cgroups, p.counts.self_cgroup.as_deref());
         let mut alerts: Vec<AlertRecord> = p.cost.alerts;
         alerts.extend(self.check_memory(p.header, cgroup_memory.as_ref()));
         let (eff, nnp) = caps::threads();
@@ -164,11 +164,17 @@ impl Health {
     }
 }
 
-/// The agent's own cgroup memory: the first of its cgroups (v2, then the
-/// v1 memory controller's) that has a limit, else the first read.
-fn self_memory(cgroups: &Cgroups) -> Option<SelfMemory> {
+/// The agent's own cgroup memory: the first of its cgroups that has a
+/// limit, else the first read. First the one the kernel charged its CPU to
+/// (`from_kernel`, a path in the mounted hierarchy), then those of
+/// /proc/self/cgroup (v2, then the v1 memory controller's). In a pod, the
+/// container's cgroup namespace makes /proc say `/` (the node's root, no
+/// limit), while the node's hierarchy mounted at /sys/fs/cgroup has the
+/// container's real path.
+fn self_memory(cgroups: &Cgroups, from_kernel: Option<&str>) -> Option<SelfMemory> {
     let mut first = None;
-    for path in procfs::cgroup_paths(std::process::id()) {
+    let paths = from_kernel.map(str::to_string).into_iter();
+    for path in paths.chain(procfs::cgroup_paths(std::process::id())) {
         let Some((used, limit)) = cgroups.memory(&path) else { continue };
         let m = SelfMemory {
             cgroup: path,

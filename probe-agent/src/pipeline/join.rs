@@ -20,12 +20,14 @@ use crate::{
     },
     cli::{RunConfig, SyscallDetail},
     containers::{self, Cgroups, Container},
-    cost, disk, names,
+    cost, disk,
+    kubernetes::Kubelet,
+    names,
     probes::Probes,
     procfs,
     records::{
         ContainerCost, ContainerMemory, ContainerRecord, EndpointRecord, Header, HostMemory,
-        HostRecord, Kind, ProcessMemory, ProcessRecord, Record, RouteRecord, SyscallRecord,
+        HostRecord, K8s, Kind, ProcessMemory, ProcessRecord, Record, RouteRecord, SyscallRecord,
     },
 };
 
@@ -59,6 +61,10 @@ pub struct Counts {
     pub syscalls_cut: u64,
     /// System calls counted on the host (timed or not).
     pub host_calls: u64,
+    /// The agent's own cgroup as the kernel charged its CPU time, in the
+    /// mounted hierarchy: the node's path even from inside a cgroup
+    /// namespace (a pod's), where /proc/self/cgroup says `/`.
+    pub self_cgroup: Option<String>,
 }
 
 /// One process's interval: its calls (`calls.tgid` is its id), CPU,
@@ -79,6 +85,8 @@ struct ProcessView {
 /// One container's interval, summed over its processes.
 struct ContainerAgg {
     container: Container,
+    /// Its Kubernetes names, when in a pod the kubelet named.
+    k8s: K8s,
     calls: CallStats,
     run_ns: u64,
     runq: Latency,
@@ -91,6 +99,8 @@ pub struct Context<'a> {
     pub cfg: &'a RunConfig,
     pub probes: &'a Probes,
     pub cgroups: &'a mut Cgroups,
+    /// Kubernetes names of containers in pods.
+    pub kubelet: &'a mut Kubelet,
     pub cpus: u32,
     pub header: &'a Header,
     /// Whether latency groups keep their buckets (`--histograms`, the
@@ -111,6 +121,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
     let (cpus, buckets) = (cx.cpus, cx.buckets);
     let span_ns = r.cpu.span_ns;
     cx.cgroups.next_interval();
+    cx.kubelet.next_interval();
 
     // Every process that made calls, ran, or used TCP.
     let mut views: BTreeMap<u32, ProcessView> = BTreeMap::new();
@@ -146,9 +157,15 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         v.cgroup = cgroup_of(cx.cgroups, tgid, v.cpu.cgroup);
         v.container = container_of(tgid, v.cgroup.as_ref().map(|c| c.1.as_str()));
     }
+    let self_cgroup = views
+        .get(&std::process::id())
+        .and_then(|v| v.cpu.cgroup)
+        .and_then(|id| cx.cgroups.path(id))
+        .map(str::to_string);
     let mut counts = Counts {
         active: views.len() as u64,
         host_calls: r.host_calls.count(),
+        self_cgroup,
         ..Counts::default()
     };
 
@@ -159,6 +176,8 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         let Some(c) = &v.container else { continue };
         let agg =
             containers.entry((c.id.clone(), c.cgroup.clone())).or_insert_with(|| ContainerAgg {
+                // Only a pod's containers have names to look for.
+                k8s: c.pod_uid.as_ref().map(|uid| cx.kubelet.names(&c.id, uid)).unwrap_or_default(),
                 container: c.clone(),
                 calls: CallStats::default(),
                 run_ns: 0,
@@ -219,7 +238,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
         cpus,
         cpu: CpuGroup::new(r.cpu.host_run_ns, &r.cpu.host_runq, span_ns, cpus, buckets),
         memory,
-        disk: disk::disks(),
+        disk: disk::disks(&cfg.host_root),
         tcp: host_tcp.group(buckets),
         requests: host_requests.group(interval_s, buckets),
         cost: cost::host(prices, host_cores, host_mem),
@@ -235,6 +254,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
             runtime: c.container.runtime,
             cgroup: c.container.cgroup.clone(),
             pod_uid: c.container.pod_uid.clone(),
+            k8s: c.k8s.clone(),
             cpu: CpuGroup::new(c.run_ns, &c.runq, span_ns, cpus, buckets),
             memory: ContainerMemory {
                 used_bytes: used,
@@ -253,12 +273,19 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
     for v in &chosen {
         let tgid = v.calls.tgid;
         let container_id = v.container.as_ref().map(|c| c.id.clone());
+        let k8s = v
+            .container
+            .as_ref()
+            .and_then(|c| containers.get(&(c.id.clone(), c.cgroup.clone())))
+            .map(|c| c.k8s.clone())
+            .unwrap_or_default();
         out.push(Record::Process(ProcessRecord {
             header: cx.header.with(Kind::Process),
             pid: tgid,
             comm: v.comm.clone(),
             cgroup_id: v.cgroup.as_ref().map(|c| c.0),
             container_id: container_id.clone(),
+            k8s: k8s.clone(),
             syscalls: v.calls.total.group(interval_s, buckets),
             cpu: CpuGroup::new(v.cpu.run_ns, &v.cpu.runq, span_ns, cpus, buckets),
             memory: ProcessMemory { rss_bytes: procfs::rss_bytes(tgid) },
@@ -290,6 +317,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                 pid: tgid,
                 comm: v.comm.clone(),
                 container_id: container_id.clone(),
+                k8s: k8s.clone(),
                 role: e.role(),
                 port: e.port,
                 peer: e.peer_addr(),
@@ -305,6 +333,7 @@ pub fn records(r: &mut Reading, cx: &mut Context<'_>, out: &mut Vec<Record>) -> 
                     pid: tgid,
                     comm: v.comm.clone(),
                     container_id: container_id.clone(),
+                    k8s: k8s.clone(),
                     role: e.role(),
                     port: e.port,
                     peer: e.peer_addr(),

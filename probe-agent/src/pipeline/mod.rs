@@ -30,6 +30,7 @@ use crate::{
     cli::RunConfig,
     containers::Cgroups,
     family::Family,
+    kubernetes::Kubelet,
     metrics::{Health as Liveness, Listener, Metrics},
     probes::{ProbeError, Probes},
     procfs,
@@ -71,6 +72,7 @@ struct Agent {
     probes: Probes,
     readings: read::Readings,
     cgroups: Cgroups,
+    kubelet: Kubelet,
     rules: Engine,
     prev_rules_cut: u64,
     control: control::Control,
@@ -125,9 +127,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
     })?;
     let liveness = Liveness::new(cfg.interval);
     let metrics = match listener {
-        Some(l) => {
-            Some(Metrics::start(l, cfg.interval, liveness.clone()).map_err(AgentError::Output)?)
-        }
+        Some(l) => Some(
+            Metrics::start(l, cfg.interval, liveness.clone(), cfg.metrics_pid)
+                .map_err(AgentError::Output)?,
+        ),
         None => None,
     };
     let start = Instant::now();
@@ -141,6 +144,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
             cfg.interval,
         )?,
         cgroups: Cgroups::detect(),
+        kubelet: Kubelet::new(&cfg.host_root),
         rules: Engine::new(&cfg.config),
         prev_rules_cut: 0,
         health: health::Health::default(),
@@ -153,7 +157,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         liveness,
         seq: 0,
         cpus: procfs::cpus(),
-        host: cfg.host.clone().unwrap_or_else(procfs::hostname),
+        host: cfg.host.clone().unwrap_or_else(|| procfs::node_hostname(&cfg.host_root)),
         probes,
         last: start,
         reloading: false,
@@ -382,6 +386,7 @@ impl Agent {
                 cfg: &self.cfg,
                 probes: &self.probes,
                 cgroups: &mut self.cgroups,
+                kubelet: &mut self.kubelet,
                 cpus: self.cpus,
                 header: &header,
                 buckets: self.cfg.histograms || self.metrics.is_some() || self.out.want_buckets(),
@@ -401,6 +406,7 @@ impl Agent {
 
         let mut lost = std::mem::take(&mut reading.lost);
         lost.cgroup_walk_cut = self.cgroups.walk_cut as u64;
+        lost.kubelet_entries_cut = self.kubelet.cut;
         lost.alert_scopes_cut = self.rules.cut.saturating_sub(self.prev_rules_cut);
         self.prev_rules_cut = self.rules.cut;
         let (reclaimed, fill) = self.readings.reclaim(&mut self.probes, reading);

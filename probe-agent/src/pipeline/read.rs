@@ -110,6 +110,7 @@ impl Readings {
             runq_full: cpu_lost(CpuCounter::RunqFull),
             runq_wake_full: cpu_lost(CpuCounter::WakeFull),
             cgroup_walk_cut: 0,
+            kubelet_entries_cut: 0,
             tcp_socks_full: tcp_lost(TcpCounter::SocksFull),
             tcp_stats_full: tcp_lost(TcpCounter::StatsFull),
             tcp_endpoints_full: tcp_lost(TcpCounter::EndpointsFull),

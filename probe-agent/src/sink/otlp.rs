@@ -32,9 +32,10 @@
 //!
 //! Resources follow OpenTelemetry's semantic conventions: the host
 //! (`host.name`, `host.arch`, `os.type`), each container (`container.id`,
-//! `container.runtime`, `k8s.pod.uid` when known), each process
-//! (`process.pid`, `process.executable.name` (the kernel's comm),
-//! `container.id`, `k8s.pod.uid`), and the agent itself (`service.name`
+//! `container.runtime`, and when known `k8s.pod.uid`, `k8s.namespace.name`,
+//! `k8s.pod.name`, `k8s.container.name`), each process (`process.pid`,
+//! `process.executable.name` (the kernel's comm), `container.id` and its
+//! container's Kubernetes attributes), and the agent itself (`service.name`
 //! `probe-agent`). A process's endpoints and system calls are its data
 //! points with `probe.scope` `endpoint` (`probe.role`, `server.port`,
 //! `server.address`) or `syscall` (`probe.syscall`); `probe.scope` says
@@ -61,7 +62,7 @@ use crate::{
     aggregate::latency::LatencyMs,
     catalogue::{KPIS, MetricKind, Read, otlp_name},
     metrics::{LE_S, le_index},
-    records::{AgentRecord, Kind, Record},
+    records::{AgentRecord, K8s, Kind, Record},
     timefmt::parse_rfc3339,
 };
 
@@ -107,8 +108,9 @@ struct ResourceState {
 /// One OTLP sink's state: its series, cumulative across intervals.
 pub struct Exporter {
     resources: BTreeMap<String, ResourceState>,
-    /// Pod UIDs of containers, for their processes' resources.
-    pods: HashMap<String, String>,
+    /// Pod UIDs and Kubernetes names of containers, for their processes'
+    /// resources.
+    pods: HashMap<String, (String, K8s)>,
     interval: u64,
     series: usize,
     cut: u64,
@@ -117,6 +119,19 @@ pub struct Exporter {
     now_ns: u64,
     start_ns: u64,
     stale_after: u64,
+}
+
+/// The semantic conventions' Kubernetes attributes, those known.
+fn k8s_attrs(attrs: &mut Vec<KeyValue>, k8s: &K8s) {
+    for (key, v) in [
+        ("k8s.namespace.name", &k8s.k8s_namespace),
+        ("k8s.pod.name", &k8s.k8s_pod),
+        ("k8s.container.name", &k8s.k8s_container),
+    ] {
+        if let Some(v) = v {
+            attrs.push(kv_str(key, v));
+        }
+    }
 }
 
 fn kv_str(key: &str, v: &str) -> KeyValue {
@@ -187,14 +202,20 @@ impl Exporter {
     /// The resource of a record, created when new: its key and attributes.
     fn resource_of(&self, r: &Record) -> Option<(String, Vec<KeyValue>)> {
         let host = &r.header().host;
-        let process = |pid: u32, comm: &str, container: &Option<String>| {
+        // A process's Kubernetes names: its record's, else (system-call
+        // records carry none) its container's.
+        let process = |pid: u32, comm: &str, container: &Option<String>, k8s: Option<&K8s>| {
             let mut attrs = Self::host_attrs(host);
             attrs.push(kv_int("process.pid", i64::from(pid)));
             attrs.push(kv_str("process.executable.name", comm));
             if let Some(id) = container {
                 attrs.push(kv_str("container.id", id));
-                if let Some(pod) = self.pods.get(id) {
-                    attrs.push(kv_str("k8s.pod.uid", pod));
+                let pod = self.pods.get(id);
+                if let Some((uid, _)) = pod {
+                    attrs.push(kv_str("k8s.pod.uid", uid));
+                }
+                if let Some(k8s) = k8s.or(pod.map(|p| &p.1)) {
+                    k8s_attrs(&mut attrs, k8s);
                 }
             }
             attrs
@@ -209,12 +230,13 @@ impl Exporter {
                 if let Some(pod) = &c.pod_uid {
                     attrs.push(kv_str("k8s.pod.uid", pod));
                 }
+                k8s_attrs(&mut attrs, &c.k8s);
                 attrs
             }
-            Record::Process(p) => process(p.pid, &p.comm, &p.container_id),
-            Record::Endpoint(e) => process(e.pid, &e.comm, &e.container_id),
-            Record::Route(x) => process(x.pid, &x.comm, &x.container_id),
-            Record::Syscall(s) => process(s.pid, &s.comm, &s.container_id),
+            Record::Process(p) => process(p.pid, &p.comm, &p.container_id, Some(&p.k8s)),
+            Record::Endpoint(e) => process(e.pid, &e.comm, &e.container_id, Some(&e.k8s)),
+            Record::Route(x) => process(x.pid, &x.comm, &x.container_id, Some(&x.k8s)),
+            Record::Syscall(s) => process(s.pid, &s.comm, &s.container_id, None),
             Record::Agent(a) => {
                 let mut attrs = Self::host_attrs(host);
                 attrs.push(kv_str("service.name", "probe-agent"));
@@ -451,7 +473,7 @@ impl Exporter {
                 && let Some(pod) = &c.pod_uid
                 && (self.pods.len() < MAX_SERIES || self.pods.contains_key(&c.container_id))
             {
-                self.pods.insert(c.container_id.clone(), pod.clone());
+                self.pods.insert(c.container_id.clone(), (pod.clone(), c.k8s.clone()));
             }
         }
         let mut agent_res = None;
@@ -721,6 +743,36 @@ mod tests {
 
     /// A recorded run (tests/fixtures, with buckets) exports every interval
     /// as a request that decodes back; prints the sizes (README: Outputs).
+    /// A process in a pod: its resource carries the semantic conventions'
+    /// Kubernetes names; a process on the host none.
+    #[test]
+    fn processes_in_pods_carry_their_kubernetes_names() {
+        let mut r = endpoint(1, serde_json::json!([]));
+        let Record::Endpoint(e) = &mut r else { unreachable!() };
+        e.container_id = Some("c1".into());
+        e.k8s = K8s {
+            k8s_namespace: Some("shop".into()),
+            k8s_pod: Some("web-1".into()),
+            k8s_container: Some("app".into()),
+        };
+        let mut ex = Exporter::new();
+        let bytes = ex.encode([r, endpoint(1, serde_json::json!([]))].iter()).unwrap();
+        let req = ExportMetricsServiceRequest::decode(&bytes[..]).unwrap();
+        let resources: Vec<&Vec<KeyValue>> = req
+            .resource_metrics
+            .iter()
+            .map(|rm| &rm.resource.as_ref().unwrap().attributes)
+            .collect();
+        assert_eq!(resources.len(), 2);
+        let s = |v: &str| Some(V::StringValue(v.into()));
+        let in_pod = resources.iter().find(|a| attr(a, "container.id").is_some()).unwrap();
+        assert_eq!(attr(in_pod, "k8s.namespace.name").cloned(), s("shop"));
+        assert_eq!(attr(in_pod, "k8s.pod.name").cloned(), s("web-1"));
+        assert_eq!(attr(in_pod, "k8s.container.name").cloned(), s("app"));
+        let on_host = resources.iter().find(|a| attr(a, "container.id").is_none()).unwrap();
+        assert!(on_host.iter().all(|kv| !kv.key.starts_with("k8s.")));
+    }
+
     #[test]
     fn a_recorded_run_exports_requests_that_decode() {
         use std::io::{Read as _, Write as _};
