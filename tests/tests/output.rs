@@ -437,6 +437,7 @@ fn prometheus_scrapes_the_endpoint() {
             .find(|l| {
                 l.starts_with("probe_request_latency_seconds_bucket{")
                     && l.contains(series)
+                    && l.contains(&format!("port=\"{port}\""))
                     && l.contains(&format!("le=\"{b}\""))
             })
             .unwrap()
