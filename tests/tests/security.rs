@@ -306,21 +306,33 @@ fn configuration_reads_are_bounded_and_never_block() {
 /// which reaps it: `Child::wait` is not needed).
 #[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> (i32, u64, String) {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id() as i32;
-    let mut stderr = child.stderr.unwrap();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let mut status = 0;
-    // SAFETY: rusage is plain C data (integers): all zeros is valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4(2) fills the status and rusage it is given.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(rc, pid);
-    (libc::WEXITSTATUS(status), ru.ru_maxrss as u64, reader.join().unwrap())
+    // The peak RSS of the command's own image (VmHWM), read while it runs:
+    // wait4's ru_maxrss would also count the test process's memory, which
+    // a vfork-like spawn shares until the exec.
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status.code().unwrap_or(-1), peak_kib, reader.join().unwrap())
 }
 
 /// The offline commands stream: a 30 MB recording and a 64 MiB line are
@@ -398,10 +410,15 @@ fn a_lookalike_cgroup_is_not_the_container() {
         let p = deleg.join(f);
         let _ = std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid));
     }
+    // The workload, where the user may run it (the build directory may be
+    // private to root: a fresh clone in mktemp's 0700 directory).
+    let bin = tempdir("sec-cg-bin").join("probe-workload");
+    fs::copy(workload_bin(), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
     let script = format!(
         "read go; mkdir '{0}' && echo $$ > '{0}/cgroup.procs' && exec '{1}' spin --name pw-fake --ms 3000",
         lookalike.display(),
-        workload_bin().display()
+        bin.display()
     );
     let mut fake = user
         .command("sh")
