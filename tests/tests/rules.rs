@@ -416,7 +416,13 @@ fn a_filling_disk_fires_and_resolves() {
             Duration::from_secs(10),
         )
         .expect("the disk alert resolves");
-    let records = agent.stop().unwrap();
+    // This mount's alerts (the host's own disks may be near a threshold).
+    let records: Vec<Value> = agent
+        .stop()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["type"] != "alert" || r["mount"] == mount.as_str())
+        .collect();
     let (fired, _) = fired_and_resolved(&records, "disk");
     assert!(
         fired.starts_with("disk utilization ") && fired.contains(&format!("on {mount} of host")),
