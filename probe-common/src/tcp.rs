@@ -71,8 +71,15 @@ pub struct SockState {
     pub fin_ns: u64,
     /// The outstanding request's route id (`requests::ROUTE_*` or a hash).
     pub route: u32,
-    pub _pad2: u32,
+    /// `req_ns` when the smoothed RTT was last sampled (see `RTT_GAP_NS`),
+    /// in units of 1024 ns, wrapping (the state stays one cache line).
+    pub rtt_at: u32,
 }
+
+/// The smoothed RTT is sampled at most once per this many nanoseconds per
+/// connection: it is a moving average over several round trips already,
+/// so a busy connection's every segment would repeat one value at a price.
+pub const RTT_GAP_NS: u64 = 1_000_000;
 
 /// Connection metrics, the `metric` of a [`TcpKey`].
 pub mod metric {

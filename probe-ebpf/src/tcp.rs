@@ -45,8 +45,8 @@ use probe_common::{
     runs::slot,
     tcp::{
         COUNTERS, Counter, ENDPOINT_MAX_ENTRIES, EndpointKey, Field, ROLE_CLIENT, ROLE_SERVER,
-        ROLE_UNKNOWN, SLOT_ERROR, SOCK_MAX_ENTRIES, STATS_MAX_ENTRIES, SockState, TcpKey, TcpValue,
-        metric, set_state, tcp_events,
+        ROLE_UNKNOWN, RTT_GAP_NS, SLOT_ERROR, SOCK_MAX_ENTRIES, STATS_MAX_ENTRIES, SockState,
+        TcpKey, TcpValue, metric, set_state, tcp_events,
     },
 };
 
@@ -248,6 +248,7 @@ fn parse_request(s: *mut SockState, data: Data, len: u64) {
         }
         (*s).parsed = PARSED_YES;
         (*s).method = 0;
+        let last_route = (*s).route;
         (*s).route = ROUTE_NONE;
         let tls = (*s).proto & proto::TLS;
         let app = (*s).proto & !proto::TLS;
@@ -276,9 +277,10 @@ fn parse_request(s: *mut SockState, data: Data, len: u64) {
         (*s).proto = r.proto | tls;
         (*s).method = r.method;
         (*s).route = r.route;
+        // A route the socket's previous request named is known already.
         if r.skip {
             (*s).parsed = PARSED_SKIP;
-        } else if !requests::remember_route(scratch, r.route) {
+        } else if r.route != last_route && !requests::remember_route(scratch, r.route) {
             bump(Counter::RouteNamesFull);
         }
     }
@@ -442,15 +444,17 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// claimed by the current process if nobody owns it yet.
 #[inline(always)]
 fn owned(sk: u64) -> Option<(*mut SockState, u32)> {
-    let family: u16 = kread(sk + offset(&SK_FAMILY_OFF))?;
-    let protocol: u16 = kread(sk + offset(&SK_PROTOCOL_OFF))?;
-    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
-        return None;
-    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Only TCP sockets are in the map (an entry leaves when its socket is
+    // destroyed), so a known socket needs no look at its family.
     let s = match TCP_SOCKS.get_ptr_mut(sk) {
         Some(s) => s,
         None => {
+            let family: u16 = kread(sk + offset(&SK_FAMILY_OFF))?;
+            let protocol: u16 = kread(sk + offset(&SK_PROTOCOL_OFF))?;
+            if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+                return None;
+            }
             // Connected before the agent started: bytes only, role unknown.
             let fresh = SockState { tgid, ..SockState::default() };
             if !maps::insert_new(&TCP_SOCKS, &sk, fresh) {
@@ -663,28 +667,35 @@ pub fn tcp_probe(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let Some(s) = TCP_SOCKS.get_ptr_mut(sk) else { return 0 };
-    // srtt_us holds the smoothed RTT in microseconds, shifted left by 3.
-    let srtt_us =
-        if detail_off() { 0 } else { kread::<u32>(sk + offset(&TP_SRTT_OFF)).unwrap_or(0) >> 3 };
-    if srtt_us != 0 {
-        let ns = u64::from(srtt_us) * 1000;
-        stat(unsafe { (*s).tgid }, metric::RTT, bucket_of(ns) as u16, ns);
-    }
     unsafe {
         // A server's request starts when its first bytes arrive; a
         // client's answer has arrived (it ends when read). Not for a
         // socket read through OpenSSL: its requests start and end with
         // plaintext.
-        if (*s).ssl != 0 {
+        if (*s).ssl == 0 {
+            if (*s).role == ROLE_SERVER && (*s).outstanding == 0 {
+                (*s).outstanding = 1;
+                (*s).req_ns = bpf_ktime_get_ns();
+                (*s).parsed = PARSED_NO;
+            } else if (*s).role == ROLE_CLIENT && (*s).outstanding != 0 {
+                (*s).answered = 1;
+            }
+        }
+        // The RTT, at most once per RTT_GAP_NS by the request clock (no
+        // clock read of its own; a socket without requests samples every
+        // segment).
+        let t = (*s).req_ns;
+        let at = (t >> 10) as u32;
+        if detail_off() || (t != 0 && at.wrapping_sub((*s).rtt_at) < (RTT_GAP_NS >> 10) as u32) {
             return 0;
         }
-        if (*s).role == ROLE_SERVER && (*s).outstanding == 0 {
-            (*s).outstanding = 1;
-            (*s).req_ns = bpf_ktime_get_ns();
-            (*s).parsed = PARSED_NO;
-        } else if (*s).role == ROLE_CLIENT && (*s).outstanding != 0 {
-            (*s).answered = 1;
-        }
+        (*s).rtt_at = at;
+    }
+    // srtt_us holds the smoothed RTT in microseconds, shifted left by 3.
+    let srtt_us = kread::<u32>(sk + offset(&TP_SRTT_OFF)).unwrap_or(0) >> 3;
+    if srtt_us != 0 {
+        let ns = u64::from(srtt_us) * 1000;
+        stat(unsafe { (*s).tgid }, metric::RTT, bucket_of(ns) as u16, ns);
     }
     0
 }
