@@ -66,8 +66,9 @@ pub struct SyscallKey {
 
 /// Value of [`STATS_MAP`], per CPU, cumulative since the entry was created.
 /// A latency slot counts calls and, of those, failures (so that one read
-/// always sees count and errors of the same calls); an errno slot only
-/// uses `count`, for the breakdown by errno.
+/// always sees count and errors of the same calls), and of the failures
+/// those with `EAGAIN`; an errno slot only uses `count`, for the breakdown
+/// by every other errno.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallValue {
@@ -75,7 +76,15 @@ pub struct SyscallValue {
     pub errors: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
+    /// Calls that failed with `EAGAIN`: an event loop's every read ends
+    /// with one, so they are counted here rather than in an errno slot of
+    /// their own, which would double the map work of those calls.
+    pub eagain: u64,
 }
+
+/// `EAGAIN` (include/uapi/asm-generic/errno-base.h; the same number on
+/// x86_64 and arm64).
+pub const EAGAIN: u16 = 11;
 
 /// The call in flight on one CPU: written at `sys_enter`, read at
 /// `sys_exit` when the same thread is still on that CPU (most calls), or
@@ -173,7 +182,7 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<SyscallKey>() == 8);
-const _: () = assert!(core::mem::size_of::<SyscallValue>() == 32);
+const _: () = assert!(core::mem::size_of::<SyscallValue>() == 40);
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 24);
 const _: () = assert!(core::mem::size_of::<SyscallCurrent>() == 32);
 const _: () = assert!((SLOT_UNTIMED as u32) > hist::BUCKETS && SLOT_UNTIMED < SLOT_ERRNO);

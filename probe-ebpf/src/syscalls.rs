@@ -25,8 +25,8 @@ use probe_common::{
     hist::bucket_of,
     requests::io,
     syscalls::{
-        COMM_MAX_ENTRIES, COUNTERS, Counter, DETAIL_OFF, MAX_ERRNO, MAX_NR, SHED, SLOT_ERRNO,
-        SLOT_UNTIMED, START_MAX_ENTRIES, STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey,
+        COMM_MAX_ENTRIES, COUNTERS, Counter, DETAIL_OFF, EAGAIN, MAX_ERRNO, MAX_NR, SHED,
+        SLOT_ERRNO, SLOT_UNTIMED, START_MAX_ENTRIES, STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey,
         SyscallStart, SyscallValue, UNTIMED,
     },
 };
@@ -217,10 +217,11 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
         (delta, bucket_of(delta) as u16)
     };
     let key = SyscallKey { tgid, nr: nr as u16, slot };
-    add(&key, delta, failed as u64);
-    if ret < 0 && errno <= MAX_ERRNO {
+    let eagain = ret == -i64::from(EAGAIN);
+    add(&key, delta, failed as u64, eagain as u64);
+    if ret < 0 && errno <= MAX_ERRNO && !eagain {
         let key = SyscallKey { slot: SLOT_ERRNO | errno as u16, ..key };
-        add(&key, 0, 0);
+        add(&key, 0, 0, 0);
     }
 }
 
@@ -246,14 +247,15 @@ fn take_start(tid: u32) -> Option<(u64, u32)> {
     Some((s.start_ns, s.nr))
 }
 
-/// Adds one call of `delta_ns` (`errors` is 1 if it failed) to `key`'s
-/// per-CPU slot, creating it if new.
+/// Adds one call of `delta_ns` (`errors` is 1 if it failed, `eagain` if
+/// with EAGAIN) to `key`'s per-CPU slot, creating it if new.
 #[inline(always)]
-fn add(key: &SyscallKey, delta_ns: u64, errors: u64) {
-    let first = SyscallValue { count: 1, errors, sum_ns: delta_ns, max_ns: delta_ns };
+fn add(key: &SyscallKey, delta_ns: u64, errors: u64, eagain: u64) {
+    let first = SyscallValue { count: 1, errors, sum_ns: delta_ns, max_ns: delta_ns, eagain };
     match maps::upsert(&SYSCALL_STATS, key, first, |v| {
         v.count += 1;
         v.errors += errors;
+        v.eagain += eagain;
         v.sum_ns += delta_ns;
         v.max_ns = v.max_ns.max(delta_ns);
     }) {

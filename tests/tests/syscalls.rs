@@ -71,6 +71,8 @@ fn call_counts_and_error_rate_are_exact() {
         "500",
         "--threads",
         "2",
+        "--eagain",
+        "4000",
     ])
     .unwrap();
     let pid = w.pid;
@@ -99,6 +101,14 @@ fn call_counts_and_error_rate_are_exact() {
     assert_eq!(openat[0]["errnos"]["ENOENT"], 1000);
     assert_eq!(openat[0]["comm"], "pw-calls");
     assert_eq!(openat[0]["nr"], 257);
+    // EAGAIN is counted beside the calls it ends (no errno slot of its
+    // own), and another errno of the same call keeps its slot.
+    let read: Vec<_> = of(&records, "syscall", pid).filter(|r| r["syscall"] == "read").collect();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0]["count"], truth["read"]);
+    assert_eq!(read[0]["errors"], truth["read"]);
+    assert_eq!(read[0]["errnos"]["EAGAIN"], truth["read_eagain"]);
+    assert_eq!(read[0]["errnos"]["EBADF"], truth["read_ebadf"]);
 
     // The process record adds up its system calls; the host record covers at least as much.
     let procs: Vec<_> = of(&records, "process", pid).collect();

@@ -14,6 +14,12 @@
 //! - `agent-nostats`: the agent with `--bpf-stats-pct 0`.
 //! - `bpftrace`: bpftrace keeping the same per-process, per-syscall latency
 //!   histogram and error count.
+//! - `rezolus`: the Rezolus agent with only its system-call samplers
+//!   (`syscall_counts`, `syscall_latency`: host-wide counts and latency
+//!   histograms per call family), when a `rezolus` binary is on the PATH
+//!   or in `$REZOLUS` (`cargo install rezolus --locked` builds it, with
+//!   Debian's clang and libelf-dev). The nginx rows run it with every
+//!   sampler it has.
 //!
 //! Prints a Markdown table and writes it as JSON to target/bench/syscalls.json.
 
@@ -42,6 +48,54 @@ pub(crate) struct Tracer {
     lines: mpsc::Receiver<String>,
 }
 
+/// The port the bench's Rezolus listens on.
+const REZOLUS_PORT: u16 = 14241;
+
+/// The Rezolus binary, if one runs here.
+pub(crate) fn rezolus() -> Option<PathBuf> {
+    let bin = std::env::var_os("REZOLUS").map_or_else(|| PathBuf::from("rezolus"), PathBuf::from);
+    Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()).then_some(bin)
+}
+
+/// Starts Rezolus with only its system-call samplers (`all`: every
+/// sampler), and checks that they run: its metrics name system calls.
+pub(crate) fn start_rezolus(bin: &Path, dir: &Path, all: bool) -> Result<Tracer> {
+    std::fs::create_dir_all(dir)?;
+    let conf = dir.join(if all { "rezolus-all.toml" } else { "rezolus-syscalls.toml" });
+    let samplers = if all {
+        "[defaults]\nenabled = true\n".to_string()
+    } else {
+        "[defaults]\nenabled = false\n[samplers.syscall_counts]\nenabled = true\n\
+         [samplers.syscall_latency]\nenabled = true\n"
+            .to_string()
+    };
+    std::fs::write(
+        &conf,
+        format!(
+            "[general]\nlisten = \"127.0.0.1:{REZOLUS_PORT}\"\n[log]\nlevel = \"info\"\n{samplers}"
+        ),
+    )?;
+    let mut cmd = Command::new(bin);
+    cmd.arg(&conf);
+    let t = Tracer::start_listening(cmd, REZOLUS_PORT)?;
+    let metrics = http_get(REZOLUS_PORT, "/metrics")?;
+    if !metrics.contains("syscall") {
+        bail!("Rezolus runs but reports no system-call metric: its samplers did not load");
+    }
+    Ok(t)
+}
+
+/// The body of a plain HTTP GET on loopback.
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
 impl Tracer {
     /// Starts `cmd` and waits until a line of its stdout or stderr contains `ready`.
     pub(crate) fn start(mut cmd: Command, ready: &str) -> Result<Self> {
@@ -65,6 +119,9 @@ impl Tracer {
             });
         }
         let t = Tracer { child, lines };
+        if ready.is_empty() {
+            return Ok(t);
+        }
         loop {
             let line = t
                 .lines
@@ -77,6 +134,25 @@ impl Tracer {
         // Let attachment settle.
         std::thread::sleep(Duration::from_millis(300));
         Ok(t)
+    }
+
+    /// Starts `cmd` and waits until it accepts connections on `port`
+    /// (a tracer that prints nothing when its programs are attached).
+    pub(crate) fn start_listening(cmd: Command, port: u16) -> Result<Self> {
+        let what = format!("{cmd:?}");
+        let mut t = Self::start(cmd, "")?;
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(t);
+            }
+            if let Some(status) = t.child.try_wait()? {
+                let said: Vec<String> = t.lines.try_iter().collect();
+                bail!("{what} exited ({status}): {}", said.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{what} did not listen on port {port} within 60 s")
     }
 
     /// Stops it with SIGINT; returns every JSON record it wrote.
@@ -92,19 +168,21 @@ impl Tracer {
         out
     }
 
-    /// Stops it with SIGINT; returns the last agent record seen, if any.
+    /// Stops it with SIGINT; returns the agent record of the last whole
+    /// interval (the one written at the stop covers a part only), if any.
     fn stop(mut self) -> Option<Value> {
         crate::kill(self.child.id(), libc::SIGINT);
         let _ = self.child.wait();
-        let mut last = None;
+        let mut agent = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v["type"] == "agent"
             {
-                last = Some(v);
+                agent.push(v);
             }
         }
-        last
+        let whole = agent.len().saturating_sub(2);
+        agent.into_iter().nth(whole)
     }
 }
 
@@ -167,7 +245,7 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
             .status();
     }
     if server_only {
-        let v = server::run(root, &agent, rounds)?;
+        let v = server::run(root, &agent, rezolus().as_deref(), rounds)?;
         std::fs::create_dir_all(root.join("target/bench"))?;
         std::fs::write(root.join("target/bench/server.json"), serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -175,10 +253,17 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
     let has_bpftrace =
         Command::new("bpftrace").arg("--version").output().is_ok_and(|o| o.status.success());
 
-    let configs: Vec<&str> = ["none", "floor", "floor-clock", "agent", "agent-nostats", "bpftrace"]
-        .into_iter()
-        .filter(|c| *c != "bpftrace" || has_bpftrace)
-        .collect();
+    let rezolus = rezolus();
+    if rezolus.is_none() {
+        eprintln!("no rezolus on the PATH (nor $REZOLUS): its rows are left out");
+    }
+    let configs: Vec<&str> =
+        ["none", "floor", "floor-clock", "agent", "agent-nostats", "bpftrace", "rezolus"]
+            .into_iter()
+            .filter(|c| *c != "bpftrace" || has_bpftrace)
+            .filter(|c| *c != "rezolus" || rezolus.is_some())
+            .collect();
+    let rezolus_dir = root.join("target/bench/rezolus");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut agent_rec = None;
     for round in 0..rounds {
@@ -206,6 +291,11 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
                     c.args(["-e", BPFTRACE]);
                     Some(Tracer::start(c, "Attaching")?)
                 }
+                "rezolus" => Some(start_rezolus(
+                    rezolus.as_deref().context("rezolus")?,
+                    &rezolus_dir,
+                    false,
+                )?),
                 _ => unreachable!(),
             };
             let ns = ns_per_call(&workload, calls)?;
@@ -246,26 +336,29 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
     let floor_added = get("floor").map(|v| v - base);
     let clock_added = get("floor-clock").map(|v| v - base);
     let bpftrace_added = get("bpftrace").map(|v| v - base);
+    let rezolus_added = get("rezolus").map(|v| v - base);
 
     let mut rows = Vec::new();
     println!(
-        "| configuration | ns per getppid | ns added | vs floor | vs floor-clock | vs bpftrace |"
+        "| configuration | ns per getppid | ns added | vs floor | vs floor-clock | vs bpftrace | vs rezolus |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, cfg) in configs.iter().enumerate() {
         let added = med[i] - base;
         let vs = |d: Option<f64>| d.filter(|d| *d > 0.0 && *cfg != "none").map(|d| added / d);
         let fmt = |r: Option<f64>| r.map_or("".into(), |r| format!("{r:.2}x"));
         println!(
-            "| {cfg} | {:.1} | {added:.1} | {} | {} | {} |",
+            "| {cfg} | {:.1} | {added:.1} | {} | {} | {} | {} |",
             med[i],
             fmt(vs(floor_added)),
             fmt(vs(clock_added)),
-            fmt(vs(bpftrace_added))
+            fmt(vs(bpftrace_added)),
+            fmt(vs(rezolus_added))
         );
         rows.push(json!({"config": cfg, "ns_per_call": med[i], "ns_added": added,
             "added_vs_floor": vs(floor_added), "added_vs_floor_clock": vs(clock_added),
-            "added_vs_bpftrace": vs(bpftrace_added), "samples": samples[i]}));
+            "added_vs_bpftrace": vs(bpftrace_added), "added_vs_rezolus": vs(rezolus_added),
+            "samples": samples[i]}));
     }
     let syscall_added = get("agent").map_or(0.0, |a| a - base);
     let per_switch = (sw_agent - sw_none) / 2.0;
@@ -287,7 +380,7 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
     if let Some(a) = &agent_rec {
         println!();
         println!(
-            "agent during the loop: {}% of one core, RSS {:.1} MiB; kernel programs: {}",
+            "agent during the loop (its last whole 1 s interval): {}% of one core, RSS {:.1} MiB; kernel programs: {}",
             a["cpu_pct"],
             a["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             a["programs"]
@@ -301,7 +394,7 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
                 .unwrap_or_default()
         );
     }
-    let nginx = server::run(root, &agent, rounds.min(5))?;
+    let nginx = server::run(root, &agent, rezolus.as_deref(), rounds.min(5))?;
     let out = json!({"benchmark": "syscall overhead", "calls_per_sample": calls, "rounds": rounds,
         "rows": rows, "context_switches": switches, "agent": agent_summary, "nginx": nginx});
     let dir = root.join("target/bench");
@@ -323,7 +416,7 @@ pub mod server {
     use anyhow::{Context as _, Result, bail};
     use serde_json::{Value, json};
 
-    use super::{Tracer, median};
+    use super::{Tracer, median, start_rezolus};
 
     const PORT: u16 = 18080;
 
@@ -442,7 +535,26 @@ pub mod server {
         Ok((reqs, reqs / rps, rps, lat.context("no latency")?))
     }
 
-    pub fn run(root: &Path, agent: &Path, rounds: usize) -> Result<Value> {
+    /// The median of `v` and its range, as "median (lo..hi)".
+    fn with_range(v: &[f64], digits: usize) -> (f64, String) {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let m = median(&mut sorted.clone());
+        let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
+        (m, format!("{m:.digits$} ({lo:.digits$}..{hi:.digits$})"))
+    }
+
+    /// Microseconds each request took longer, and the share of requests
+    /// per second lost, pair by pair (a round's run without a tracer
+    /// against its run under one: the machine's speed drifts between
+    /// rounds).
+    fn added(none: &[f64], with: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let us = none.iter().zip(with).map(|(a, b)| 1e6 / b - 1e6 / a).collect();
+        let lost = none.iter().zip(with).map(|(a, b)| (a - b) / a * 100.0).collect();
+        (us, lost)
+    }
+
+    pub fn run(root: &Path, agent: &Path, rezolus: Option<&Path>, rounds: usize) -> Result<Value> {
         let dir = root.join("target/bench/nginx");
         let _nginx = start_nginx(&dir)?;
         let mut out = Vec::new();
@@ -450,7 +562,8 @@ pub mod server {
         let mut agreement = Vec::new();
         for (label, path, extra) in CASES {
             wrk(1, path, extra)?; // warm up
-            let (mut none, mut with, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut none, mut with, mut floor, mut rez) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
@@ -498,31 +611,31 @@ pub mod server {
                 if served == 0.0 {
                     bail!("at the floor the agent counted no request on port {PORT}");
                 }
+                // Rezolus with every sampler it has, on the same load.
+                if let Some(bin) = rezolus {
+                    let t = start_rezolus(bin, &root.join("target/bench/rezolus"), true)?;
+                    let (_, _, rps3, _) = wrk(5, path, extra)?;
+                    rez.push(rps3);
+                    t.stop_all();
+                }
                 eprintln!(
                     "round {}/{rounds} nginx {label}: none {rps0:.0} req/s ({lat0:.3} ms), agent {rps1:.0} req/s ({lat1:.3} ms); \
                      agent saw {answered:.0} of wrk's {reqs:.0} requests, server avg {avg:.3} ms, client avg {client_avg:.3} ms",
                     round + 1
                 );
             }
-            let (n, w) = (median(&mut none.clone()), median(&mut with.clone()));
-            // Rounds pair a run without the agent with one under it: the
-            // loss is the median of the pairs (the machine's speed drifts
-            // between rounds), with their spread.
-            let mut losses: Vec<f64> =
-                none.iter().zip(&with).map(|(a, b)| (a - b) / a * 100.0).collect();
-            let loss = median(&mut losses.clone());
-            losses.sort_by(f64::total_cmp);
-            let spread = format!("{:.0}..{:.0}%", losses[0], losses[losses.len() - 1]);
-            let mut added: Vec<f64> =
-                none.iter().zip(&with).map(|(a, b)| 1e6 / b - 1e6 / a).collect();
-            let us_added = median(&mut added);
-            let mut floor_added: Vec<f64> =
-                none.iter().zip(&floor).map(|(a, b)| 1e6 / b - 1e6 / a).collect();
-            let floor_us_added = median(&mut floor_added);
-            let mut floor_losses: Vec<f64> =
-                none.iter().zip(&floor).map(|(a, b)| (a - b) / a * 100.0).collect();
-            let floor_loss = median(&mut floor_losses);
-            let f = median(&mut floor.clone());
+            let n = median(&mut none.clone());
+            let (us, lost) = added(&none, &with);
+            let ((us_added, us_txt), (loss, loss_txt)) = (with_range(&us, 2), with_range(&lost, 1));
+            let (fus, flost) = added(&none, &floor);
+            let ((floor_us_added, fus_txt), (floor_loss, floor_loss_txt)) =
+                (with_range(&fus, 2), with_range(&flost, 1));
+            let rez_row = if rez.is_empty() {
+                " | ".to_string()
+            } else {
+                let (rus, rlost) = added(&none, &rez);
+                format!("{}% | {}", with_range(&rlost, 1).1, with_range(&rus, 2).1)
+            };
             let (ce, re, le, cle) = (
                 median(&mut count_err),
                 median(&mut rate_err),
@@ -530,20 +643,21 @@ pub mod server {
                 median(&mut client_lat_err),
             );
             rows.push(format!(
-                "| {label} | {n:.0} | {w:.0} | {loss:.1}% ({spread}) | {:.1} | {us_added:.2} | {f:.0} | {floor_loss:.1}% | {floor_us_added:.2} |",
+                "| {label} | {n:.0} | {:.1} | {loss_txt}% | {us_txt} | {floor_loss_txt}% | {fus_txt} | {rez_row} |",
                 1e6 / n
             ));
             agreement.push(format!("| {label} | {ce:+.2}% | {re:+.2}% | {le:+.1}% | {cle:+.1}% |"));
             out.push(
                 json!({"case": label, "rps_none": none, "rps_agent": with, "rps_lost_pct": loss,
                 "us_added_per_request": us_added, "rps_floor": floor,
-                "us_added_per_request_floor": floor_us_added, "count_error_pct": ce, "rate_error_pct": re,
+                "us_added_per_request_floor": floor_us_added, "rps_lost_pct_floor": floor_loss,
+                "rps_rezolus": rez, "count_error_pct": ce, "rate_error_pct": re,
                 "latency_error_pct": le, "client_latency_error_pct": cle}),
             );
         }
         println!();
         println!(
-            "| nginx + wrk (loopback, 16 connections, 5 s, median of {rounds}) | requests/s, none | requests/s, agent | lost (range over rounds) | us per request | us added per request | requests/s, agent at its floor | lost | us added per request |"
+            "| nginx + wrk (loopback, 16 connections, 5 s; median of {rounds}, range over rounds) | requests/s, none | us per request | agent: lost | agent: us added per request | agent at its floor: lost | at its floor: us added | rezolus: lost | rezolus: us added |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &rows {

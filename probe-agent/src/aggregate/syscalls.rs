@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use probe_common::syscalls::{SLOT_ERRNO, SLOT_UNTIMED, SyscallKey, SyscallValue};
+use probe_common::syscalls::{EAGAIN, SLOT_ERRNO, SLOT_UNTIMED, SyscallKey, SyscallValue};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -83,7 +83,14 @@ pub fn interval(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<(u32, u16), CallSta
         let stats = out.entry((key.tgid, key.nr)).or_default();
         if key.slot & SLOT_ERRNO != 0 {
             *stats.errnos.entry(key.slot & !SLOT_ERRNO).or_default() += count;
-        } else if key.slot == SLOT_UNTIMED {
+            continue;
+        }
+        // EAGAIN is counted in the calls' own slot (see SyscallValue).
+        let eagain = now.eagain.saturating_sub(before.eagain);
+        if eagain > 0 {
+            *stats.errnos.entry(EAGAIN).or_default() += eagain;
+        }
+        if key.slot == SLOT_UNTIMED {
             stats.calls += count;
             stats.errors += now.errors.saturating_sub(before.errors);
         } else {
@@ -136,11 +143,11 @@ mod tests {
     }
 
     fn val(count: u64, sum_ns: u64, max_ns: u64) -> SyscallValue {
-        SyscallValue { count, errors: 0, sum_ns, max_ns }
+        SyscallValue { count, errors: 0, sum_ns, max_ns, eagain: 0 }
     }
 
     fn failed(count: u64, errors: u64, sum_ns: u64, max_ns: u64) -> SyscallValue {
-        SyscallValue { count, errors, sum_ns, max_ns }
+        SyscallValue { count, errors, sum_ns, max_ns, eagain: 0 }
     }
 
     #[test]
@@ -174,6 +181,22 @@ mod tests {
         assert_eq!((g.count, g.errors, g.error_rate_pct), (64, 16, 25.0));
         assert_eq!(d[&(3, 0)].latency.count, 4, "latency from the timed calls only");
         assert_eq!(g.latency_ms.unwrap().avg, 0.001);
+    }
+
+    #[test]
+    fn eagain_counted_in_the_calls_slot_joins_the_errno_breakdown() {
+        let (b, c) = (bucket_of(1000) as u16, bucket_of(90_000) as u16);
+        let mut prev = Snapshot::new();
+        prev.insert(key(5, 0, b), SyscallValue { eagain: 2, ..failed(10, 2, 10_000, 1000) });
+        let mut cur = Snapshot::new();
+        cur.insert(key(5, 0, b), SyscallValue { eagain: 9, ..failed(20, 9, 20_000, 1000) });
+        cur.insert(key(5, 0, c), SyscallValue { eagain: 1, ..failed(3, 2, 270_000, 90_000) });
+        cur.insert(key(5, 0, SLOT_UNTIMED), SyscallValue { eagain: 4, ..failed(8, 4, 0, 0) });
+        cur.insert(key(5, 0, SLOT_ERRNO | 4), val(1, 0, 0));
+        let d = &interval(&prev, &cur)[&(5, 0)];
+        assert_eq!(d.errors, 7 + 2 + 4);
+        assert_eq!(d.errnos[&EAGAIN], 7 + 1 + 4);
+        assert_eq!(d.errnos[&4], 1, "other errnos keep their own slots");
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl PerCpu for probe_common::syscalls::SyscallValue {
         self.errors += v.errors;
         self.sum_ns += v.sum_ns;
         self.max_ns = self.max_ns.max(v.max_ns);
+        self.eagain += v.eagain;
     }
 }
 

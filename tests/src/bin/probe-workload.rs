@@ -121,9 +121,26 @@ fn main() -> Result<()> {
             for h in handles {
                 h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
             }
+            // --eagain N: N reads of an empty non-blocking pipe (EAGAIN, as
+            // an event loop's every read ends), and N / 4 of a closed
+            // descriptor (EBADF), so one call fails with two errnos.
+            let eagain = num("--eagain", 0)?;
+            let mut fds = [0i32; 2];
+            // SAFETY: pipe2 writes two descriptors into `fds`.
+            let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+            anyhow::ensure!(rc == 0, "pipe2 failed");
+            let mut buf = [0u8; 8];
+            for i in 0..eagain {
+                let fd = if i % 4 == 3 { -1 } else { fds[0] };
+                // SAFETY: reads at most 8 bytes into `buf`.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                assert!(n < 0);
+            }
+            let ebadf = eagain / 4;
             let t = threads;
             serde_json::json!({"pid": pid, "openat": (ok + fail) * t, "openat_errors": fail * t,
-                "close": ok * t, "getppid": ok * t})
+                "close": ok * t, "getppid": ok * t, "read": eagain,
+                "read_eagain": eagain - ebadf, "read_ebadf": ebadf})
         }
         // --count N: N getppid calls as fast as possible (benchmark loop).
         // Prints ns per call. Starts at once.
