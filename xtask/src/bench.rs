@@ -387,8 +387,17 @@ pub fn run(root: &Path, rounds: usize, calls: u64, server_only: bool) -> Result<
                 .as_array()
                 .map(|ps| ps
                     .iter()
-                    .filter(|p| p["run_count"].as_u64().unwrap_or(0) > 0)
-                    .map(|p| format!("{} {} ns/run", p["name"].as_str().unwrap_or(""), p["avg_ns"]))
+                    .filter(|p| p["runs"].as_u64().unwrap_or(0) > 0)
+                    .map(|p| {
+                        // Measured in the stats window if sampled, else priced.
+                        let ns = p["avg_ns"].as_f64().or(p["cost_per_run_ns"].as_f64());
+                        format!(
+                            "{} {} runs, {:.0} ns/run",
+                            p["name"].as_str().unwrap_or(""),
+                            p["runs"],
+                            ns.unwrap_or(0.0)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", "))
                 .unwrap_or_default()
@@ -544,6 +553,12 @@ pub mod server {
         (m, format!("{m:.digits$} ({lo:.digits$}..{hi:.digits$})"))
     }
 
+    /// A share with its range: "25.2% (23.5..26.3)".
+    fn pct_range(v: &[f64]) -> (f64, String) {
+        let (m, txt) = with_range(v, 1);
+        (m, txt.replacen(' ', "% ", 1))
+    }
+
     /// Microseconds each request took longer, and the share of requests
     /// per second lost, pair by pair (a round's run without a tracer
     /// against its run under one: the machine's speed drifts between
@@ -560,10 +575,12 @@ pub mod server {
         let mut out = Vec::new();
         let mut rows = Vec::new();
         let mut agreement = Vec::new();
+        let mut profiles = Vec::new();
         for (label, path, extra) in CASES {
             wrk(1, path, extra)?; // warm up
             let (mut none, mut with, mut floor, mut rez) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+
             let (mut count_err, mut rate_err, mut lat_err, mut client_lat_err) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
@@ -626,15 +643,15 @@ pub mod server {
             }
             let n = median(&mut none.clone());
             let (us, lost) = added(&none, &with);
-            let ((us_added, us_txt), (loss, loss_txt)) = (with_range(&us, 2), with_range(&lost, 1));
+            let ((us_added, us_txt), (loss, loss_txt)) = (with_range(&us, 2), pct_range(&lost));
             let (fus, flost) = added(&none, &floor);
             let ((floor_us_added, fus_txt), (floor_loss, floor_loss_txt)) =
-                (with_range(&fus, 2), with_range(&flost, 1));
+                (with_range(&fus, 2), pct_range(&flost));
             let rez_row = if rez.is_empty() {
                 " | ".to_string()
             } else {
                 let (rus, rlost) = added(&none, &rez);
-                format!("{}% | {}", with_range(&rlost, 1).1, with_range(&rus, 2).1)
+                format!("{} | {}", pct_range(&rlost).1, with_range(&rus, 2).1)
             };
             let (ce, re, le, cle) = (
                 median(&mut count_err),
@@ -643,9 +660,10 @@ pub mod server {
                 median(&mut client_lat_err),
             );
             rows.push(format!(
-                "| {label} | {n:.0} | {:.1} | {loss_txt}% | {us_txt} | {floor_loss_txt}% | {fus_txt} | {rez_row} |",
+                "| {label} | {n:.0} | {:.1} | {loss_txt} | {us_txt} | {floor_loss_txt} | {fus_txt} | {rez_row} |",
                 1e6 / n
             ));
+            profiles.push((label, where_the_time_goes(agent, path, extra)?));
             agreement.push(format!("| {label} | {ce:+.2}% | {re:+.2}% | {le:+.1}% | {cle:+.1}% |"));
             out.push(
                 json!({"case": label, "rps_none": none, "rps_agent": with, "rps_lost_pct": loss,
@@ -671,6 +689,62 @@ pub mod server {
         for r in &agreement {
             println!("{r}");
         }
+        for (label, profile) in &profiles {
+            println!();
+            println!(
+                "| where the time goes: {label}, agent with every KPI (one more run, with BPF run-time statistics on) | runs per request | ns per run | ns per request |"
+            );
+            println!("|---|---:|---:|---:|");
+            let total: f64 = profile.iter().map(|(_, _, _, t)| t).sum();
+            for (name, runs, ns, per_req) in profile {
+                println!("| {name} | {runs:.2} | {ns:.0} | {per_req:.0} |");
+            }
+            println!("| all programs | | | {total:.0} |");
+        }
         Ok(json!(out))
+    }
+
+    /// Each program's share of a request: one more run of the agent with
+    /// every KPI, with the kernel's BPF run-time statistics on (which add
+    /// their own clock reads to every run, so this run is not one of the
+    /// rounds): per program, runs per request, ns per run, ns per request,
+    /// dearest first.
+    fn where_the_time_goes(
+        agent: &Path,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<Vec<(String, f64, f64, f64)>> {
+        let programs = || -> Result<Vec<Value>> {
+            let out = Command::new("bpftool").args(["prog", "show", "--json"]).output()?;
+            Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout)?)
+        };
+        let stats = |on: bool| {
+            std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" })
+        };
+        let mut c = Command::new(agent);
+        c.args(["run", "--interval", "60s", "--comm", "nginx", "--comm", "wrk"]);
+        let t = Tracer::start(c, "\"type\":\"status\"")?;
+        stats(true)?;
+        let before = programs()?;
+        let run = wrk(5, path, extra);
+        let after = programs();
+        stats(false)?;
+        t.stop_all();
+        let (reqs, _, _, _) = run?;
+        let after = after?;
+        let key = |p: &Value| p["id"].as_u64();
+        let mut rows: Vec<(String, f64, f64, f64)> = after
+            .iter()
+            .filter_map(|p| {
+                let b = before.iter().find(|b| key(b) == key(p));
+                let field = |v: &Value, f: &str| v[f].as_f64().unwrap_or(0.0);
+                let runs = field(p, "run_cnt") - b.map_or(0.0, |b| field(b, "run_cnt"));
+                let ns = field(p, "run_time_ns") - b.map_or(0.0, |b| field(b, "run_time_ns"));
+                let name = p["name"].as_str()?.to_string();
+                (runs / reqs >= 0.01).then_some((name, runs / reqs, ns / runs, ns / reqs))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.3.total_cmp(&a.3));
+        Ok(rows)
     }
 }
