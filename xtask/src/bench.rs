@@ -46,6 +46,8 @@ tracepoint:raw_syscalls:sys_exit /@start[tid]/ {
 pub(crate) struct Tracer {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// What stops it: SIGINT, or SIGTERM for a tracer that ignores SIGINT.
+    stop_signal: i32,
 }
 
 /// The port the bench's Rezolus listens on.
@@ -77,9 +79,11 @@ pub(crate) fn start_rezolus(bin: &Path, dir: &Path, all: bool) -> Result<Tracer>
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg(&conf);
-    let t = Tracer::start_listening(cmd, REZOLUS_PORT)?;
-    let metrics = http_get(REZOLUS_PORT, "/metrics")?;
-    if !metrics.contains("syscall") {
+    let mut t = Tracer::start_listening(cmd, REZOLUS_PORT)?;
+    // Rezolus 5 ignores SIGINT.
+    t.stop_signal = libc::SIGTERM;
+    let metrics = http_get(REZOLUS_PORT, "/metrics/json")?;
+    if !metrics.contains("syscall_latency") {
         bail!("Rezolus runs but reports no system-call metric: its samplers did not load");
     }
     Ok(t)
@@ -118,7 +122,7 @@ impl Tracer {
                 }
             });
         }
-        let t = Tracer { child, lines };
+        let t = Tracer { child, lines, stop_signal: libc::SIGINT };
         if ready.is_empty() {
             return Ok(t);
         }
@@ -157,7 +161,7 @@ impl Tracer {
 
     /// Stops it with SIGINT; returns every JSON record it wrote.
     fn stop_all(mut self) -> Vec<Value> {
-        crate::kill(self.child.id(), libc::SIGINT);
+        crate::kill(self.child.id(), self.stop_signal);
         let _ = self.child.wait();
         let mut out = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
@@ -171,7 +175,7 @@ impl Tracer {
     /// Stops it with SIGINT; returns the agent record of the last whole
     /// interval (the one written at the stop covers a part only), if any.
     fn stop(mut self) -> Option<Value> {
-        crate::kill(self.child.id(), libc::SIGINT);
+        crate::kill(self.child.id(), self.stop_signal);
         let _ = self.child.wait();
         let mut agent = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
