@@ -455,7 +455,7 @@ pub static KPIS: &[Kpi] = &[
         path: "tcp.rtt_ms",
         name: "round-trip time",
         unit: Unit::Ms,
-        formula: "smoothed RTT, sampled on data segments received",
+        formula: "smoothed RTT, sampled on data segments received (at most once a millisecond per connection)",
         source: "tcp_probe",
         scopes: &[H, C, P],
         read: Read::Latency(|g| g.tcp?.rtt_ms.as_ref()),

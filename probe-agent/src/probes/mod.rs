@@ -498,8 +498,8 @@ mod tests {
 
     #[test]
     fn stats_map_scales_with_cpus_within_its_memory() {
-        assert_eq!(stats_max_entries(2), 419_430);
-        assert_eq!(stats_max_entries(1), 512 * 1024);
+        assert_eq!(stats_max_entries(2), 381_300);
+        assert_eq!(stats_max_entries(1), 493_447);
         assert!(stats_max_entries(64) >= 32_768 && stats_max_entries(64) <= 32_768 * 2);
         assert_eq!(stats_max_entries(4096), 32_768, "never below the default");
     }
