@@ -285,7 +285,10 @@ impl Transport for Stream {
             }
         }
         if self.conn.is_none() {
-            self.conn = Some(self.connect()?);
+            // A connection refused, or reset before connect() returned (a
+            // fast peer on loopback), is a failure too: the next one made
+            // counts as a reconnection.
+            self.conn = Some(self.connect().inspect_err(|_| self.failed = true)?);
             if std::mem::take(&mut self.failed) {
                 c.reconnects.fetch_add(1, Ordering::Relaxed);
             }
@@ -367,5 +370,26 @@ mod tests {
         let want: Vec<String> = (0..50).chain(100..110).map(|i| format!("line {i}")).collect();
         assert_eq!(all, want);
         assert_eq!(c.reconnects.load(Ordering::Relaxed), 1);
+    }
+
+    /// A connection that never came up (nothing listening yet) is a
+    /// failure: the first one made after it counts as a reconnection.
+    #[test]
+    fn a_refused_connection_counts_the_next_as_a_reconnection() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let mut s = Stream::tcp(addr.to_string());
+        let c = Counters::default();
+        let stop = AtomicBool::new(false);
+        let mut pending: VecDeque<Bytes> = [Bytes::from_static(b"one\n")].into();
+        let e = s.deliver(&mut pending, &c, &stop).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+        assert_eq!(c.reconnects.load(Ordering::Relaxed), 0);
+        let l = TcpListener::bind(addr).unwrap();
+        s.deliver(&mut pending, &c, &stop).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(c.reconnects.load(Ordering::Relaxed), 1);
+        drop(l);
     }
 }
