@@ -135,9 +135,17 @@ pub struct RunArgs {
     pub bpf_stats_pct: u8,
     /// The agent's overhead budget, in percent of the host's CPU capacity
     /// (its process plus its kernel programs). Above it, the agent times
-    /// fewer system calls (counting all of them); 0 disables shedding.
+    /// fewer system calls (counting all of them), then sheds the rest but
+    /// requests, a step per interval; 0 disables shedding.
     #[arg(long, default_value_t = 1.0, value_name = "PCT")]
     pub overhead_budget_pct: f64,
+    /// Start with everything shed that the budget can shed (system-call
+    /// programs detached, run-queue latency and connection detail off):
+    /// requests, CPU, memory and disk KPIs at their lowest cost. The
+    /// budget restores a step at a time when the host is calm; with
+    /// --overhead-budget-pct 0 it stays there.
+    #[arg(long)]
+    pub start_at_floor: bool,
     /// Where records go (repeatable; default stdout): stdout, file:PATH,
     /// tcp://HOST:PORT, unix:PATH, http(s)://HOST:PORT/PATH,
     /// otlp+http(s)://HOST:PORT/v1/metrics, with options after `?`:
@@ -194,6 +202,7 @@ pub struct RunConfig {
     /// Window of each interval with BPF run-time statistics on (zero: off).
     pub bpf_stats_window: Duration,
     pub overhead_budget_pct: f64,
+    pub start_at_floor: bool,
     pub outputs: Vec<crate::sink::OutputSpec>,
     pub histograms: bool,
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -322,6 +331,7 @@ impl RunArgs {
             config_path: self.config,
             bpf_stats_window: self.interval * u32::from(self.bpf_stats_pct) / 100,
             overhead_budget_pct: self.overhead_budget_pct,
+            start_at_floor: self.start_at_floor,
         })
     }
 }

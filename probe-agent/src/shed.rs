@@ -6,8 +6,10 @@
 //! 1. time only 1 in 4, then 16, then 64 system calls for latency, while
 //!    still counting every call and error exactly;
 //! 2. then, in [`Shed::LADDER`]'s order: the per-(process, system call)
-//!    detail (calls then counted in one total), run-queue latency, and the
-//!    per-segment connection detail (RTT and byte counts).
+//!    detail (calls then counted in one total), the system-call programs
+//!    themselves (detached: every call leaves the kernel's traced slow
+//!    path), run-queue latency, and the per-segment connection detail (RTT
+//!    and byte counts).
 //!
 //! Requests (count, errors, latency per endpoint and route) are the
 //! product's headline and are never shed: at the last step, a cost still
@@ -35,6 +37,10 @@ pub enum Shed {
     /// Per-(process, system call) counts, errors and latency: each call is
     /// counted in one total (`lost.syscalls_shed`) instead.
     SyscallDetail,
+    /// The system-call programs, detached: no call is counted at all, and
+    /// system calls leave the kernel's traced slow path. Requests do not
+    /// need them (their bytes are found from the caller's registers).
+    SyscallProbes,
     /// Run-queue latency (its programs return at once).
     Runq,
     /// RTT samples and byte counts per connection segment; requests,
@@ -44,22 +50,29 @@ pub enum Shed {
 
 impl Shed {
     /// Least valuable first.
-    pub const LADDER: [Shed; 3] = [Shed::SyscallDetail, Shed::Runq, Shed::TcpDetail];
+    pub const LADDER: [Shed; 4] =
+        [Shed::SyscallDetail, Shed::SyscallProbes, Shed::Runq, Shed::TcpDetail];
 
-    /// Its name in the `agent` record (`shedding.detail_off` for the
-    /// details, `shedding.probes_off` for run-queue latency).
+    /// Its name in the `agent` record: in `shedding.detail_off` for the
+    /// details, in `shedding.probes_off` for the steps that switch a
+    /// family's programs off (see [`Shed::probes_off`]).
     pub fn name(self) -> &'static str {
         match self {
-            Shed::SyscallDetail => "syscalls",
+            Shed::SyscallDetail | Shed::SyscallProbes => "syscalls",
             Shed::Runq => "runq_latency",
             Shed::TcpDetail => "tcp",
         }
     }
 
+    /// Whether it switches its family's programs off (else it sheds detail).
+    pub fn probes_off(self) -> bool {
+        matches!(self, Shed::SyscallProbes | Shed::Runq)
+    }
+
     /// The KPI family whose programs it sheds.
     pub fn family(self) -> Family {
         match self {
-            Shed::SyscallDetail => Family::Syscalls,
+            Shed::SyscallDetail | Shed::SyscallProbes => Family::Syscalls,
             Shed::Runq => Family::Runq,
             Shed::TcpDetail => Family::Tcp,
         }
@@ -69,6 +82,7 @@ impl Shed {
     pub fn words(self) -> &'static str {
         match self {
             Shed::SyscallDetail => "per-(process, system call) detail off",
+            Shed::SyscallProbes => "system-call programs detached",
             Shed::Runq => "run-queue latency off",
             Shed::TcpDetail => "connection RTT and byte counts off",
         }
@@ -113,6 +127,12 @@ impl Shedder {
     /// Whether every step is taken: nothing more can be shed.
     pub fn at_floor(&self) -> bool {
         self.step == SAMPLE_STEPS + self.ladder.len() as u32
+    }
+
+    /// Takes every step at once (`--start-at-floor`).
+    pub fn go_to_floor(&mut self) {
+        self.step = SAMPLE_STEPS + self.ladder.len() as u32;
+        self.calm = 0;
     }
 
     /// Feeds one interval's cost, in all and of the kernel programs alone
@@ -198,6 +218,16 @@ mod tests {
             s.observe(1.2, 0.1);
         }
         assert_eq!(s.every(), 1);
+    }
+
+    /// Started at the floor with no budget, it stays there.
+    #[test]
+    fn a_floor_start_without_budget_stays() {
+        let mut s = Shedder::new(0.0, Shed::LADDER.to_vec());
+        s.go_to_floor();
+        assert!(s.at_floor());
+        assert!(!s.observe(0.0, 0.0));
+        assert_eq!((s.every(), s.shed()), (64, &Shed::LADDER[..]));
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Default for RouteName {
     }
 }
 
-/// What a system call's buffer argument is, as stashed at `sys_enter`.
+/// What a system call's buffer argument is: the socket programs read it
+/// from the calling thread's saved registers (`struct pt_regs`).
 pub mod io {
     pub const NONE: u32 = 0;
     /// `read`, `write`, `recvfrom`, `sendto`: the buffer itself.
@@ -123,6 +124,24 @@ pub mod io {
     pub const IOV: u32 = 2;
     /// `recvmsg`, `sendmsg`: a `struct user_msghdr`.
     pub const MSG: u32 = 3;
+
+    /// Globals the loader sets: the numbers of the read and write family
+    /// system calls on the running architecture (the BPF object is the
+    /// same for every architecture). Unset (`u32::MAX`), none matches.
+    pub const NR_GLOBALS: [&str; 8] = [
+        "NR_READ",
+        "NR_WRITE",
+        "NR_READV",
+        "NR_WRITEV",
+        "NR_RECVFROM",
+        "NR_SENDTO",
+        "NR_RECVMSG",
+        "NR_SENDMSG",
+    ];
+    /// Offsets in `struct pt_regs` of the call's number and of its second
+    /// argument (its buffer), from the kernel's BTF; unset, nothing is read.
+    pub const REGS_NR_OFFSET_GLOBAL: &str = "REGS_NR_OFF";
+    pub const REGS_ARG1_OFFSET_GLOBAL: &str = "REGS_ARG1_OFF";
 }
 
 /// A route id from its text: FNV-1a, 32 bits, never [`ROUTE_NONE`] or

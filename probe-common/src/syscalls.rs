@@ -98,11 +98,6 @@ pub struct SyscallCurrent {
     pub nr: u32,
     /// Entry time, or [`UNTIMED`].
     pub start_ns: u64,
-    /// What `io_buf` is (`requests::io`): the buffer argument of a read or
-    /// write family call, which the socket programs read requests from.
-    pub io_kind: u32,
-    pub _pad: u32,
-    pub io_buf: u64,
 }
 
 /// Value of [`START_MAP`]: when the thread's current call entered, and which.
@@ -113,25 +108,8 @@ pub struct SyscallCurrent {
 pub struct SyscallStart {
     pub start_ns: u64,
     pub nr: u32,
-    pub io_kind: u32,
-    pub io_buf: u64,
+    pub _pad: u32,
 }
-
-/// Globals the loader sets: the numbers of the read and write family
-/// system calls on the running architecture, and the offset of their
-/// second argument in `struct pt_regs` (the BPF object is the same for
-/// every architecture). Unset (`u32::MAX`), nothing is stashed.
-pub const IO_NR_GLOBALS: [&str; 8] = [
-    "NR_READ",
-    "NR_WRITE",
-    "NR_READV",
-    "NR_WRITEV",
-    "NR_RECVFROM",
-    "NR_SENDTO",
-    "NR_RECVMSG",
-    "NR_SENDMSG",
-];
-pub const ARG1_OFFSET_GLOBAL: &str = "REGS_ARG1_OFF";
 
 /// Indexes of [`COUNTER_MAP`]: everything the kernel side could not record.
 #[repr(u32)]
@@ -183,6 +161,6 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<SyscallKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SyscallValue>() == 40);
-const _: () = assert!(core::mem::size_of::<SyscallStart>() == 24);
-const _: () = assert!(core::mem::size_of::<SyscallCurrent>() == 32);
+const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallCurrent>() == 16);
 const _: () = assert!((SLOT_UNTIMED as u32) > hist::BUCKETS && SLOT_UNTIMED < SLOT_ERRNO);

@@ -3,9 +3,11 @@
 //! request and of its answer.
 //!
 //! The socket programs (`tcp.rs`) run inside the system call that moves
-//! the bytes; `sys_enter` stashed that call's buffer argument
-//! (`syscalls::io_buffer`), so the first [`PEEK_LEN`] bytes are read from
-//! user memory once per request and once per answer, never per segment.
+//! the bytes; that call's number and buffer argument are in the registers
+//! the thread saved on entry (`struct pt_regs`, see [`call_buffer`]), so
+//! the first [`PEEK_LEN`] bytes are read from user memory once per request
+//! and once per answer, never per segment. No system-call program is
+//! needed for it: the budget may detach those and keep requests whole.
 //! Parsing is bounded loops over those bytes: HTTP/1.x request lines and
 //! status lines, RESP (Redis) command names and error replies, and the
 //! PostgreSQL frontend/backend messages (start-up, queries, errors).
@@ -17,7 +19,10 @@
 //! `ROUTE_NAMES`, for the agent to name it.
 
 use aya_ebpf::{
-    helpers::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_task_pt_regs,
+    },
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
@@ -62,6 +67,77 @@ struct Iovec {
     len: u64,
 }
 
+// The read and write family's numbers on the running architecture, and
+// where `struct pt_regs` holds a call's number and its second argument
+// (set by the loader from the kernel's BTF: x86_64 `orig_ax` and `si`,
+// arm64 `syscallno` and `regs[1]`). Unset, no call matches.
+#[unsafe(no_mangle)]
+static NR_READ: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_WRITE: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_READV: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_WRITEV: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_RECVFROM: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_SENDTO: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_RECVMSG: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static NR_SENDMSG: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static REGS_NR_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static REGS_ARG1_OFF: u32 = u32::MAX;
+
+#[inline(always)]
+fn global(g: &u32) -> u32 {
+    // SAFETY: a read of a loader-set constant (.rodata, frozen).
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+/// The buffer argument of the current thread's system call, if it is one
+/// of the read or write family: what it is (`io::*`) and its address.
+///
+/// The registers a thread saved on entering the kernel stay at the top of
+/// its kernel stack for the whole call (`bpf_task_pt_regs`, Linux 5.15+;
+/// the socket programs need 6.3+), so the socket programs, which run
+/// inside the call, read its number and buffer there, rather than each
+/// system call stashing them at entry for the few that move socket bytes.
+#[inline(always)]
+fn call_buffer() -> Option<(u32, u64)> {
+    let (nr_off, arg_off) = (global(&REGS_NR_OFF), global(&REGS_ARG1_OFF));
+    if nr_off == u32::MAX || arg_off == u32::MAX {
+        return None;
+    }
+    // SAFETY: helpers on the current task, which is running this program.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    // The number is an s32 on arm64 and the low half of a u64 on x86_64
+    // (both little-endian).
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let nr: u32 =
+        unsafe { bpf_probe_read_kernel((regs + u64::from(nr_off)) as *const u32) }.ok()?;
+    let kind = if nr == global(&NR_READ)
+        || nr == global(&NR_WRITE)
+        || nr == global(&NR_RECVFROM)
+        || nr == global(&NR_SENDTO)
+    {
+        io::BUF
+    } else if nr == global(&NR_READV) || nr == global(&NR_WRITEV) {
+        io::IOV
+    } else if nr == global(&NR_RECVMSG) || nr == global(&NR_SENDMSG) {
+        io::MSG
+    } else {
+        return None;
+    };
+    // SAFETY: as above.
+    let arg: u64 =
+        unsafe { bpf_probe_read_kernel((regs + u64::from(arg_off)) as *const u64) }.ok()?;
+    Some((kind, arg))
+}
+
 /// The user address holding a call's first bytes, and how many it may hold.
 #[inline(always)]
 fn user_data(kind: u32, arg: u64) -> Option<(u64, u64)> {
@@ -88,9 +164,8 @@ fn user_data(kind: u32, arg: u64) -> Option<(u64, u64)> {
 /// Where a request's or answer's bytes are in user memory.
 #[derive(Clone, Copy)]
 pub enum Data {
-    /// The buffer of the thread's current read or write call (stashed at
-    /// `sys_enter`).
-    Syscall(u32),
+    /// The buffer of the thread's current read or write call.
+    Syscall,
     /// Plaintext at this address (OpenSSL's `SSL_read`/`SSL_write` buffer).
     User(u64),
 }
@@ -101,8 +176,8 @@ impl Data {
     #[inline(always)]
     pub fn peek(self, len: u64) -> Option<(*mut Scratch, usize)> {
         let (addr, room) = match self {
-            Data::Syscall(tid) => {
-                let (kind, arg) = crate::syscalls::io_buffer(tid)?;
+            Data::Syscall => {
+                let (kind, arg) = call_buffer()?;
                 user_data(kind, arg)?
             }
             Data::User(addr) => (addr, u64::MAX),

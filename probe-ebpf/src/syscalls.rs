@@ -14,7 +14,6 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -23,7 +22,6 @@ use aya_ebpf::{
 use probe_common::{
     Comm,
     hist::bucket_of,
-    requests::io,
     syscalls::{
         COMM_MAX_ENTRIES, COUNTERS, Counter, DETAIL_OFF, EAGAIN, MAX_ERRNO, MAX_NR, SHED,
         SLOT_ERRNO, SLOT_UNTIMED, START_MAX_ENTRIES, STATS_MAX_ENTRIES, SyscallCurrent, SyscallKey,
@@ -89,92 +87,13 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
     } else {
         UNTIMED
     };
-    let (io_kind, io_buf) = io_arg(ctx, id as u32);
     // SAFETY: a per-CPU slot: only this CPU writes it, and no program of
     // ours runs nested inside another on one CPU.
     unsafe {
         (*cur).start_ns = start_ns;
         (*cur).nr = id as u32;
         (*cur).tid = tid;
-        (*cur).io_kind = io_kind;
-        (*cur).io_buf = io_buf;
     }
-}
-
-// The read and write family's numbers on the running architecture, and
-// where `struct pt_regs` holds a call's second argument (set by the loader:
-// x86_64 `si`, arm64 `regs[1]`; ABI since ptrace's first days). Unset, no
-// number matches and nothing is stashed.
-#[unsafe(no_mangle)]
-static NR_READ: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_WRITE: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_READV: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_WRITEV: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_RECVFROM: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_SENDTO: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_RECVMSG: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static NR_SENDMSG: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static REGS_ARG1_OFF: u32 = 0;
-
-#[inline(always)]
-fn global(g: &u32) -> u32 {
-    // SAFETY: a read of a loader-set constant (.rodata, frozen).
-    unsafe { core::ptr::read_volatile(g) }
-}
-
-/// The buffer argument of a read or write family call (what it is, and
-/// its address), for the socket programs that run inside the call; none
-/// for other calls.
-#[inline(always)]
-fn io_arg(ctx: &RawTracePointContext, nr: u32) -> (u32, u64) {
-    let kind = if nr == global(&NR_READ)
-        || nr == global(&NR_WRITE)
-        || nr == global(&NR_RECVFROM)
-        || nr == global(&NR_SENDTO)
-    {
-        io::BUF
-    } else if nr == global(&NR_READV) || nr == global(&NR_WRITEV) {
-        io::IOV
-    } else if nr == global(&NR_RECVMSG) || nr == global(&NR_SENDMSG) {
-        io::MSG
-    } else {
-        return (io::NONE, 0);
-    };
-    let regs: u64 = ctx.arg(0);
-    // SAFETY: bpf_probe_read_kernel checks the address; a failed read is None.
-    let buf =
-        unsafe { bpf_probe_read_kernel((regs + u64::from(global(&REGS_ARG1_OFF))) as *const u64) };
-    match buf {
-        Ok(b) => (kind, b),
-        Err(_) => (io::NONE, 0),
-    }
-}
-
-/// The buffer argument of `tid`'s call in flight (see [`io_arg`]), for the
-/// socket programs: in this CPU's slot if the thread never left the CPU,
-/// else in the start map.
-#[inline(always)]
-pub fn io_buffer(tid: u32) -> Option<(u32, u64)> {
-    if let Some(cur) = SYSCALL_CUR.get_ptr(0) {
-        // SAFETY: a per-CPU slot, read on its own CPU.
-        let c = unsafe { *cur };
-        if c.tid == tid && tid != 0 {
-            return (c.io_kind != io::NONE).then_some((c.io_kind, c.io_buf));
-        }
-    }
-    let start = SYSCALL_START.get_ptr(&tid)?;
-    // SAFETY: the map's value for `tid`, written only by this thread's own
-    // switch-out (it is running now, so no other write is in progress).
-    let start = unsafe { *start };
-    (start.start_ns != 0 && start.io_kind != io::NONE).then_some((start.io_kind, start.io_buf))
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -285,8 +204,7 @@ pub fn on_switch_out(tid: u32) {
         return;
     }
     unsafe { (*cur).tid = 0 };
-    let start =
-        SyscallStart { start_ns: c.start_ns, nr: c.nr, io_kind: c.io_kind, io_buf: c.io_buf };
+    let start = SyscallStart { start_ns: c.start_ns, nr: c.nr, _pad: 0 };
     if !maps::store(&SYSCALL_START, &c.tid, start) {
         bump(Counter::StartFull);
     }

@@ -496,7 +496,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if through_ssl(s, sk, tid) {
         return 0;
     }
-    on_recv(s, Data::Syscall(tid), ret as u64);
+    on_recv(s, Data::Syscall, ret as u64);
     0
 }
 
@@ -602,7 +602,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     if through_ssl(s, sk, tid) {
         return 0;
     }
-    on_send(s, Data::Syscall(tid), ret as u64);
+    on_send(s, Data::Syscall, ret as u64);
     0
 }
 

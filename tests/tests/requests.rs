@@ -1191,6 +1191,8 @@ fn requests_stay_exact_under_sustained_load_at_defaults() {
         assert_eq!(sh["residual_pct"], sh["cost_pct"]);
         assert!(sh["cost_pct"].as_f64().unwrap() > sh["budget_pct"].as_f64().unwrap());
         assert_eq!(sh["detail_off"], serde_json::json!(["syscalls", "tcp"]), "{sh}");
+        assert_eq!(sh["probes_off"], serde_json::json!(["syscalls", "runq_latency"]), "{sh}");
+        assert_eq!(a["kpis"]["syscalls"]["available"], false, "{a}");
     }
     let floor_alert = records.iter().find(|r| {
         r["type"] == "alert" && r["rule"] == "overhead-floor" && r["level"] == "investigate"

@@ -476,29 +476,6 @@ pub mod server {
         Ok(Nginx(child))
     }
 
-    /// Sheds everything but requests in the running agent's programs, as its
-    /// overhead budget does at the last step (the agent runs with no budget,
-    /// so it never restores them): system calls sampled 1 in 64 with their
-    /// per-(process, call) detail off, the connection detail and run-queue
-    /// latency off. Through bpftool, so the agent keeps no knob for it.
-    fn shed_to_floor() -> Result<()> {
-        for (map, value) in [
-            ("SYSCALL_CTL", ["0x3f", "0", "0", "0x80"]),
-            ("TCP_CTL", ["1", "0", "0", "0"]),
-            ("RUNQ_CTL", ["1", "0", "0", "0"]),
-        ] {
-            let out = Command::new("bpftool")
-                .args(["map", "update", "name", map, "key", "0", "0", "0", "0", "value"])
-                .args(value)
-                .output()
-                .context("running bpftool (apt-get install bpftool)")?;
-            if !out.status.success() {
-                bail!("bpftool map update {map}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
-        Ok(())
-    }
-
     /// The two requests measured: (label, path, extra wrk arguments).
     pub const CASES: [(&str, &str, &[&str]); 2] = [
         ("constant (2 bytes)", "/", &[]),
@@ -616,9 +593,8 @@ pub mod server {
                 // shed, as the overhead budget leaves it under heavy load.
                 let mut c = Command::new(agent);
                 c.args(["run", "--interval", "60s", "--comm", "nginx", "--comm", "wrk"]);
-                c.args(["--overhead-budget-pct", "0"]);
+                c.args(["--start-at-floor", "--overhead-budget-pct", "0"]);
                 let t = Tracer::start(c, "\"type\":\"status\"")?;
-                shed_to_floor()?;
                 let (_, _, rps2, _) = wrk(5, path, extra)?;
                 floor.push(rps2);
                 let records = t.stop_all();
@@ -667,7 +643,13 @@ pub mod server {
                 "| {label} | {n:.0} | {:.1} | {loss_txt} | {us_txt} | {floor_loss_txt} | {fus_txt} | {rez_row} |",
                 1e6 / n
             ));
-            profiles.push((label, where_the_time_goes(agent, path, extra)?));
+            for at_floor in [false, true] {
+                profiles.push((
+                    label,
+                    at_floor,
+                    where_the_time_goes(agent, path, extra, at_floor)?,
+                ));
+            }
             agreement.push(format!("| {label} | {ce:+.2}% | {re:+.2}% | {le:+.1}% | {cle:+.1}% |"));
             out.push(
                 json!({"case": label, "rps_none": none, "rps_agent": with, "rps_lost_pct": loss,
@@ -693,10 +675,11 @@ pub mod server {
         for r in &agreement {
             println!("{r}");
         }
-        for (label, profile) in &profiles {
+        for (label, at_floor, profile) in &profiles {
+            let agent = if *at_floor { "agent at its floor" } else { "agent with every KPI" };
             println!();
             println!(
-                "| where the time goes: {label}, agent with every KPI (one more run, with BPF run-time statistics on) | runs per request | ns per run | ns per request |"
+                "| where the time goes: {label}, {agent} (one more run, with BPF run-time statistics on) | runs per request | ns per run | ns per request |"
             );
             println!("|---|---:|---:|---:|");
             let total: f64 = profile.iter().map(|(_, _, _, t)| t).sum();
@@ -709,14 +692,15 @@ pub mod server {
     }
 
     /// Each program's share of a request: one more run of the agent with
-    /// every KPI, with the kernel's BPF run-time statistics on (which add
-    /// their own clock reads to every run, so this run is not one of the
-    /// rounds): per program, runs per request, ns per run, ns per request,
-    /// dearest first.
+    /// every KPI (or at its floor), with the kernel's BPF run-time
+    /// statistics on (which add their own clock reads to every run, so this
+    /// run is not one of the rounds): per program, runs per request, ns per
+    /// run, ns per request, dearest first.
     fn where_the_time_goes(
         agent: &Path,
         path: &str,
         extra: &[&str],
+        at_floor: bool,
     ) -> Result<Vec<(String, f64, f64, f64)>> {
         let programs = || -> Result<Vec<Value>> {
             let out = Command::new("bpftool").args(["prog", "show", "--json"]).output()?;
@@ -727,6 +711,9 @@ pub mod server {
         };
         let mut c = Command::new(agent);
         c.args(["run", "--interval", "60s", "--comm", "nginx", "--comm", "wrk"]);
+        if at_floor {
+            c.args(["--start-at-floor", "--overhead-budget-pct", "0"]);
+        }
         let t = Tracer::start(c, "\"type\":\"status\"")?;
         stats(true)?;
         let before = programs()?;

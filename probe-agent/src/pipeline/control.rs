@@ -72,11 +72,12 @@ impl Control {
     pub fn new(
         budget_pct: f64,
         prices: Prices,
-        probes: &Probes,
+        probes: &mut Probes,
         stats_for: Duration,
         interval: Duration,
+        start_at_floor: bool,
     ) -> Result<Self, probes::ProbeError> {
-        Ok(Control {
+        let mut control = Control {
             // A step whose probes did not attach would shed nothing.
             shedder: Shedder::new(
                 budget_pct,
@@ -95,7 +96,12 @@ impl Control {
             interval,
             window: None,
             sample: None,
-        })
+        };
+        if start_at_floor {
+            control.shedder.go_to_floor();
+            control.apply(probes);
+        }
+        Ok(control)
     }
 
     pub fn prices(&self) -> &Prices {
@@ -252,8 +258,8 @@ impl Control {
                 budget_pct: self.shedder.budget_pct,
                 cost_pct,
                 latency_sample_every: self.shedder.every(),
-                probes_off: self.names(|s| s == Shed::Runq),
-                detail_off: self.names(|s| s != Shed::Runq),
+                probes_off: self.names(Shed::probes_off),
+                detail_off: self.names(|s| !s.probes_off()),
                 residual_pct,
             },
             alerts,
@@ -261,9 +267,10 @@ impl Control {
     }
 
     /// Whether the budget switched a family's probes off (run-queue
-    /// latency; the other steps shed detail, not the family).
+    /// latency, the system-call programs; the other steps shed detail, not
+    /// the family).
     pub fn switched_off(&self, family: Family) -> bool {
-        family == Family::Runq && self.shed.contains(&Shed::Runq)
+        self.shed.iter().any(|s| s.probes_off() && s.family() == family)
     }
 
     /// What is shed past sampling, by the names the records use.
@@ -310,6 +317,12 @@ impl Control {
 fn shed_words(every: u32, shed: &[Shed]) -> String {
     if every == 1 {
         return "timing every system call again".into();
+    }
+    // Detached, the system-call programs neither time nor count a call.
+    if shed.contains(&Shed::SyscallProbes) {
+        let parts: Vec<&str> =
+            shed.iter().filter(|&&s| s != Shed::SyscallDetail).map(|s| s.words()).collect();
+        return format!("{}; requests are always measured", parts.join(", "));
     }
     let mut parts = vec![format!("timing 1 in {every} system calls for latency")];
     parts.extend(shed.iter().map(|s| s.words().to_string()));
@@ -358,8 +371,7 @@ fn shed_alert(
         &mut alert.place
     {
         *latency_sample_every = Some(every);
-        *off =
-            Some(shed.iter().filter(|&&s| s == Shed::Runq).map(|s| s.name().to_string()).collect());
+        *off = Some(shed.iter().filter(|s| s.probes_off()).map(|s| s.name().to_string()).collect());
     }
     alert
 }

@@ -139,9 +139,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), AgentError> {
         control: control::Control::new(
             cfg.overhead_budget_pct,
             prices,
-            &probes,
+            &mut probes,
             cfg.bpf_stats_window,
             cfg.interval,
+            cfg.start_at_floor,
         )?,
         cgroups: Cgroups::detect(),
         kubelet: Kubelet::new(&cfg.host_root),

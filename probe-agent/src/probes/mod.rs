@@ -15,10 +15,13 @@ use std::{collections::BTreeMap, os::fd::OwnedFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{IterableMap, MapError},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use log::{debug, warn};
-use probe_common::runs::{COUNTED, RUNS_MAP};
+use probe_common::{
+    requests::io,
+    runs::{COUNTED, RUNS_MAP},
+};
 
 use crate::{family::Family, shed::Shed};
 
@@ -181,6 +184,13 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
         }
     }
     let switch = cpu::switch_globals(btf.as_ref().ok());
+    let regs = match btf.as_ref().map_err(|e| e.to_string()).and_then(call_registers) {
+        Ok(offsets) => Some(offsets),
+        Err(err) => {
+            tcp_missing.get_or_insert(format!("kernel BTF: {err}"));
+            None
+        }
+    };
     drop(btf);
     // No kernel BTF for aya: the programs use no CO-RE relocations, and
     // parsing vmlinux BTF would cost the agent tens of MiB.
@@ -194,11 +204,14 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
     for (global, off) in tcp_offsets.iter().chain(&switch) {
         loader.override_global(global, off, true);
     }
-    let (nrs, arg1) = io_syscalls();
-    for (global, nr) in probe_common::syscalls::IO_NR_GLOBALS.iter().zip(&nrs) {
+    let nrs = io_syscalls();
+    for (global, nr) in io::NR_GLOBALS.iter().zip(&nrs) {
         loader.override_global(global, nr, true);
     }
-    loader.override_global(probe_common::syscalls::ARG1_OFFSET_GLOBAL, &arg1, true);
+    if let Some((nr_off, arg1_off)) = &regs {
+        loader.override_global(io::REGS_NR_OFFSET_GLOBAL, nr_off, true);
+        loader.override_global(io::REGS_ARG1_OFFSET_GLOBAL, arg1_off, true);
+    }
     let ebpf = loader.load(OBJECT)?;
     // Give the pages of what loading parsed back to the system rather than
     // let the allocator keep them for the agent's lifetime.
@@ -207,14 +220,11 @@ pub fn load() -> Result<(Ebpf, Option<String>), ProbeError> {
 }
 
 /// The read and write family's numbers on this architecture, in the order
-/// of `IO_NR_GLOBALS`, and the offset of a call's second argument in
-/// `struct pt_regs` (its buffer), from which the socket programs read the
-/// first bytes of requests and answers. The layouts are the ptrace ABI:
-/// x86_64's `si` is the 14th register saved (offset 104), arm64's `regs[1]`
-/// the second (offset 8).
-fn io_syscalls() -> ([u32; 8], u32) {
+/// of `io::NR_GLOBALS`: the calls whose buffer the socket programs read the
+/// first bytes of requests and answers from.
+fn io_syscalls() -> [u32; 8] {
     let nr = |n: libc::c_long| n as u32;
-    let nrs = [
+    [
         nr(libc::SYS_read),
         nr(libc::SYS_write),
         nr(libc::SYS_readv),
@@ -223,9 +233,20 @@ fn io_syscalls() -> ([u32; 8], u32) {
         nr(libc::SYS_sendto),
         nr(libc::SYS_recvmsg),
         nr(libc::SYS_sendmsg),
-    ];
-    let arg1 = if cfg!(target_arch = "aarch64") { 8 } else { 104 };
-    (nrs, arg1)
+    ]
+}
+
+/// Where `struct pt_regs` holds a system call's number and its second
+/// argument: x86_64's `orig_ax` and `si`, arm64's `syscallno` and
+/// `regs[1]` (the ptrace ABI's registers; the kernel's BTF gives the
+/// offsets, `syscallno` not being ABI).
+fn call_registers(btf: &crate::btf::Btf) -> Result<(u32, u32), String> {
+    let off = |member| btf.member_offset("pt_regs", member).map_err(|e| e.to_string());
+    if cfg!(target_arch = "aarch64") {
+        Ok((off("syscallno")?, off("regs")? + 8))
+    } else {
+        Ok((off("orig_ax")?, off("si")?))
+    }
 }
 
 /// Kernel memory the per-CPU syscall map may take (a per-CPU value is
@@ -242,19 +263,24 @@ pub fn stats_max_entries(cpus: usize) -> u32 {
     (n as u32).clamp(probe_common::syscalls::STATS_MAX_ENTRIES, 512 * 1024)
 }
 
-/// Loads and attaches one program where its row says.
-pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
+/// Loads and attaches one program where its row says; returns the link
+/// of a raw tracepoint (which the budget may detach and attach again).
+pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<Option<RawTracePointLinkId>, ProbeError> {
     let name = hook.program;
     let err = |source| ProbeError::Program { name, source };
     let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
+    let mut link = None;
     match hook.attach {
         Attach::Raw(tp) => {
             let p: &mut RawTracePoint = program.try_into().map_err(err)?;
             p.load().map_err(err)?;
-            if let Err(source) = p.attach(tp) {
-                // Nothing will run it: give its kernel memory back now.
-                let _ = p.unload();
-                return Err(err(source));
+            match p.attach(tp) {
+                Ok(id) => link = Some(id),
+                Err(source) => {
+                    // Nothing will run it: give its kernel memory back now.
+                    let _ = p.unload();
+                    return Err(err(source));
+                }
             }
         }
         Attach::Tracepoint(category, tp) => {
@@ -267,7 +293,7 @@ pub fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProbeError> {
         }
     }
     debug!("attached {name} to {:?}", hook.attach);
-    Ok(())
+    Ok(link)
 }
 
 /// A per-CPU value that the agent sums over CPUs: counts and sums add,
@@ -358,9 +384,15 @@ fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
 }
 
 /// The loaded object with its attached programs.
+/// The system-call programs, which the overhead budget may detach.
+const SYSCALL_PROGRAMS: [&str; 2] = ["sys_enter", "sys_exit"];
+
 pub struct Probes {
     ebpf: Ebpf,
+    /// The programs attached now.
     attached: Vec<&'static str>,
+    /// The system-call programs' links while attached.
+    syscall_links: Vec<(&'static str, RawTracePointLinkId)>,
     /// KPI family -> why it is unavailable (absent: available).
     unavailable: BTreeMap<Family, String>,
     /// Keeps BPF run-time statistics on while held (BPF_ENABLE_STATS, 5.8+).
@@ -382,6 +414,7 @@ impl Probes {
         let mut attached = Vec::new();
         let mut unavailable = BTreeMap::new();
         let mut failures = Vec::new();
+        let mut syscall_links = Vec::new();
         // TCP's programs read fields at offsets from the kernel's BTF and
         // classic tracepoints whose records must have the layout they were
         // built for: without those, its programs are not attached.
@@ -398,7 +431,12 @@ impl Probes {
                 continue;
             }
             match attach(&mut ebpf, hook) {
-                Ok(()) => attached.push(hook.program),
+                Ok(link) => {
+                    attached.push(hook.program);
+                    if let (Some(link), true) = (link, SYSCALL_PROGRAMS.contains(&hook.program)) {
+                        syscall_links.push((hook.program, link));
+                    }
+                }
                 Err(err) => {
                     warn!("{err}");
                     for family in hook.needed_by {
@@ -428,7 +466,18 @@ impl Probes {
         let runs = take(&mut ebpf, RUNS_MAP)?
             .try_into()
             .map_err(|source| ProbeError::Map { name: RUNS_MAP, source })?;
-        Ok(Self { ebpf, attached, unavailable, run_stats: None, syscalls, cpu, tcp, tls, runs })
+        Ok(Self {
+            ebpf,
+            attached,
+            syscall_links,
+            unavailable,
+            run_stats: None,
+            syscalls,
+            cpu,
+            tcp,
+            tls,
+            runs,
+        })
     }
 
     /// Cumulative runs of each program of `probe_common::runs::COUNTED`
@@ -452,9 +501,44 @@ impl Probes {
     pub fn set_shed(&mut self, what: Shed, shed: bool, mask: u32) -> Result<(), ProbeError> {
         match what {
             Shed::SyscallDetail => self.syscalls.set_control(mask, shed),
+            Shed::SyscallProbes => self.set_syscall_programs(!shed),
             Shed::Runq => self.cpu.set_runq_on(!shed),
             Shed::TcpDetail => self.tcp.set_detail(!shed),
         }
+    }
+
+    /// Detaches the system-call programs, or attaches them again. Detached,
+    /// no call runs a program of ours and the kernel takes its fast path
+    /// for every call again (an attached `sys_enter`/`sys_exit` sends every
+    /// call through the traced slow path, about 40 ns a call here).
+    /// Before attaching, the starts of calls in flight are forgotten: a
+    /// call that began while detached would otherwise end with the start of
+    /// an older one (its exit is then counted as without start).
+    fn set_syscall_programs(&mut self, on: bool) -> Result<(), ProbeError> {
+        if !on {
+            for (name, link) in std::mem::take(&mut self.syscall_links) {
+                let err = |source| ProbeError::Program { name, source };
+                let program =
+                    self.ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
+                let p: &mut RawTracePoint = program.try_into().map_err(err)?;
+                p.detach(link).map_err(err)?;
+                self.attached.retain(|&a| a != name);
+            }
+            return Ok(());
+        }
+        if !self.syscall_links.is_empty() {
+            return Ok(());
+        }
+        self.syscalls.forget_calls_in_flight()?;
+        for name in SYSCALL_PROGRAMS {
+            let err = |source| ProbeError::Program { name, source };
+            let program = self.ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
+            let p: &mut RawTracePoint = program.try_into().map_err(err)?;
+            let link = p.attach(name).map_err(err)?;
+            self.syscall_links.push((name, link));
+            self.attached.push(name);
+        }
+        Ok(())
     }
 
     /// Turns the kernel's BPF run-time statistics on or off; returns whether

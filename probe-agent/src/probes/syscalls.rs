@@ -9,8 +9,8 @@ use aya::{
 use probe_common::{
     Comm,
     syscalls::{
-        COMM_MAP, CONTROL_MAP, COUNTER_MAP, COUNTERS, START_MAP, STATS_MAP, SyscallKey,
-        SyscallStart, SyscallValue,
+        COMM_MAP, CONTROL_MAP, COUNTER_MAP, COUNTERS, CURRENT_MAP, START_MAP, STATS_MAP,
+        SyscallCurrent, SyscallKey, SyscallStart, SyscallValue,
     },
 };
 
@@ -20,6 +20,7 @@ use super::{MapFill, ProbeError, max_entries, take};
 pub struct SyscallMaps {
     stats: PerCpuHashMap<MapData, SyscallKey, SyscallValue>,
     start: BpfHashMap<MapData, u32, SyscallStart>,
+    current: PerCpuArray<MapData, SyscallCurrent>,
     comm: BpfHashMap<MapData, u32, Comm>,
     counters: PerCpuArray<MapData, u64>,
     control: Array<MapData, u32>,
@@ -34,6 +35,7 @@ impl SyscallMaps {
         Ok(Self {
             stats: take(ebpf, STATS_MAP)?.try_into().map_err(map_err(STATS_MAP))?,
             start: take(ebpf, START_MAP)?.try_into().map_err(map_err(START_MAP))?,
+            current: take(ebpf, CURRENT_MAP)?.try_into().map_err(map_err(CURRENT_MAP))?,
             comm: take(ebpf, COMM_MAP)?.try_into().map_err(map_err(COMM_MAP))?,
             counters: take(ebpf, COUNTER_MAP)?.try_into().map_err(map_err(COUNTER_MAP))?,
             control: take(ebpf, CONTROL_MAP)?.try_into().map_err(map_err(CONTROL_MAP))?,
@@ -45,6 +47,23 @@ impl SyscallMaps {
     pub fn set_control(&mut self, mask: u32, detail_off: bool) -> Result<(), ProbeError> {
         let flag = if detail_off { probe_common::syscalls::DETAIL_OFF } else { 0 };
         self.control.set(0, mask | flag, 0).map_err(map_err(CONTROL_MAP))
+    }
+
+    /// Empties the record of calls in flight (every CPU's current call and
+    /// the starts of switched-out threads), before the programs attach
+    /// again after a detach.
+    pub fn forget_calls_in_flight(&mut self) -> Result<(), ProbeError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::IoError(e));
+        let empty = cpus.and_then(|n| {
+            aya::maps::PerCpuValues::try_from(vec![SyscallCurrent::default(); n])
+                .map_err(MapError::IoError)
+        });
+        empty.and_then(|empty| self.current.set(0, empty, 0)).map_err(map_err(CURRENT_MAP))?;
+        let tids: Vec<u32> = self.start.keys().filter_map(Result::ok).collect();
+        for tid in tids {
+            let _ = self.start.remove(&tid);
+        }
+        Ok(())
     }
 
     /// Every stats slot, summed over CPUs (max: the largest of any CPU).
