@@ -2,8 +2,8 @@
 //! its first bytes), each request's method, route and outcome, and the
 //! names of routes. The kernel programs read the first bytes of a request
 //! and of its answer from the user buffer of the system call that carries
-//! them (stashed at `sys_enter`), and key each finished request by
-//! (protocol, method, route, status) in the endpoint map.
+//! them (found in the caller's saved registers), and key each finished
+//! request by (protocol, method, route, status) in the endpoint map.
 
 /// Protocols, the `proto` of a socket and of an endpoint key.
 pub mod proto {

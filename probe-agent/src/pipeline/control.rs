@@ -293,11 +293,15 @@ impl Control {
         if let Err(err) = probes.syscalls.set_control(mask, want.contains(&Shed::SyscallDetail)) {
             warn!("could not change the system-call sampling: {err}");
         }
+        // A step that cannot be taken back stays shed, and is said so; the
+        // budget's next change of step tries again.
         while self.shed.len() > want.len() {
-            let s = self.shed.pop().expect("not empty");
+            let s = *self.shed.last().expect("not empty");
             if let Err(err) = probes.set_shed(s, false, mask) {
                 warn!("could not measure {} again: {err}", s.name());
+                return;
             }
+            self.shed.pop();
         }
         for &s in &want[self.shed.len()..] {
             match probes.set_shed(s, true, mask) {
