@@ -206,7 +206,35 @@ fn main_run(c: &mut Checks, available: &mut HashSet<String>) -> Result<()> {
         "50",
     ])?;
 
-    let pids: Vec<String> = [&calls, &sleep, &spin, &crowd, &server, &keep, &fresh]
+    // HTTP/1.1 on the wire: the method, route and status come from the
+    // first bytes, which the socket programs find through the caller's
+    // saved registers (their offsets differ by architecture).
+    let web = Workload::start(&[
+        "tcp-server",
+        "--name",
+        "pw-web",
+        "--delay-ms",
+        "1",
+        "--response-bytes",
+        "100",
+        "--http",
+    ])?;
+    let web_port = web.ready.first().context("web server port")?.clone();
+    let mut http = Workload::start(&[
+        "tcp-client",
+        "--name",
+        "pw-http",
+        "--port",
+        &web_port,
+        "--requests",
+        "20",
+        "--request-bytes",
+        "80",
+        "--keepalive",
+        "--http",
+    ])?;
+
+    let pids: Vec<String> = [&calls, &sleep, &spin, &crowd, &server, &keep, &fresh, &web, &http]
         .iter()
         .map(|w| w.pid.to_string())
         .collect();
@@ -242,6 +270,8 @@ fn main_run(c: &mut Checks, available: &mut HashSet<String>) -> Result<()> {
         let k = keep.finish()?;
         fresh.go()?;
         let f = fresh.finish()?;
+        http.go()?;
+        http.finish()?;
         // The server's last answer is measured before the agent stops.
         std::thread::sleep(Duration::from_millis(200));
         (k, f)
@@ -284,8 +314,32 @@ fn main_run(c: &mut Checks, available: &mut HashSet<String>) -> Result<()> {
     }
     if tcp {
         check_tcp(c, &records, &server, [(&keep, &keep_truth, 30), (&fresh, &fresh_truth, 20)])?;
+        check_http(c, &records, &web);
     }
     Ok(())
+}
+
+/// The HTTP server's routes: 16 `GET /vm/{id}` answered 200 and 4
+/// `GET /fail/{id}` answered 503 (errors), exactly.
+fn check_http(c: &mut Checks, records: &[Value], web: &Workload) {
+    for (route, count, ok, failed) in [("/vm/{id}", 16, 16, 0), ("/fail/{id}", 4, 0, 4)] {
+        let r = of(records, "route", web.pid)
+            .find(|r| r["role"] == "server" && r["route"] == route && r["method"] == "GET");
+        let req = r.map_or(Value::Null, |r| r["requests"].clone());
+        let saw = (
+            req["count"].as_u64(),
+            req["status"]["2xx"].as_u64(),
+            req["status"]["5xx"].as_u64(),
+            req["errors"].as_u64(),
+        );
+        c.check(
+            "tcp",
+            &format!("http route {route}"),
+            saw == (Some(count), Some(ok), Some(failed), Some(failed)),
+            format!("{saw:?} (count, 2xx, 5xx, errors)"),
+            &format!("GET {route}: {count} requests, {ok} 2xx, {failed} 5xx and errors (exact)"),
+        );
+    }
 }
 
 fn num(v: &Value) -> u64 {

@@ -33,7 +33,8 @@ fn main() -> Result<()> {
     let pid = std::process::id();
     if mode == "tcp-server" {
         let delay_file = opt("--delay-file").map(std::path::PathBuf::from);
-        return tcp_server(num("--delay-ms", 10)?, num("--response-bytes", 100)?, delay_file);
+        let http = args.iter().any(|a| a == "--http");
+        return tcp_server(num("--delay-ms", 10)?, num("--response-bytes", 100)?, delay_file, http);
     }
     if !["loop", "pingpong", "storm"].contains(&mode.as_str()) {
         println!("ready {pid}");
@@ -249,16 +250,31 @@ fn main() -> Result<()> {
             let port = num("--port", 0)? as u16;
             let (n, q) = (num("--requests", 10)?, num("--request-bytes", 64)?.max(1));
             let keepalive = args.iter().any(|a| a == "--keepalive");
-            let request: Vec<u8> = (0..q).map(|i| if i + 1 == q { b'\n' } else { b'a' }).collect();
+            // --http: each request starts with an HTTP/1.1 request line,
+            // `GET /vm/<i>`, and every 5th `GET /fail/<i>` (which an --http
+            // server answers 503).
+            let http = args.iter().any(|a| a == "--http");
+            let plain: Vec<u8> = (0..q).map(|i| if i + 1 == q { b'\n' } else { b'a' }).collect();
+            let request_for = |k: u64| -> Vec<u8> {
+                let mut r = plain.clone();
+                if http {
+                    let path = if k % 5 == 4 { "fail" } else { "vm" };
+                    let line = format!("GET /{path}/{k} HTTP/1.1 ");
+                    let n = line.len().min(r.len().saturating_sub(1));
+                    r[..n].copy_from_slice(&line.as_bytes()[..n]);
+                }
+                r
+            };
             let (mut received, mut connects) = (0u64, 0u64);
             let mut conn: Option<BufReader<TcpStream>> = None;
             let (mut took, mut waited) = (Vec::new(), Vec::new());
-            for _ in 0..n {
+            for k in 0..n {
                 if conn.is_none() {
                     conn = Some(BufReader::new(TcpStream::connect(("127.0.0.1", port))?));
                     connects += 1;
                 }
                 let c = conn.as_mut().context("connection")?;
+                let request = request_for(k);
                 let t0 = Instant::now();
                 c.get_mut().write_all(&request)?;
                 let sent = Instant::now();
@@ -371,7 +387,15 @@ fn main() -> Result<()> {
 /// Prints `ready <pid> <port>` and serves until killed.
 /// With `delay_file`, the delay is read from that file (milliseconds) for
 /// every request, so a test can change it while the server runs.
-fn tcp_server(delay_ms: u64, bytes: u64, delay_file: Option<std::path::PathBuf>) -> Result<()> {
+/// With `http`, each answer starts with an HTTP/1.1 status line: 503 for a
+/// request whose line names `/fail`, else 200 (one line all the same, so
+/// the clients read it as before).
+fn tcp_server(
+    delay_ms: u64,
+    bytes: u64,
+    delay_file: Option<std::path::PathBuf>,
+    http: bool,
+) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("ready {} {}", std::process::id(), listener.local_addr()?.port());
     std::io::stdout().flush()?;
@@ -394,6 +418,14 @@ fn tcp_server(delay_ms: u64, bytes: u64, delay_file: Option<std::path::PathBuf>)
                     .and_then(|f| std::fs::read_to_string(f).ok()?.trim().parse().ok())
                     .unwrap_or(delay_ms);
                 std::thread::sleep(std::time::Duration::from_millis(delay));
+                let mut response = response.clone();
+                if http {
+                    let failed = line.windows(5).any(|w| w == b"/fail");
+                    let status: &[u8] =
+                        if failed { b"HTTP/1.1 503 Busy " } else { b"HTTP/1.1 200 OK " };
+                    let n = status.len().min(response.len().saturating_sub(1));
+                    response[..n].copy_from_slice(&status[..n]);
+                }
                 if reader.get_mut().write_all(&response).is_err() {
                     break;
                 }
