@@ -628,6 +628,57 @@ fn http_statuses_routes_and_errors_match_nginx_access_log() {
     assert_eq!((ab_ok.1, ab_err.0, ab_err.1), (0, 40, 40));
 }
 
+/// At the agent's floor (every step the budget can shed, shed: the
+/// system-call programs detached), requests keep their method, route and
+/// status, found from the caller's saved registers: nginx's access log is
+/// the truth, and the agent says what is off.
+#[test]
+fn at_the_floor_routes_and_statuses_still_match_nginx_access_log() {
+    require_bpf!();
+    let dir = tempdir("req-floor");
+    let (_nginx, port) = nginx(
+        &dir,
+        "location = /api/checkout { return 200 \"ok\\n\"; }\n\
+         location = /busy { return 503; }\n\
+         location / { return 404; }",
+    );
+    let agent = agent_with(&["nginx"], &["--start-at-floor", "--overhead-budget-pct", "0"]);
+    let mut keep = Http::connect(port);
+    for (target, n) in [("/api/checkout", 20), ("/busy", 5), ("/orders/123", 3)] {
+        for _ in 0..n {
+            keep.call("GET", target, b"");
+        }
+    }
+    drop(keep);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop().unwrap();
+    let log = access_log(&dir);
+    assert_eq!(log.len(), 28, "nginx's own log");
+    let mut want: BTreeMap<String, Totals> = BTreeMap::new();
+    for (code, method, target) in &log {
+        let key = format!("{method} {}", reference_route(method, target));
+        let t = want.entry(key).or_default();
+        let one = Totals::http([*code]);
+        t.count += 1;
+        t.errors += one.errors;
+        t.client_errors += one.client_errors;
+        for (a, b) in t.status.iter_mut().zip(one.status) {
+            *a += b;
+        }
+    }
+    assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx routes at the floor");
+    assert!(want.contains_key("GET /orders/{id}"), "{want:?}");
+    let a = records.iter().rev().find(|r| r["type"] == "agent").unwrap();
+    assert_eq!(a["shedding"]["probes_off"], serde_json::json!(["syscalls", "runq_latency"]), "{a}");
+    assert_eq!(a["shedding"]["detail_off"], serde_json::json!(["syscalls", "tcp"]), "{a}");
+    assert_eq!(a["kpis"]["syscalls"]["available"], false, "{a}");
+    assert_eq!(a["kpis"]["tcp"]["available"], true, "{a}");
+    let listed: Vec<&str> =
+        a["programs"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(!listed.contains(&"sys_enter") && !listed.contains(&"sys_exit"), "{listed:?}");
+    assert!(!records.iter().any(|r| r["type"] == "syscall"), "no call is traced at the floor");
+}
+
 /// Runs `cmd` (a client), returns its pid and what it printed.
 fn client(cmd: &mut Command) -> (u32, String) {
     let child = cmd

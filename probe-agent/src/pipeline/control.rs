@@ -404,3 +404,25 @@ fn floor_alert(header: &Header, cost_pct: f64, budget: f64, at: bool) -> AlertRe
         message,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Detached, the system-call programs count nothing: the words do not
+    /// claim that calls are still counted or timed.
+    #[test]
+    fn shed_words_say_what_is_still_measured() {
+        assert_eq!(
+            shed_words(64, &[Shed::SyscallDetail]),
+            "timing 1 in 64 system calls for latency, per-(process, system call) detail off \
+             (every call still counted); requests are always measured"
+        );
+        assert_eq!(
+            shed_words(64, &Shed::LADDER),
+            "system-call programs detached, run-queue latency off, connection RTT and byte \
+             counts off; requests are always measured"
+        );
+        assert_eq!(shed_words(1, &[]), "timing every system call again");
+    }
+}
