@@ -102,7 +102,9 @@ fn cell(g: &Value, family: &str, headline: &str) -> String {
         "syscalls" => format!("counts, errors exact; sleep p50{figure}"),
         "cpu" => format!("2 s burn{figure}"),
         "runq_latency" => format!("present{figure}"),
-        "tcp" => format!("requests, bytes exact; server p50 (20 ms delay){figure}"),
+        "tcp" => format!(
+            "requests, bytes, HTTP routes and statuses exact; server p50 (20 ms delay){figure}"
+        ),
         "memory" => "available".into(),
         "lifecycle" => {
             let kept = figure.trim_start_matches(": ").split(" (").next().unwrap_or("");
