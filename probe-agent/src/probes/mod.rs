@@ -383,10 +383,10 @@ fn max_entries<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u64 {
     map.map().info().map(|i| u64::from(i.max_entries())).unwrap_or(0)
 }
 
-/// The loaded object with its attached programs.
 /// The system-call programs, which the overhead budget may detach.
 const SYSCALL_PROGRAMS: [&str; 2] = ["sys_enter", "sys_exit"];
 
+/// The loaded object with its attached programs.
 pub struct Probes {
     ebpf: Ebpf,
     /// The programs attached now.
@@ -532,9 +532,13 @@ impl Probes {
         self.syscalls.forget_calls_in_flight()?;
         for name in SYSCALL_PROGRAMS {
             let err = |source| ProbeError::Program { name, source };
+            let Some(Attach::Raw(tp)) = HOOKS.iter().find(|h| h.program == name).map(|h| h.attach)
+            else {
+                return Err(ProbeError::MissingProgram(name));
+            };
             let program = self.ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
             let p: &mut RawTracePoint = program.try_into().map_err(err)?;
-            let link = p.attach(name).map_err(err)?;
+            let link = p.attach(tp).map_err(err)?;
             self.syscall_links.push((name, link));
             self.attached.push(name);
         }
