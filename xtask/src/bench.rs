@@ -89,15 +89,10 @@ pub(crate) fn start_rezolus(bin: &Path, dir: &Path, all: bool) -> Result<Tracer>
     Ok(t)
 }
 
-/// The body of a plain HTTP GET on loopback.
+/// The body of an HTTP GET on loopback.
 fn http_get(port: u16, path: &str) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
+    let url = format!("http://127.0.0.1:{port}{path}");
+    Ok(ureq::get(&url).call().with_context(|| url.clone())?.body_mut().read_to_string()?)
 }
 
 impl Tracer {
@@ -525,19 +520,22 @@ pub mod server {
         Ok((reqs, reqs / rps, rps, lat.context("no latency")?))
     }
 
-    /// The median of `v` and its range, as "median (lo..hi)".
-    fn with_range(v: &[f64], digits: usize) -> (f64, String) {
+    /// The median of `v` and its range, as "median (lo..hi)", the median
+    /// followed by `unit`.
+    fn with_range_in(v: &[f64], digits: usize, unit: &str) -> (f64, String) {
         let mut sorted = v.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let m = median(&mut sorted.clone());
+        let m = median(&mut sorted);
         let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
-        (m, format!("{m:.digits$} ({lo:.digits$}..{hi:.digits$})"))
+        (m, format!("{m:.digits$}{unit} ({lo:.digits$}..{hi:.digits$})"))
+    }
+
+    fn with_range(v: &[f64], digits: usize) -> (f64, String) {
+        with_range_in(v, digits, "")
     }
 
     /// A share with its range: "25.2% (23.5..26.3)".
     fn pct_range(v: &[f64]) -> (f64, String) {
-        let (m, txt) = with_range(v, 1);
-        (m, txt.replacen(' ', "% ", 1))
+        with_range_in(v, 1, "%")
     }
 
     /// Microseconds each request took longer, and the share of requests
