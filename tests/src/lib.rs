@@ -124,6 +124,27 @@ pub fn agent_bin() -> PathBuf {
     .clone()
 }
 
+/// The agent's commented default configuration (`config --default`).
+pub fn default_config() -> String {
+    let out = Command::new(agent_bin()).args(["config", "--default"]).output().expect("agent");
+    assert!(out.status.success(), "config --default: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8 configuration")
+}
+
+/// The default configuration with each `(from, to)` replaced everywhere
+/// (each must occur: an edit that matches nothing would test nothing),
+/// written to `dir/probe.toml`; returns its path.
+pub fn config_file(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = default_config();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the default configuration has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("probe.toml");
+    std::fs::write(&path, text).expect("writing the configuration");
+    path
+}
+
 /// The workload binary of this crate: cargo builds it next to the test
 /// binaries' `deps/` folder before running integration tests
 /// (`PROBE_WORKLOAD_BIN` overrides it, as in the QEMU guests).

@@ -68,15 +68,7 @@ impl Drop for Tmux {
 fn top_shows_a_workloads_endpoint_and_its_alert_level() {
     require_bpf!();
     let dir = tempdir("console");
-    let defaults = Command::new(agent_bin()).args(["config", "--default"]).output().unwrap();
-    let config = dir.join("probe.toml");
-    std::fs::write(
-        &config,
-        String::from_utf8(defaults.stdout)
-            .unwrap()
-            .replace("hold_intervals = 2", "hold_intervals = 1"),
-    )
-    .unwrap();
+    let config = probe_tests::config_file(&dir, &[("hold_intervals = 2", "hold_intervals = 1")]);
     let delay = dir.join("delay");
     std::fs::write(&delay, "650").unwrap();
     let server = Workload::start(&[

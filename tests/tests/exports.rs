@@ -247,10 +247,7 @@ fn otlp_exports_hold_exact_counts_and_the_known_latency() {
     let mut calls =
         Workload::start(&["calls", "--name", "pw-otlpc", "--ok", "100", "--fail", "10"]).unwrap();
     // The guide's latency rule at 5 ms, firing at once: a 20 ms server alerts.
-    let out =
-        Command::new(probe_tests::agent_bin()).args(["config", "--default"]).output().unwrap();
-    let config = String::from_utf8(out.stdout)
-        .unwrap()
+    let config = probe_tests::default_config()
         .replace("hold_intervals = 2", "hold_intervals = 1")
         .replacen("investigate = 500.0", "investigate = 5.0", 1);
     std::fs::write(dir.join("probe.toml"), config).unwrap();

@@ -117,10 +117,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     let dir = std::env::temp_dir().join(format!("probe-hup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("probe.toml");
-    let default = String::from_utf8(
-        Command::new(agent_bin()).args(["config", "--default"]).output().unwrap().stdout,
-    )
-    .unwrap();
+    let default = probe_tests::default_config();
     std::fs::write(&path, &default).unwrap();
     let mut agent =
         Agent::start(&["--interval", "1s", "--config", path.to_str().unwrap(), "--top", "1"])

@@ -565,9 +565,7 @@ fn dashboard_queries_and_rules_run_on_a_real_prometheus() {
     require_bpf!();
     let dir = tempdir("dash");
     // Cost: priced by use, against a budget.
-    let out = Command::new(agent_bin()).args(["config", "--default"]).output().unwrap();
-    let config = String::from_utf8(out.stdout)
-        .unwrap()
+    let config = probe_tests::default_config()
         .replace("core_hour_usd = 0.0", "core_hour_usd = 0.05")
         .replace("gib_hour_usd = 0.0", "gib_hour_usd = 0.01")
         .replace("budget_usd_month = 0.0", "budget_usd_month = 10.0");

@@ -104,13 +104,10 @@ fn agent_with(comms: &[&str], more: &[&str]) -> probe_tests::Agent {
 /// As [`agent`], with the OpenSSL uprobes on (`[requests] tls_uprobes`,
 /// off by default), its configuration file written in `dir`.
 fn tls_agent(dir: &Path, comms: &[&str]) -> probe_tests::Agent {
-    let default = run(Command::new(probe_tests::agent_bin()).args(["config", "--default"]));
-    let text = default
-        .replace("# [requests]\n", "[requests]\n")
-        .replace("# tls_uprobes = false\n", "tls_uprobes = true\n");
-    assert!(text.contains("[requests]\n") && text.contains("tls_uprobes = true\n"));
-    let config = dir.join("probe-tls.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = probe_tests::config_file(
+        dir,
+        &[("# [requests]\n", "[requests]\n"), ("# tls_uprobes = false\n", "tls_uprobes = true\n")],
+    );
     agent_with(comms, &["--config", config.to_str().unwrap()])
 }
 
@@ -490,14 +487,13 @@ fn http_statuses_routes_and_errors_match_nginx_access_log() {
     );
     // A configured route pattern names what the automatic rule would not
     // (a user name is no identifier).
-    let config = dir.join("probe.toml");
-    let default = run(Command::new(probe_tests::agent_bin()).args(["config", "--default"]));
-    let text = default.replace(
-        "# [requests]\n# client_errors_are_errors = false\n# routes = [\"/api/users/{user}/cart\"]",
-        "[requests]\nroutes = [\"/api/users/{user}/cart\"]",
+    let config = probe_tests::config_file(
+        &dir,
+        &[(
+            "# [requests]\n# client_errors_are_errors = false\n# routes = [\"/api/users/{user}/cart\"]",
+            "[requests]\nroutes = [\"/api/users/{user}/cart\"]",
+        )],
     );
-    assert_ne!(text, default);
-    std::fs::write(&config, text).unwrap();
     let agent = agent_with(&["nginx", "ab", "python3"], &["--config", config.to_str().unwrap()]);
 
     // This process: one keep-alive connection, then a fresh one per request.
@@ -836,13 +832,10 @@ fn tls_without_uprobes_is_counted_with_no_protocol() {
     require_bpf!();
     let dir = tempdir("req-nginx-tls-l4");
     let (_nginx, port) = nginx_tls(&dir, TLS_LOCATIONS);
-    let config = dir.join("probe.toml");
-    let default = run(Command::new(probe_tests::agent_bin()).args(["config", "--default"]));
-    let text = default
-        .replace("# [requests]\n", "[requests]\n")
-        .replace("# tls_uprobes = false\n", "tls_uprobes = false\n");
-    assert!(text.contains("[requests]\n") && text.contains("tls_uprobes = false\n"));
-    std::fs::write(&config, text).unwrap();
+    let config = probe_tests::config_file(
+        &dir,
+        &[("# [requests]\n", "[requests]\n"), ("# tls_uprobes = false\n", "tls_uprobes = false\n")],
+    );
     let agent = agent_with(&["nginx", "curl"], &["--config", config.to_str().unwrap()]);
     let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
     let (keep, codes) = curl(&[url("/api/checkout"), url("/boom"), url("/nope"), url("/moved")]);
@@ -1053,15 +1046,7 @@ fn redis_info(port: u16, section: &str) -> BTreeMap<String, String> {
 #[test]
 fn redis_commands_and_error_replies_match_redis_info() {
     require_bpf!();
-    let port = free_port();
-    let _redis = Daemon::spawn(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null()),
-        libc::SIGTERM,
-    );
-    wait_listening(port);
+    let (_redis, port) = redis();
     let before = redis_info(port, "stats");
     let agent = agent(&["redis-server", "redis-cli", "redis-benchmark"]);
 
@@ -1143,6 +1128,21 @@ fn redis_commands_and_error_replies_match_redis_info() {
     assert_eq!(cli_cmds["LPUSH"], by_cmd["LPUSH"].clone().minus(2000));
 }
 
+/// A redis-server on a free loopback port, without persistence; stopped
+/// (SIGTERM) when dropped.
+fn redis() -> (Daemon, u16) {
+    let port = free_port();
+    let daemon = Daemon::spawn(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null()),
+        libc::SIGTERM,
+    );
+    wait_listening(port);
+    (daemon, port)
+}
+
 /// Under sustained load at the agent's defaults (1% budget; 2 s intervals
 /// to see many of them), the budget sheds everything but requests: every
 /// request redis-server answered is counted, through the whole run, with
@@ -1151,15 +1151,7 @@ fn redis_commands_and_error_replies_match_redis_info() {
 #[test]
 fn requests_stay_exact_under_sustained_load_at_defaults() {
     require_bpf!();
-    let port = free_port();
-    let _redis = Daemon::spawn(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null()),
-        libc::SIGTERM,
-    );
-    wait_listening(port);
+    let (_redis, port) = redis();
     let before = redis_info(port, "stats");
     let mut agent = probe_tests::Agent::start(&["--interval", "2s"]).unwrap();
     // Let a quiet interval pass: the first one's cost includes start-up.

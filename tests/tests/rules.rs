@@ -9,13 +9,7 @@ use serde_json::Value;
 
 /// A config with fast alerts: hold 2 intervals, repeat every 10 minutes.
 fn fast_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let out = Command::new(agent_bin()).args(["config", "--default"]).output().unwrap();
-    let text = String::from_utf8(out.stdout)
-        .unwrap()
-        .replace("repeat_every = \"30m\"", "repeat_every = \"10m\"");
-    let path = dir.join("probe.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    probe_tests::config_file(dir, &[("repeat_every = \"30m\"", "repeat_every = \"10m\"")])
 }
 
 fn levels(alerts: &[&Value]) -> Vec<String> {

@@ -278,8 +278,7 @@ fn configuration_reads_are_bounded_and_never_block() {
         assert_eq!(code, Some(2), "{bad}: {err}");
     }
     let config = dir.join("c.toml");
-    let text = Command::new(agent_bin()).args(["config", "--default"]).output().unwrap().stdout;
-    fs::write(&config, &text).unwrap();
+    fs::write(&config, probe_tests::default_config()).unwrap();
     let mut agent =
         Agent::start(&["--interval", "500ms", "--config", config.to_str().unwrap()]).unwrap();
     agent.wait_for(|r| r["type"] == "agent", Duration::from_secs(10)).unwrap();
