@@ -143,12 +143,17 @@ impl Totals {
     fn http(codes: impl IntoIterator<Item = u16>) -> Totals {
         let mut t = Totals::default();
         for c in codes {
-            t.count += 1;
-            t.status[usize::from(c / 100 - 1)] += 1;
-            t.errors += u64::from(c >= 500);
-            t.client_errors += u64::from((400..500).contains(&c));
+            t.answered(c);
         }
         t
+    }
+
+    /// Counts one HTTP answer with status `c`.
+    fn answered(&mut self, c: u16) {
+        self.count += 1;
+        self.status[usize::from(c / 100 - 1)] += 1;
+        self.errors += u64::from(c >= 500);
+        self.client_errors += u64::from((400..500).contains(&c));
     }
 }
 
@@ -577,15 +582,7 @@ fn http_statuses_routes_and_errors_match_nginx_access_log() {
         {
             route = "/api/users/{user}/cart".into();
         }
-        let key = format!("{method} {route}");
-        let t = want.entry(key).or_default();
-        let one = Totals::http([*code]);
-        t.count += 1;
-        t.errors += one.errors;
-        t.client_errors += one.client_errors;
-        for (a, b) in t.status.iter_mut().zip(one.status) {
-            *a += b;
-        }
+        want.entry(format!("{method} {route}")).or_default().answered(*code);
     }
     assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx routes");
     for r in ["GET /api/items/{id}", "POST /api/checkout", "PUT /api/users/{user}/cart"] {
@@ -653,14 +650,7 @@ fn at_the_floor_routes_and_statuses_still_match_nginx_access_log() {
     let mut want: BTreeMap<String, Totals> = BTreeMap::new();
     for (code, method, target) in &log {
         let key = format!("{method} {}", reference_route(method, target));
-        let t = want.entry(key).or_default();
-        let one = Totals::http([*code]);
-        t.count += 1;
-        t.errors += one.errors;
-        t.client_errors += one.client_errors;
-        for (a, b) in t.status.iter_mut().zip(one.status) {
-            *a += b;
-        }
+        want.entry(key).or_default().answered(*code);
     }
     assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx routes at the floor");
     assert!(want.contains_key("GET /orders/{id}"), "{want:?}");
@@ -793,14 +783,7 @@ fn https_through_openssl_matches_nginx_access_log() {
     let mut want: BTreeMap<String, Totals> = BTreeMap::new();
     for (code, method, target) in &log {
         let key = format!("{method} {}", reference_route(method, target));
-        let t = want.entry(key).or_default();
-        let one = Totals::http([*code]);
-        t.count += 1;
-        t.errors += one.errors;
-        t.client_errors += one.client_errors;
-        for (a, b) in t.status.iter_mut().zip(one.status) {
-            *a += b;
-        }
+        want.entry(key).or_default().answered(*code);
     }
     assert!(want.contains_key("GET /api/items/{id}"), "{want:?}");
     assert_eq!(routes(&records, server_of("nginx", port)), want, "nginx HTTPS routes");
