@@ -61,34 +61,31 @@ if ! command -v kubectl >/dev/null; then
   fi
 fi
 
+# A Python environment at $HOME/.cache/probe/$1 holding exactly the pinned
+# packages $2, made again whenever the list changes.
+python_env() {
+  local venv="$HOME/.cache/probe/$1" want_py="$2"
+  if [ "$(cat "$venv/.wants" 2>/dev/null)" != "$want_py" ]; then
+    log "making $venv ($want_py)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $want_py
+    echo "$want_py" > "$venv/.wants"
+  fi
+}
+
 # --- Python tools for the deployment files, in their own environment ------
 # kubernetes-validate (the built-in kinds' schemas, offline) and the
 # Prometheus Operator's CRD models (the PodMonitor), pinned, from PyPI.
-venv="$HOME/.cache/probe/venv-deploy"
-want_py="kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0 PyYAML"
-if [ "$(cat "$venv/.wants" 2>/dev/null)" != "$want_py" ]; then
-  log "making $venv ($want_py)"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  # shellcheck disable=SC2086
-  "$venv/bin/pip" install --quiet --disable-pip-version-check $want_py
-  echo "$want_py" > "$venv/.wants"
-fi
+python_env venv-deploy \
+  "kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0 PyYAML"
 
 # --- The OTLP output test's independent decoder -----------------------------
 # OpenTelemetry's own Python message classes (opentelemetry-proto, with
 # Google's protobuf runtime), pinned, in their own environment: the output
 # test decodes the agent's OTLP exports with them (scripts/otlp-decode.py).
-venv="$HOME/.cache/probe/venv-otlp"
-want_py="opentelemetry-proto==1.45.2"
-if [ "$(cat "$venv/.wants" 2>/dev/null)" != "$want_py" ]; then
-  log "making $venv ($want_py)"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  # shellcheck disable=SC2086
-  "$venv/bin/pip" install --quiet --disable-pip-version-check $want_py
-  echo "$want_py" > "$venv/.wants"
-fi
+python_env venv-otlp "opentelemetry-proto==1.45.2"
 
 # --- Rust toolchains -------------------------------------------------------
 export PATH="$HOME/.cargo/bin:$PATH"

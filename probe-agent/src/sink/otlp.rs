@@ -134,6 +134,27 @@ fn k8s_attrs(attrs: &mut Vec<KeyValue>, k8s: &K8s) {
     }
 }
 
+/// The point attributes of an endpoint's or a route's series: its scope,
+/// role, port, peer (clients) and protocol.
+fn connection_point(
+    scope: &str,
+    role: crate::records::Role,
+    port: u16,
+    peer: &Option<String>,
+    protocol: &str,
+) -> Vec<KeyValue> {
+    let mut point = vec![
+        kv_str("probe.scope", scope),
+        kv_str("probe.role", role.name()),
+        kv_int("server.port", i64::from(port)),
+    ];
+    if let Some(peer) = peer {
+        point.push(kv_str("server.address", peer));
+    }
+    point.push(kv_str("probe.protocol", protocol));
+    point
+}
+
 fn kv_str(key: &str, v: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -489,23 +510,11 @@ impl Exporter {
                 Record::Container(_) => self.kpis(r, &res, &scope("container")),
                 Record::Process(_) => self.kpis(r, &res, &scope("process")),
                 Record::Endpoint(e) => {
-                    let mut point = scope("endpoint");
-                    point.push(kv_str("probe.role", e.role.name()));
-                    point.push(kv_int("server.port", i64::from(e.port)));
-                    if let Some(peer) = &e.peer {
-                        point.push(kv_str("server.address", peer));
-                    }
-                    point.push(kv_str("probe.protocol", &e.protocol));
+                    let point = connection_point("endpoint", e.role, e.port, &e.peer, &e.protocol);
                     self.kpis(r, &res, &point);
                 }
                 Record::Route(x) => {
-                    let mut point = scope("route");
-                    point.push(kv_str("probe.role", x.role.name()));
-                    point.push(kv_int("server.port", i64::from(x.port)));
-                    if let Some(peer) = &x.peer {
-                        point.push(kv_str("server.address", peer));
-                    }
-                    point.push(kv_str("probe.protocol", &x.protocol));
+                    let mut point = connection_point("route", x.role, x.port, &x.peer, &x.protocol);
                     // The semantic conventions' names: an HTTP route and
                     // method, or a database operation.
                     match (&x.method, x.protocol.as_str()) {
