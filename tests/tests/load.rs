@@ -241,3 +241,67 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
         truth["getppid"].as_u64().unwrap()
     );
 }
+
+/// Started at its floor (the system-call programs detached) with a budget
+/// a quiet host keeps, the agent restores a step at a time: the programs
+/// are attached again (by a process that has dropped its capabilities),
+/// and from then on a reference process's calls are counted exactly.
+#[test]
+fn restored_from_the_floor_the_system_call_programs_count_exactly_again() {
+    require_bpf!();
+    let mut reference =
+        Workload::start(&["calls", "--name", "pw-floor", "--ok", "3000", "--fail", "500"]).unwrap();
+    let mut agent = Agent::start(&[
+        "--interval",
+        "500ms",
+        "--start-at-floor",
+        "--overhead-budget-pct",
+        "100",
+        "--comm",
+        "pw-floor",
+    ])
+    .unwrap();
+    let empty = serde_json::json!([]);
+    agent
+        .wait_for(
+            |r| {
+                r["type"] == "agent"
+                    && r["shedding"]["latency_sample_every"] == 1
+                    && r["shedding"]["probes_off"] == empty
+                    && r["shedding"]["detail_off"] == empty
+            },
+            Duration::from_secs(40),
+        )
+        .expect("every step restored on a calm host");
+    reference.go().unwrap();
+    let truth = reference.finish().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let records = agent.stop().unwrap();
+    let agents: Vec<&Value> = records.iter().filter(|r| r["type"] == "agent").collect();
+    // It started detached, and said so.
+    let first = agents.first().unwrap();
+    assert_eq!(first["shedding"]["probes_off"], serde_json::json!(["syscalls", "runq_latency"]));
+    assert_eq!(first["kpis"]["syscalls"]["available"], false, "{first}");
+    let restored: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "alert" && r["rule"] == "overhead-budget")
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        restored.iter().any(|m| m.contains("one step restored: timing 1 in 64 system calls")
+            && m.contains("per-(process, system call) detail off")),
+        "the step that attached the programs again is said: {restored:?}"
+    );
+    let last = agents.last().unwrap();
+    assert_eq!(last["kpis"]["syscalls"]["available"], true, "{last}");
+    let pid = reference.pid;
+    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
+    assert_eq!(
+        syscall_total(&records, pid, "openat", "errors"),
+        truth["openat_errors"].as_u64().unwrap()
+    );
+    assert_eq!(
+        syscall_total(&records, pid, "getppid", "count"),
+        truth["getppid"].as_u64().unwrap()
+    );
+}
