@@ -390,6 +390,15 @@ pub fn syscall_total(records: &[Value], pid: u32, name: &str, field: &str) -> u6
         .sum()
 }
 
+/// Asserts that the `calls` workload's own counts (`truth`: `openat`,
+/// `openat_errors`, `getppid`) are exactly what the records of `pid` say.
+pub fn assert_calls_exact(records: &[Value], pid: u32, truth: &Value) {
+    let want = |k: &str| truth[k].as_u64().unwrap_or_else(|| panic!("{k} in {truth}"));
+    assert_eq!(syscall_total(records, pid, "openat", "count"), want("openat"), "openat");
+    assert_eq!(syscall_total(records, pid, "openat", "errors"), want("openat_errors"), "errors");
+    assert_eq!(syscall_total(records, pid, "getppid", "count"), want("getppid"), "getppid");
+}
+
 /// `|got - want| / want`.
 pub fn rel_err(got: f64, want: f64) -> f64 {
     (got - want).abs() / want

@@ -58,15 +58,7 @@ fn reference_counts_stay_exact_under_a_syscall_storm() {
     eprintln!("storm: {storm_calls} calls in 4 s ({rate:.0}/s) on {cpus} CPUs");
 
     let pid = reference.pid;
-    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
-    assert_eq!(
-        syscall_total(&records, pid, "openat", "errors"),
-        truth["openat_errors"].as_u64().unwrap()
-    );
-    assert_eq!(
-        syscall_total(&records, pid, "getppid", "count"),
-        truth["getppid"].as_u64().unwrap()
-    );
+    probe_tests::assert_calls_exact(&records, pid, &truth);
     // Whatever was lost is counted; nothing is lost silently.
     let lost: u64 = records
         .iter()
@@ -231,15 +223,7 @@ fn over_budget_the_agent_sheds_latency_timing_and_keeps_counts_exact() {
     assert_eq!(restored_at["shedding"]["detail_off"], serde_json::json!([]));
     assert_eq!(restored_at["shedding"]["probes_off"], serde_json::json!([]));
     let pid = reference.pid;
-    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
-    assert_eq!(
-        syscall_total(&records, pid, "openat", "errors"),
-        truth["openat_errors"].as_u64().unwrap()
-    );
-    assert_eq!(
-        syscall_total(&records, pid, "getppid", "count"),
-        truth["getppid"].as_u64().unwrap()
-    );
+    probe_tests::assert_calls_exact(&records, pid, &truth);
 }
 
 /// Started at its floor (the system-call programs detached) with a budget
@@ -295,13 +279,5 @@ fn restored_from_the_floor_the_system_call_programs_count_exactly_again() {
     let last = agents.last().unwrap();
     assert_eq!(last["kpis"]["syscalls"]["available"], true, "{last}");
     let pid = reference.pid;
-    assert_eq!(syscall_total(&records, pid, "openat", "count"), truth["openat"].as_u64().unwrap());
-    assert_eq!(
-        syscall_total(&records, pid, "openat", "errors"),
-        truth["openat_errors"].as_u64().unwrap()
-    );
-    assert_eq!(
-        syscall_total(&records, pid, "getppid", "count"),
-        truth["getppid"].as_u64().unwrap()
-    );
+    probe_tests::assert_calls_exact(&records, pid, &truth);
 }
